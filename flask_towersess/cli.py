@@ -1,0 +1,126 @@
+"""The ``flask sessions`` command group.
+
+- ``flask sessions migrate``: create or upgrade the store's tables/indexes.
+- ``flask sessions purge-expired``: delete expired sessions, for cron.
+
+.. versionadded:: 0.1
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import typing as t
+
+import click
+from flask import current_app
+from flask.cli import with_appcontext
+
+from .errors import ConfigurationError
+from .errors import StoreUnavailable
+from .interface import ServerSessionInterface
+from .stores.base import SessionStore
+
+T = t.TypeVar("T")
+
+
+def _current_store() -> SessionStore:
+    ext = current_app.extensions.get("towersess")
+    if ext is not None:
+        # The extension keys its per-app state by the app object itself; the
+        # current_app proxy cannot be weakly referenced.
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+        return ext.get_store(app)  # type: ignore[no-any-return]
+    interface = current_app.session_interface
+    if isinstance(interface, ServerSessionInterface):
+        return interface.store
+    raise click.ClickException(
+        "flask-towersess is not set up on this app: call SessionExt(app)."
+    )
+
+
+def _one_line(text: str) -> str:
+    # Driver messages often span lines (psycopg2 adds "Is the server
+    # running...?" on a second one); cron mail and log scrapers want one.
+    return " ".join(text.split())
+
+
+def _call(store: SessionStore, work: t.Callable[[], T]) -> T:
+    """Run store work, turning store failures into a one-line CLI error."""
+    try:
+        return work()
+    except StoreUnavailable as exc:
+        # The description, not str(exc): that starts with "503 Service
+        # Unavailable", which means nothing on a command line.
+        reason = exc.description or str(exc)
+        raise click.ClickException(
+            _one_line(f"cannot reach the session store ({store.describe()}): {reason}")
+        ) from exc
+    except ConfigurationError as exc:
+        raise click.ClickException(_one_line(str(exc))) from exc
+
+
+def _stderr_is_terminal() -> bool:
+    """Whether to draw a progress bar: only for a person at a terminal."""
+    return sys.stderr.isatty()
+
+
+@click.group("sessions")
+def sessions_command() -> None:
+    """Manage the server-side session store."""
+
+
+@sessions_command.command("migrate")
+@click.option("--sql", is_flag=True, help="Print the DDL instead of running it.")
+@with_appcontext
+def migrate_command(sql: bool) -> None:
+    """Create or upgrade what the session store needs (idempotent)."""
+    store = _current_store()
+    if sql:
+        ddl = _call(store, store.migration_sql)
+        click.echo(ddl if ddl is not None else f"-- {store.describe()}: no SQL schema")
+        return
+    for line in _call(store, store.migrate):
+        click.echo(line)
+
+
+@sessions_command.command("purge-expired")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="Records deleted per statement (and per transaction).",
+)
+@click.option("--dry-run", is_flag=True, help="Count expired sessions; delete nothing.")
+@with_appcontext
+def purge_expired_command(batch_size: int, dry_run: bool) -> None:
+    """Delete expired sessions in batches (run it from cron).
+
+    Safe to run from several hosts at once.
+    """
+    store = _current_store()
+    started = time.monotonic()
+    if dry_run:
+        count = _call(store, store.count_expired)
+        click.echo(f"{count} expired sessions would be purged (dry run)")
+        return
+    if _stderr_is_terminal():
+        # The bar goes to stderr and only on a terminal, so cron mail and
+        # logs get just the summary line.
+        total = _call(store, store.count_expired)
+        with click.progressbar(
+            length=total, label="Purging expired sessions", file=sys.stderr
+        ) as bar:
+            purged = _call(
+                store, lambda: store.purge_expired(batch_size, on_batch=bar.update)
+            )
+    else:
+        purged = _call(store, lambda: store.purge_expired(batch_size))
+    elapsed = time.monotonic() - started
+    note = (
+        f" ({store.describe()} expires sessions itself)"
+        if store.expires_natively
+        else ""
+    )
+    click.echo(f"purged {purged} expired sessions in {elapsed:.2f} s{note}")

@@ -1,0 +1,161 @@
+"""The Flask extension: ``SessionExt(app)`` or ``SessionExt().init_app(app)``.
+
+.. versionadded:: 0.1
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import typing as t
+import weakref
+from datetime import timedelta
+
+from flask import current_app
+
+from .errors import ConfigurationError
+from .errors import SerializationError
+from .interface import DEFAULT_MAX_PAYLOAD_SIZE
+from .interface import ServerSessionInterface
+from .serializers import Serializer
+from .serializers import serializer_for
+from .stores import store_for
+from .stores.base import SessionStore
+
+if t.TYPE_CHECKING:
+    from flask import Flask
+
+#: The configuration keys flask-towersess reads, with their defaults. Flask's
+#: own session settings (``SESSION_COOKIE_*``, ``PERMANENT_SESSION_LIFETIME``,
+#: ``SESSION_REFRESH_EACH_REQUEST``, ``SECRET_KEY_FALLBACKS``) apply as well.
+CONFIG_DEFAULTS: dict[str, t.Any] = {
+    # A URL, a store, or a client a store wraps; None: SQLite in the
+    # instance folder.
+    "SESSION_STORE": None,
+    # Keyword options for the store (table, schema, key_prefix, ...).
+    "SESSION_STORE_OPTIONS": {},
+    # A fast store in front of SESSION_STORE (see CachingStore).
+    "SESSION_CACHE": None,
+    "SESSION_SERIALIZER": "msgpack",
+    "SESSION_MAX_PAYLOAD_SIZE": DEFAULT_MAX_PAYLOAD_SIZE,
+    "SESSION_USE_SIGNER": True,
+    "SESSION_PERMANENT": False,
+    "SESSION_TOUCH_INTERVAL": timedelta(seconds=60),
+    "SESSION_SAVE_RETRIES": 5,
+}
+
+#: The file of the zero-configuration SQLite store, in the instance folder.
+DEFAULT_SQLITE_FILENAME = "flask_towersess.sqlite3"
+
+
+class SessionExt:
+    """Server-side sessions for a Flask app.
+
+    :param app: the app to set up now; or call :meth:`init_app` later.
+    :param store: the store to use, overriding ``SESSION_STORE``.
+    :param serializer: the serializer, overriding ``SESSION_SERIALIZER``.
+
+    .. code-block:: python
+
+        app = Flask(__name__)
+        app.config["SECRET_KEY"] = "change me"
+        SessionExt(app)  # sessions in SQLite in the instance folder
+
+    The extension keeps no reference to an app: one instance can serve
+    several apps, each with its own store.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self,
+        app: Flask | None = None,
+        *,
+        store: SessionStore | t.Any | None = None,
+        serializer: Serializer | None = None,
+    ) -> None:
+        self._store = store
+        self._serializer = serializer
+        self._interfaces: weakref.WeakKeyDictionary[Flask, ServerSessionInterface] = (
+            weakref.WeakKeyDictionary()
+        )
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        """Install the session interface and the ``flask sessions`` commands.
+
+        Nothing is connected or created here: the store opens connections on
+        first use, and only the SQLite default creates its table by itself.
+
+        :raises ConfigurationError: the app is already set up, or the
+            configuration names no usable store or serializer.
+        """
+        if "towersess" in app.extensions:
+            raise ConfigurationError(
+                "flask-towersess is already set up on this app: call"
+                " SessionExt(app) or init_app(app) once per app."
+            )
+        for key, value in CONFIG_DEFAULTS.items():
+            # A copy, so an app that edits its SESSION_STORE_OPTIONS in place
+            # does not change the defaults of every other app.
+            app.config.setdefault(key, copy.copy(value))
+        serializer = self._serializer or self._make_serializer(app)
+        interface = ServerSessionInterface(self._make_store(app), serializer=serializer)
+        app.session_interface = interface
+        app.extensions["towersess"] = self
+        self._interfaces[app] = interface
+
+        from .cli import sessions_command
+
+        app.cli.add_command(sessions_command)
+
+    def _make_serializer(self, app: Flask) -> Serializer:
+        try:
+            return serializer_for(
+                app.config["SESSION_SERIALIZER"],
+                max_size=app.config["SESSION_MAX_PAYLOAD_SIZE"],
+            )
+        except SerializationError as exc:
+            # A bad setting is a configuration mistake, found at start-up;
+            # SerializationError is for data that cannot be stored.
+            raise ConfigurationError(str(exc)) from exc
+
+    def _make_store(self, app: Flask) -> SessionStore:
+        value = self._store if self._store is not None else app.config["SESSION_STORE"]
+        options = dict(app.config["SESSION_STORE_OPTIONS"])
+        store: SessionStore
+        if value is None:
+            from .stores.sqlalchemy import SQLAlchemyStore
+
+            path = os.path.join(app.instance_path, DEFAULT_SQLITE_FILENAME)
+            # The one store that creates its table by itself, on first use:
+            # zero configuration must mean zero set-up steps too.
+            options.setdefault("auto_migrate", True)
+            store = SQLAlchemyStore.from_url(f"sqlite:///{path}", **options)
+        else:
+            store = store_for(value, **options)
+        cache = app.config["SESSION_CACHE"]
+        if cache is not None:
+            from .stores.caching import CachingStore
+
+            store = CachingStore(store_for(cache), store)
+        return store
+
+    def get_interface(self, app: Flask | None = None) -> ServerSessionInterface:
+        """The session interface installed on ``app`` (default: the current app)."""
+        # The interfaces are keyed by the app object itself, so unwrap the
+        # current_app proxy (given or defaulted): it cannot be weakly referenced.
+        target: t.Any = current_app if app is None else app
+        if hasattr(target, "_get_current_object"):
+            target = target._get_current_object()
+        try:
+            return self._interfaces[target]
+        except KeyError:
+            raise ConfigurationError(
+                "this SessionExt is not set up on the app: call init_app(app)"
+            ) from None
+
+    def get_store(self, app: Flask | None = None) -> SessionStore:
+        """The store of ``app`` (default: the current app)."""
+        return self.get_interface(app).store

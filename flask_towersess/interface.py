@@ -1,0 +1,328 @@
+"""The Flask session interface: opens a :class:`ServerSession` for each
+request and saves it, with its cookie, when the request ends.
+
+It behaves like Flask's own cookie session in everything but where the data
+lives: the same ``SESSION_COOKIE_*`` settings, ``SESSION_REFRESH_EACH_REQUEST``,
+``SECRET_KEY_FALLBACKS``, ``Vary: Cookie``, ``session_transaction()``. The
+cookie carries only the session key, signed with ``SECRET_KEY``.
+
+.. versionadded:: 0.1
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import typing as t
+from datetime import timedelta
+
+from flask.sessions import SessionInterface
+from itsdangerous import BadSignature
+from itsdangerous import Signer
+from werkzeug.exceptions import HTTPException
+
+from .errors import SessionInterrupted
+from .errors import UpdateError
+from .serializers import MsgPackSerializer
+from .serializers import Serializer
+from .session import is_valid_session_key
+from .session import ServerSession
+from .stores import store_for
+from .stores.base import SessionStore
+
+if t.TYPE_CHECKING:
+    from flask import Flask
+    from flask import Request
+    from flask import Response
+    from flask.sessions import SessionMixin
+
+logger = logging.getLogger("flask_towersess")
+
+#: A signed cookie is a key (43 characters), a dot and a signature (43): a
+#: cookie much longer than that, or with other characters, is not ours and
+#: is dropped before any signature check or store call.
+MAX_COOKIE_LENGTH = 256
+_COOKIE_PATTERN = re.compile(r"[A-Za-z0-9_\-.]+")
+
+DEFAULT_MAX_PAYLOAD_SIZE = 256 * 1024
+
+
+class ServerSessionInterface(SessionInterface):
+    """Server-side sessions for a Flask app.
+
+    :param store: where sessions are kept; a
+        :class:`~flask_towersess.stores.SessionStore`, a URL, or a client a
+        store accepts (see ``SESSION_STORE``).
+    :param serializer: turns session data into bytes; MessagePack (with a
+        256 KiB payload limit) by default.
+
+    Usable without :class:`~flask_towersess.SessionExt`:
+
+    .. code-block:: python
+
+        app.session_interface = ServerSessionInterface(MemoryStore())
+
+    .. versionadded:: 0.1
+    """
+
+    session_class = ServerSession
+    #: Separates these signatures from any other use of ``SECRET_KEY``.
+    salt = "flask-towersess"
+
+    def __init__(
+        self, store: SessionStore | str | t.Any, *, serializer: Serializer | None = None
+    ) -> None:
+        self.store = store_for(store)
+        self.serializer: Serializer = serializer or MsgPackSerializer(
+            max_size=DEFAULT_MAX_PAYLOAD_SIZE
+        )
+        # Signers are built once per set of secret keys, not per request.
+        self._signers: dict[tuple[t.Any, ...], tuple[Signer, Signer | None]] = {}
+
+    # -- configuration getters (read each request, like Flask's own) ----------
+
+    def get_use_signer(self, app: Flask) -> bool:
+        """``SESSION_USE_SIGNER``: sign the session key in the cookie."""
+        return bool(app.config.get("SESSION_USE_SIGNER", True))
+
+    def get_default_permanent(self, app: Flask) -> bool:
+        """``SESSION_PERMANENT``: the default of ``session.permanent``."""
+        return bool(app.config.get("SESSION_PERMANENT", False))
+
+    def get_touch_interval(self, app: Flask) -> timedelta:
+        """``SESSION_TOUCH_INTERVAL``: the least time between two expiry
+        refreshes of an unmodified session (seconds or a ``timedelta``)."""
+        value = app.config.get("SESSION_TOUCH_INTERVAL", 60)
+        if isinstance(value, timedelta):
+            return value
+        return timedelta(seconds=value)
+
+    def get_refresh_each_request(self, app: Flask) -> bool:
+        """``SESSION_REFRESH_EACH_REQUEST``: extend the expiry of a session
+        that a request used without modifying it."""
+        return bool(app.config.get("SESSION_REFRESH_EACH_REQUEST", True))
+
+    def get_save_retries(self, app: Flask) -> int:
+        """``SESSION_SAVE_RETRIES``: merges tried on concurrent saves."""
+        return int(app.config.get("SESSION_SAVE_RETRIES", 5))
+
+    # -- the cookie ----------------------------------------------------------
+
+    def _get_signers(self, app: Flask) -> tuple[Signer, Signer | None]:
+        fallbacks = tuple(app.config.get("SECRET_KEY_FALLBACKS") or ())
+        cache_key = (app.secret_key, *fallbacks)
+        signers = self._signers.get(cache_key)
+        if signers is None:
+            options = {"salt": self.salt, "digest_method": hashlib.sha256}
+            current = Signer(app.secret_key, **options)  # type: ignore[arg-type]
+            # itsdangerous takes keys oldest first and tries them newest
+            # first; the current key is checked alone before, so a cookie
+            # signed with a fallback is known to need re-signing.
+            with_fallbacks = (
+                Signer([*fallbacks], **options)  # type: ignore[arg-type]
+                if fallbacks
+                else None
+            )
+            signers = self._signers[cache_key] = (current, with_fallbacks)
+        return signers
+
+    def _key_from_cookie(self, app: Flask, cookie: str) -> tuple[str | None, bool]:
+        """Return the session key in ``cookie`` and whether to re-sign it."""
+        if len(cookie) > MAX_COOKIE_LENGTH or not _COOKIE_PATTERN.fullmatch(cookie):
+            return None, False
+        if not self.get_use_signer(app):
+            return (cookie if is_valid_session_key(cookie) else None), False
+        current, fallbacks = self._get_signers(app)
+        resign = False
+        try:
+            key = current.unsign(cookie).decode("ascii")
+        except BadSignature:
+            if fallbacks is None:
+                return None, False
+            try:
+                key = fallbacks.unsign(cookie).decode("ascii")
+            except BadSignature:
+                return None, False
+            resign = True
+        if not is_valid_session_key(key):
+            return None, False
+        return key, resign
+
+    def _cookie_value(self, app: Flask, key: str) -> str:
+        if not self.get_use_signer(app):
+            return key
+        return self._get_signers(app)[0].sign(key).decode("ascii")
+
+    def _set_cookie(
+        self, app: Flask, session: ServerSession, response: Response
+    ) -> None:
+        assert session.session_key is not None
+        expires = session.get_expiry_date() if session.permanent else None
+        response.set_cookie(
+            self.get_cookie_name(app),
+            self._cookie_value(app, session.session_key),
+            expires=expires,
+            httponly=self.get_cookie_httponly(app),
+            domain=self.get_cookie_domain(app),
+            path=self.get_cookie_path(app),
+            secure=self.get_cookie_secure(app),
+            partitioned=self.get_cookie_partitioned(app),
+            samesite=self.get_cookie_samesite(app),
+        )
+        response.vary.add("Cookie")
+
+    def _delete_cookie(self, app: Flask, response: Response) -> None:
+        response.delete_cookie(
+            self.get_cookie_name(app),
+            domain=self.get_cookie_domain(app),
+            path=self.get_cookie_path(app),
+            secure=self.get_cookie_secure(app),
+            partitioned=self.get_cookie_partitioned(app),
+            samesite=self.get_cookie_samesite(app),
+            httponly=self.get_cookie_httponly(app),
+        )
+        response.vary.add("Cookie")
+
+    # -- the request cycle ---------------------------------------------------
+
+    def open_session(self, app: Flask, request: Request) -> ServerSession | None:
+        if self.get_use_signer(app) and not app.secret_key:
+            # Flask then gives its own "no secret key" error on first use.
+            return None
+        cookie = request.cookies.get(self.get_cookie_name(app))
+        key, resign = self._key_from_cookie(app, cookie) if cookie else (None, False)
+        session = self.session_class(
+            self.store,
+            key,
+            serializer=self.serializer,
+            lifetime=app.permanent_session_lifetime,
+            permanent=self.get_default_permanent(app),
+            save_retries=self.get_save_retries(app),
+        )
+        session._cookie_key = key
+        session._resign_cookie = resign
+        return session
+
+    def save_session(
+        self, app: Flask, session: SessionMixin, response: Response
+    ) -> None:
+        if not isinstance(session, ServerSession):
+            return
+        if session.accessed:
+            response.vary.add("Cookie")
+        if response.status_code >= 500:
+            # The request failed: keep the stored session as it was.
+            return
+        try:
+            self._finish(app, session, response)
+        except UpdateError as exc:
+            self._respond_with_error(app, response, SessionInterrupted(str(exc)))
+        except HTTPException as exc:  # StoreUnavailable, SessionInterrupted
+            self._respond_with_error(app, response, exc)
+
+    def _finish(self, app: Flask, session: ServerSession, response: Response) -> None:
+        had_cookie = session._cookie_key is not None
+        if session._is_loaded_and_empty() and (
+            session.modified or session.session_key is None
+        ):
+            # Ended empty (logout, clear()) or the cookie named no live
+            # session: drop the record too, so a copied ID keeps nothing.
+            if session.modified:
+                session._discard()
+            if had_cookie:
+                self._delete_cookie(app, response)
+            return
+        if session.modified:
+            session.save()
+            self._set_cookie(app, session, response)
+            return
+        if not session.accessed or session.session_key is None:
+            return
+        refresh = self.get_refresh_each_request(app)
+        if refresh:
+            session._touch_if_due(self.get_touch_interval(app))
+        if session._resign_cookie or (refresh and session.permanent):
+            self._set_cookie(app, session, response)
+
+    def _respond_with_error(
+        self, app: Flask, response: Response, error: HTTPException
+    ) -> None:
+        """Turn ``response`` into the app's response for ``error``.
+
+        The session is saved after the view has returned, where Flask no
+        longer routes exceptions to error handlers; this gives the client the
+        400 or 503 (and the app's handler its say) instead of a 500.
+        """
+        logger.warning("Session not saved: %s", error)
+        error_response = app.make_response(app.handle_http_exception(error))
+        response.status = error_response.status
+        response.headers = error_response.headers
+        response.response = error_response.response
+        response.direct_passthrough = error_response.direct_passthrough
+        response.vary.add("Cookie")
+
+
+class _StoreInterface(ServerSessionInterface):
+    """Base of the per-backend interfaces: builds the store from a URL or a
+    native client, with the store's own keyword options."""
+
+    store_class_name: t.ClassVar[str]
+
+    def __init__(
+        self,
+        client: t.Any,
+        *,
+        serializer: Serializer | None = None,
+        **store_options: t.Any,
+    ) -> None:
+        from . import stores
+
+        store_class = getattr(stores, self.store_class_name)
+        if isinstance(client, str):
+            store = store_class.from_url(client, **store_options)
+        else:
+            store = store_class(client, **store_options)
+        super().__init__(store, serializer=serializer)
+
+
+class MemorySessionInterface(ServerSessionInterface):
+    """Sessions in this process's memory (tests, single-process dev).
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, *, serializer: Serializer | None = None) -> None:
+        from .stores.memory import MemoryStore
+
+        super().__init__(MemoryStore(), serializer=serializer)
+
+
+class SQLAlchemySessionInterface(_StoreInterface):
+    """Sessions in an SQL table: ``SQLAlchemySessionInterface(engine_or_url,
+    table="sessions", schema=None)``; also takes a Flask-SQLAlchemy ``db``.
+
+    .. versionadded:: 0.1
+    """
+
+    store_class_name = "SQLAlchemyStore"
+
+
+class RedisSessionInterface(_StoreInterface):
+    """Sessions in Redis: ``RedisSessionInterface(client_or_url,
+    key_prefix="session:")``.
+
+    .. versionadded:: 0.1
+    """
+
+    store_class_name = "RedisStore"
+
+
+class MongoDBSessionInterface(_StoreInterface):
+    """Sessions in MongoDB: ``MongoDBSessionInterface(collection_or_url,
+    collection="sessions")``.
+
+    .. versionadded:: 0.1
+    """
+
+    store_class_name = "MongoDBStore"

@@ -1,0 +1,608 @@
+"""The dict-like object behind :data:`flask.session`.
+
+:class:`ServerSession` follows Django's ``SessionBase``: lazy loading, the
+``accessed`` and ``modified`` flags, ``flush()``, ``cycle_key()`` and the
+expiry API. It works the same inside a request and outside one (scripts,
+admin tasks, tests).
+
+.. versionadded:: 0.1
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import typing as t
+from datetime import datetime
+from datetime import timedelta
+from datetime import timezone
+
+from flask.sessions import SessionMixin
+
+from .errors import CreateError
+from .errors import SerializationError
+from .errors import SessionInterrupted
+from .errors import UpdateError
+from .errors import VersionConflict
+from .serializers import MsgPackSerializer
+from .serializers import Serializer
+from .stores.base import Record
+from .stores.base import SessionStore
+from .stores.base import utcnow
+
+#: Warnings about payloads that cannot be decoded (tampering, corruption)
+#: go here, so operators can route them apart from ordinary logs.
+security_logger = logging.getLogger("flask_towersess.security")
+
+#: An expiry setting, as stored: ``None`` (the app's policy), ``0`` (until
+#: the browser closes), seconds of inactivity, or a fixed aware datetime.
+Expiry = t.Union[int, datetime, None]
+
+_KEY_PATTERN = re.compile(r"[A-Za-z0-9_-]{8,128}")
+_MISSING: t.Any = object()
+# How many fresh keys create() tries before it gives up. With 256-bit
+# random keys a second attempt never happens in practice; the bound only
+# keeps a broken store from looping forever.
+_CREATE_ATTEMPTS = 10
+
+
+def new_session_key() -> str:
+    """A fresh session key: 256 random bits from :mod:`secrets`, URL-safe."""
+    return secrets.token_urlsafe(32)
+
+
+def is_valid_session_key(key: object) -> bool:
+    """Whether ``key`` has the form of a session key.
+
+    At least 8 characters of the URL-safe base64 alphabet, at most 128.
+    """
+    return isinstance(key, str) and _KEY_PATTERN.fullmatch(key) is not None
+
+
+def _normalize_expiry(value: int | float | timedelta | datetime | None) -> Expiry:
+    if value is None or isinstance(value, bool):
+        if isinstance(value, bool):
+            raise TypeError("set_expiry() takes seconds, a timedelta or a datetime")
+        return None
+    if isinstance(value, timedelta):
+        return int(value.total_seconds())
+    if isinstance(value, datetime):
+        # Naive datetimes are taken as UTC, the clock every store uses.
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+    if isinstance(value, (int, float)):
+        return int(value)
+    raise TypeError(
+        "set_expiry() takes seconds, a timedelta, a datetime, 0 or None;"
+        f" got {type(value).__qualname__}"
+    )
+
+
+class ServerSession(SessionMixin):
+    """A session whose data lives in a :class:`~flask_towersess.stores.SessionStore`.
+
+    :param store: where the session is kept.
+    :param session_key: the key of an existing session, or ``None`` for a
+        new one. A key that is not of the session-key form is ignored.
+    :param serializer: turns the data into payload bytes; MessagePack by
+        default.
+    :param lifetime: how long a session lives without use, unless
+        :meth:`set_expiry` says otherwise (Flask's
+        ``PERMANENT_SESSION_LIFETIME``).
+    :param permanent: the default for :attr:`permanent` (``SESSION_PERMANENT``):
+        whether the cookie outlives the browser when the session has no
+        expiry of its own.
+    :param save_retries: how often a save that met a concurrent change is
+        merged and retried before :class:`SessionInterrupted` is raised.
+
+    Nothing is read from the store until the data is first used.
+
+    .. code-block:: python
+
+        session = ServerSession(MemoryStore())
+        session["user_id"] = 42
+        session.save()
+        again = ServerSession(session.store, session.session_key)
+        assert again["user_id"] == 42
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self,
+        store: SessionStore,
+        session_key: str | None = None,
+        *,
+        serializer: Serializer | None = None,
+        lifetime: timedelta = timedelta(days=31),
+        permanent: bool = False,
+        save_retries: int = 5,
+    ) -> None:
+        self.store = store
+        self.serializer: Serializer = serializer or MsgPackSerializer()
+        self.lifetime = lifetime
+        self.default_permanent = permanent
+        self.save_retries = save_retries
+        self._key = session_key if is_valid_session_key(session_key) else None
+        #: The data; ``None`` until loaded (or replaced without loading).
+        self._data: dict[str, t.Any] | None = None
+        self._expiry: Expiry = None
+        # What the store holds for this key, as last read or written: the
+        # version a save must match, the payload a conflict merge diffs
+        # against, and the expiry a touch compares with.
+        self._version: int | None = None
+        self._stored_payload: bytes | None = None
+        self._stored_expires_at: datetime | None = None
+        self._from_store = False
+        # This request's own changes that a merge must keep over a
+        # concurrent writer's: a clear() and an explicit expiry.
+        self._cleared = False
+        self._expiry_changed = False
+        # cycle_key() picks the new key at once but writes at save().
+        self._must_create = False
+        self._stale_keys: list[str] = []
+        self.accessed = False
+        self.modified = False
+        # Set by the interface: the key the request's cookie carried, and
+        # whether that cookie was signed with a fallback secret key.
+        self._cookie_key: str | None = None
+        self._resign_cookie = False
+
+    # -- the key and the flags -------------------------------------------------
+
+    @property
+    def session_key(self) -> str | None:
+        """The session's key; ``None`` until the session is saved."""
+        return self._key
+
+    @property
+    def new(self) -> bool:  # type: ignore[override]
+        """True when this session was not loaded from the store."""
+        self._load_data()
+        return not self._from_store
+
+    @property
+    def permanent(self) -> bool:
+        """Whether the cookie outlives the browser (Flask's meaning).
+
+        Setting it to ``False`` is :meth:`set_expiry(0) <set_expiry>`;
+        setting it to ``True`` gives the session the app's lifetime.
+        """
+        return not self.get_expire_at_browser_close()
+
+    @permanent.setter
+    def permanent(self, value: bool) -> None:
+        if bool(value) == self.permanent:
+            # Apps often set this on every request; an unchanged value must
+            # not turn every request into a write.
+            return
+        if not value:
+            self.set_expiry(0)
+        elif self.default_permanent:
+            self.set_expiry(None)
+        else:
+            self.set_expiry(self.lifetime)
+
+    def is_empty(self) -> bool:
+        """True when the session has no key and no data (Django's meaning)."""
+        return self._key is None and not self._data
+
+    # -- loading ----------------------------------------------------------------
+
+    def _load_data(self) -> dict[str, t.Any]:
+        if self._data is None:
+            self._data = self._read_store()
+        return self._data
+
+    @property
+    def _session(self) -> dict[str, t.Any]:
+        self.accessed = True
+        return self._load_data()
+
+    def _read_store(self) -> dict[str, t.Any]:
+        if self._key is None or self._must_create:
+            return {}
+        record = self.store.load(self._key)
+        if record is None:
+            # An unknown or expired key never becomes a session: forget it,
+            # so a save issues a fresh key instead of reviving this one.
+            self._key = None
+            return {}
+        self._remember(record)
+        self._from_store = True
+        data, expiry = self._decode(record)
+        if not self._expiry_changed:
+            self._expiry = expiry
+        return data
+
+    def _remember(self, record: Record) -> None:
+        self._version = record.version
+        self._stored_payload = record.payload
+        self._stored_expires_at = record.expires_at
+
+    def _decode(self, record: Record) -> tuple[dict[str, t.Any], Expiry]:
+        try:
+            state = self.serializer.loads(record.payload)
+            data = state["data"]
+            expiry = state.get("expiry")
+            if not isinstance(data, dict) or not (
+                expiry is None or isinstance(expiry, (int, datetime))
+            ):
+                raise SerializationError("the payload is not a session")
+        except (SerializationError, KeyError) as exc:
+            # A payload that cannot be read is treated as an empty session:
+            # raising would lock the user out for good. It may be tampering,
+            # so say so where security events go.
+            security_logger.warning(
+                "Session %s...: undecodable payload (%s); using an empty session",
+                record.key[:6],
+                exc,
+            )
+            return {}, None
+        return data, expiry
+
+    def load(self) -> dict[str, t.Any]:
+        """Read the session from the store and return its data.
+
+        An unknown or expired key gives an empty dict and clears
+        :attr:`session_key`.
+        """
+        self._data = self._read_store()
+        return self._data
+
+    def exists(self, session_key: str) -> bool:
+        """Whether the store holds a live session under ``session_key``."""
+        return is_valid_session_key(session_key) and self.store.exists(session_key)
+
+    # -- the mapping -----------------------------------------------------------
+
+    def __getitem__(self, key: str) -> t.Any:
+        return self._session[key]
+
+    def __setitem__(self, key: str, value: t.Any) -> None:
+        self._session[key] = value
+        self.modified = True
+
+    def __delitem__(self, key: str) -> None:
+        del self._session[key]
+        self.modified = True
+
+    def __iter__(self) -> t.Iterator[str]:
+        return iter(self._session)
+
+    def __len__(self) -> int:
+        return len(self._session)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._session
+
+    def get(self, key: str, default: t.Any = None) -> t.Any:
+        return self._session.get(key, default)
+
+    def keys(self) -> t.KeysView[str]:
+        return self._session.keys()
+
+    def values(self) -> t.ValuesView[t.Any]:
+        return self._session.values()
+
+    def items(self) -> t.ItemsView[str, t.Any]:
+        return self._session.items()
+
+    def pop(self, key: str, default: t.Any = _MISSING) -> t.Any:
+        """Remove ``key`` and return its value.
+
+        A missing key raises :exc:`KeyError`, or returns ``default`` if one
+        is given; only removing a key that existed sets :attr:`modified`.
+        """
+        data = self._session
+        if key in data:
+            self.modified = True
+            return data.pop(key)
+        if default is _MISSING:
+            raise KeyError(key)
+        return default
+
+    def setdefault(self, key: str, default: t.Any = None) -> t.Any:
+        data = self._session
+        if key in data:
+            return data[key]
+        data[key] = default
+        self.modified = True
+        return default
+
+    def update(self, *args: t.Any, **kwargs: t.Any) -> None:
+        self._session.update(*args, **kwargs)
+        self.modified = True
+
+    def clear(self) -> None:
+        """Remove all data, without loading it first.
+
+        The expiry goes back to the app's policy, as Flask's ``_permanent``
+        key goes with a cleared cookie session.
+        """
+        self._data = {}
+        self._cleared = True
+        self._expiry = None
+        self._expiry_changed = True
+        self.accessed = True
+        self.modified = True
+
+    def __repr__(self) -> str:
+        key = f"{self._key[:6]}..." if self._key else None
+        data = "<not loaded>" if self._data is None else self._data
+        return f"<{type(self).__name__} {key} {data!r}>"
+
+    # -- expiry ----------------------------------------------------------------
+
+    def set_expiry(self, value: int | float | timedelta | datetime | None) -> None:
+        """Set when the session expires.
+
+        - ``int`` seconds or a ``timedelta``: after that much inactivity;
+        - a ``datetime``: at that moment (naive datetimes are UTC);
+        - ``0``: when the browser closes (the record still expires after the
+          app's lifetime without use);
+        - ``None``: the app's policy (``PERMANENT_SESSION_LIFETIME`` and
+          ``SESSION_PERMANENT``).
+        """
+        expiry = _normalize_expiry(value)
+        self._load_data()
+        self._expiry = expiry
+        self._expiry_changed = True
+        self.accessed = True
+        self.modified = True
+
+    def _current_expiry(self) -> Expiry:
+        self.accessed = True
+        self._load_data()
+        return self._expiry
+
+    def get_expiry_age(
+        self, *, modification: datetime | None = None, expiry: Expiry = _MISSING
+    ) -> int:
+        """Seconds from ``modification`` (default: now) until expiry."""
+        if expiry is _MISSING:
+            expiry = self._current_expiry()
+        if not isinstance(expiry, datetime):
+            return expiry or int(self.lifetime.total_seconds())
+        delta = expiry - (modification or utcnow())
+        return delta.days * 86400 + delta.seconds
+
+    def get_expiry_date(
+        self, *, modification: datetime | None = None, expiry: Expiry = _MISSING
+    ) -> datetime:
+        """When the session expires, as an aware UTC datetime."""
+        if expiry is _MISSING:
+            expiry = self._current_expiry()
+        if isinstance(expiry, datetime):
+            return expiry
+        age = expiry or int(self.lifetime.total_seconds())
+        return (modification or utcnow()) + timedelta(seconds=age)
+
+    def get_expire_at_browser_close(self) -> bool:
+        """Whether the cookie is a browser-session cookie."""
+        expiry = self._current_expiry()
+        if expiry is None:
+            return not self.default_permanent
+        return expiry == 0
+
+    # -- writing ---------------------------------------------------------------
+
+    def _payload(self) -> bytes:
+        state: dict[str, t.Any] = {"data": self._data or {}}
+        if self._expiry is not None:
+            state["expiry"] = self._expiry
+        return self.serializer.dumps(state)
+
+    def _after_write(self, record: Record) -> None:
+        self._remember(record)
+        self._cleared = False
+        self._expiry_changed = False
+        self._must_create = False
+        for stale in self._stale_keys:
+            self.store.delete(stale)
+        self._stale_keys.clear()
+
+    def create(self) -> None:
+        """Store the session under a fresh key.
+
+        The current data (if loaded) moves along; key collisions are retried.
+        """
+        if self._data is None:
+            self._data = {}
+        payload = self._payload()
+        expires_at = self.get_expiry_date()
+        for _ in range(_CREATE_ATTEMPTS):
+            self._key = new_session_key()
+            record = Record(self._key, payload, expires_at, 1)
+            try:
+                self.store.create(record)
+            except CreateError:
+                continue
+            self.modified = True
+            self._after_write(record)
+            return
+        raise CreateError(f"no free session key after {_CREATE_ATTEMPTS} attempts")
+
+    def save(self, must_create: bool = False) -> None:
+        """Write the session to the store.
+
+        A session without a key is created under a fresh one. Otherwise the
+        write is a compare-and-set on the version loaded: if another request
+        saved meanwhile, this request's own changes (keys set and deleted, a
+        clear, the expiry) are applied again on top of the current record
+        and the save retried, so concurrent changes to different keys both
+        survive.
+
+        :param must_create: create the record under the current key; raise
+            :class:`CreateError` if it is taken.
+        :raises UpdateError: the record was deleted (or expired) since it was
+            loaded; it is not brought back.
+        :raises SessionInterrupted: concurrent writers kept winning for
+            :attr:`save_retries` attempts.
+        :raises SerializationError: a value cannot be serialized; nothing
+            was written.
+        """
+        if self._key is None:
+            self.create()
+            return
+        if must_create:
+            if self._data is None:
+                self._data = {}
+            self._create_at_current_key()
+            return
+        data = self._load_data()
+        if self._key is None:  # the stored session had gone away
+            self.create()
+            return
+        if self._must_create:
+            try:
+                self._create_at_current_key()
+            except CreateError:
+                self.create()
+            return
+        if self._version is None:
+            # The data was replaced (clear()) before it was ever loaded: the
+            # compare-and-set still needs the stored version.
+            record = self.store.load(self._key)
+            if record is None:
+                self._key = None
+                self.create()
+                return
+            self._remember(record)
+        del data  # the merge below may replace self._data
+        for _ in range(self.save_retries + 1):
+            assert self._version is not None
+            payload = self._payload()
+            record = Record(
+                self._key, payload, self.get_expiry_date(), self._version + 1
+            )
+            try:
+                self.store.save(record, expected_version=self._version)
+            except VersionConflict:
+                self._merge_with_stored()
+                continue
+            self._after_write(record)
+            return
+        raise SessionInterrupted(
+            f"The session was changed by {self.save_retries + 1} concurrent"
+            " requests while this one tried to save it; its changes were not"
+            " saved."
+        )
+
+    def _create_at_current_key(self) -> None:
+        assert self._key is not None
+        record = Record(self._key, self._payload(), self.get_expiry_date(), 1)
+        self.store.create(record)
+        self.modified = True
+        self._after_write(record)
+
+    def _merge_with_stored(self) -> None:
+        """Re-apply this session's changes on top of the stored record."""
+        assert self._key is not None and self._data is not None
+        record = self.store.load(self._key)
+        if record is None:
+            raise UpdateError("the session was deleted while this request was using it")
+        theirs, their_expiry = self._decode(record)
+        if self._cleared:
+            merged = dict(self._data)
+        else:
+            before: dict[str, t.Any] = {}
+            if self._stored_payload is not None:
+                stored = Record(record.key, self._stored_payload, record.expires_at)
+                before = self._decode(stored)[0]
+            # Compare against what this request loaded, so in-place changes
+            # to nested values (followed by ``modified = True``) count too.
+            merged = dict(theirs)
+            for key in before.keys() - self._data.keys():
+                merged.pop(key, None)
+            for key, value in self._data.items():
+                if key not in before or before[key] != value:
+                    merged[key] = value
+        self._data = merged
+        if not self._expiry_changed:
+            self._expiry = their_expiry
+        self._remember(record)
+
+    def delete(self, session_key: str | None = None) -> None:
+        """Delete the record of ``session_key`` (default: this session's)."""
+        key = self._key if session_key is None else session_key
+        if key is not None:
+            self.store.delete(key)
+
+    def flush(self) -> None:
+        """Log out: remove the data, delete the record, forget the key.
+
+        The cookie is deleted at the end of the request; data stored after
+        this goes under a fresh key.
+        """
+        self._data = {}
+        self._discard()
+        self._version = None
+        self._stored_payload = None
+        self._stored_expires_at = None
+        self._from_store = False
+        self._must_create = False
+        self._cleared = False
+        self._expiry = None
+        self._expiry_changed = False
+        self.accessed = True
+        self.modified = True
+
+    def cycle_key(self) -> None:
+        """Move the data to a fresh key and delete the old record.
+
+        Call it at log-in, against session fixation. The new key is
+        :attr:`session_key` at once; the new record is written, and the old
+        one deleted, by the next :meth:`save` (the end of the request), so a
+        request that fails keeps the old session intact.
+        """
+        self.accessed = True
+        self._load_data()  # the data must move along, loaded or not
+        if self._key is not None and not self._must_create:
+            self._stale_keys.append(self._key)
+        self._key = new_session_key()
+        self._must_create = True
+        self._version = None
+        self._stored_payload = None
+        self._stored_expires_at = None
+        self.modified = True
+
+    # -- used by the interface -------------------------------------------------
+
+    def _touch_if_due(self, min_interval: timedelta) -> bool:
+        """Move the stored expiry forward, if it is due; return whether it was.
+
+        Only for a session read from the store and not modified: the expiry
+        it was read with tells, at no extra cost, when it was last touched.
+        """
+        if (
+            self._key is None
+            or self._stored_expires_at is None
+            or isinstance(self._expiry, datetime)
+        ):
+            return False
+        expires_at = self.get_expiry_date()
+        if expires_at - self._stored_expires_at < min_interval:
+            return False
+        self.store.touch(self._key, expires_at)
+        self._stored_expires_at = expires_at
+        return True
+
+    def _is_loaded_and_empty(self) -> bool:
+        return self._data is not None and not self._data
+
+    def _discard(self) -> None:
+        """Delete every record this session holds and forget its key.
+
+        The current key is only deleted if it was ever written (a key from
+        :meth:`cycle_key` is not until the next save).
+        """
+        keys = list(self._stale_keys)
+        if self._key is not None and not self._must_create:
+            keys.append(self._key)
+        for key in keys:
+            self.store.delete(key)
+        self._stale_keys.clear()
+        self._key = None

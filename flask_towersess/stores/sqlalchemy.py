@@ -1,0 +1,482 @@
+"""Sessions in an SQL table, through SQLAlchemy Core.
+
+SQLite, PostgreSQL and MySQL/MariaDB. One statement per read and per write,
+compiled once; an index on the expiry column for the purge. Never the ORM,
+never the app's ``db.session``: a session save must not commit, or be rolled
+back with, the app's own unit of work.
+
+.. versionadded:: 0.1
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import typing as t
+from datetime import datetime
+from datetime import timezone
+
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import mysql
+from sqlalchemy.schema import CreateIndex
+from sqlalchemy.schema import CreateTable
+
+from ..errors import ConfigurationError
+from ..errors import CreateError
+from ..errors import StoreUnavailable
+from ..errors import UpdateError
+from ..errors import VersionConflict
+from .base import BatchCallback
+from .base import Record
+from .base import SessionStore
+from .base import utcnow
+
+logger = logging.getLogger(__name__)
+
+_Connection = sa.engine.Connection
+
+
+def _naive_utc(moment: datetime) -> datetime:
+    # The column is a timezone-less DATETIME/TIMESTAMP holding UTC on every
+    # dialect, so all three compare and index it the same way.
+    return moment.astimezone(timezone.utc).replace(tzinfo=None)
+
+
+def _aware_utc(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=timezone.utc)
+
+
+def build_table(metadata: sa.MetaData, name: str) -> sa.Table:
+    """The session table, with the column types each dialect needs."""
+    key_type = sa.String(64).with_variant(
+        # Session keys are case-sensitive; MySQL's default collations are not.
+        mysql.VARCHAR(64, charset="ascii", collation="ascii_bin"),
+        "mysql",
+        "mariadb",
+    )
+    payload_type = sa.LargeBinary().with_variant(mysql.MEDIUMBLOB(), "mysql", "mariadb")
+    # DATETIME(6): MySQL drops fractions of a second otherwise.
+    time_type = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+    return sa.Table(
+        name,
+        metadata,
+        sa.Column("session_key", key_type, primary_key=True),
+        sa.Column("payload", payload_type, nullable=False),
+        sa.Column("expires_at", time_type, nullable=False, index=True),
+        sa.Column("version", sa.Integer, nullable=False),
+    )
+
+
+class SQLAlchemyStore(SessionStore):
+    """Keep sessions in an SQL table.
+
+    :param engine: an SQLAlchemy :class:`~sqlalchemy.engine.Engine`, or a
+        Flask-SQLAlchemy ``db`` (its ``db.engine`` is used, in the app context).
+    :param table: the table name.
+    :param schema: the schema (PostgreSQL) or database (MySQL) holding it.
+    :param auto_migrate: create the table on first use. Only the zero-config
+        SQLite default does this; everywhere else run ``flask sessions
+        migrate`` (or :meth:`migrate`) as a deploy step.
+
+    .. versionadded:: 0.1
+    """
+
+    url_schemes = ("sqlite", "postgresql", "postgres", "mysql", "mariadb")
+
+    def __init__(
+        self,
+        engine: sa.engine.Engine | t.Any,
+        *,
+        table: str = "sessions",
+        schema: str | None = None,
+        auto_migrate: bool = False,
+    ) -> None:
+        if isinstance(engine, sa.engine.Engine):
+            self._engine: sa.engine.Engine | None = engine
+            self._db = None
+        elif hasattr(engine, "engine") and hasattr(engine, "Model"):
+            # Flask-SQLAlchemy: its engine exists per app, so resolve it in the
+            # app context of each call.
+            self._engine = None
+            self._db = engine
+        else:
+            raise ConfigurationError(
+                "SQLAlchemyStore takes an SQLAlchemy Engine or a Flask-SQLAlchemy"
+                f" db, not {type(engine).__qualname__}"
+            )
+        self._owns_engine = False
+        self.table = build_table(sa.MetaData(schema=schema), table)
+        self._auto_migrate = auto_migrate
+        self._migrated = False
+        self._migrate_lock = threading.Lock()
+        self._build_statements()
+
+    @classmethod
+    def from_url(cls, url: str, **options: t.Any) -> SQLAlchemyStore:
+        """Build the store with its own engine.
+
+        ``table``, ``schema`` and ``auto_migrate`` go to the store, every other
+        option to :func:`sqlalchemy.create_engine`. SQLite gets WAL mode and a
+        busy timeout, so several worker processes can share the file.
+        """
+        store_options = {
+            name: options.pop(name)
+            for name in ("table", "schema", "auto_migrate")
+            if name in options
+        }
+        engine = create_engine(url, **options)
+        store = cls(engine, **store_options)
+        store._owns_engine = True
+        return store
+
+    @classmethod
+    def accepts(cls, obj: object) -> bool:
+        return isinstance(obj, sa.engine.Engine) or (
+            hasattr(obj, "engine") and hasattr(obj, "Model")
+        )
+
+    @property
+    def engine(self) -> sa.engine.Engine:
+        if self._engine is not None:
+            return self._engine
+        return self._db.engine  # type: ignore[union-attr,no-any-return]
+
+    def describe(self) -> str:
+        url = self.engine.url.render_as_string(hide_password=True)
+        return f"SQLAlchemyStore {url} table {self.table.fullname}"
+
+    def _build_statements(self) -> None:
+        # Built once with bound parameters, so SQLAlchemy's compiled cache
+        # serves every call and no request pays for statement construction.
+        c = self.table.c
+        key: sa.BindParameter[str] = sa.bindparam("key")
+        now: sa.BindParameter[datetime] = sa.bindparam("now")
+        self._select = sa.select(c.payload, c.expires_at, c.version).where(
+            c.session_key == key, c.expires_at > now
+        )
+        self._select_version = sa.select(c.version).where(
+            c.session_key == key, c.expires_at > now
+        )
+        self._insert = self.table.insert()
+        self._delete_expired_key = self.table.delete().where(
+            c.session_key == key, c.expires_at <= now
+        )
+        self._update = (
+            self.table.update()
+            .where(
+                c.session_key == key,
+                c.version == sa.bindparam("expected_version"),
+                c.expires_at > now,
+            )
+            .values(
+                payload=sa.bindparam("new_payload"),
+                expires_at=sa.bindparam("new_expires_at"),
+                version=sa.bindparam("new_version"),
+            )
+        )
+        self._touch = (
+            self.table.update()
+            .where(c.session_key == key, c.expires_at > now)
+            .values(expires_at=sa.bindparam("new_expires_at"))
+        )
+        self._delete = self.table.delete().where(c.session_key == key)
+        self._count_expired = (
+            sa.select(sa.func.count())
+            .select_from(self.table)
+            .where(c.expires_at <= now)
+        )
+
+    # -- error handling --------------------------------------------------------
+
+    def _translate(self, exc: sa_exc.DBAPIError) -> Exception:
+        """Map a driver error to the error the session layer expects."""
+        if isinstance(exc, (sa_exc.ProgrammingError, sa_exc.OperationalError)):
+            try:
+                missing = not sa.inspect(self.engine).has_table(
+                    self.table.name, schema=self.table.schema
+                )
+            except sa_exc.SQLAlchemyError:
+                missing = False
+            if missing:
+                return ConfigurationError(
+                    f"The session table {self.table.fullname!r} does not exist in"
+                    f" {self.engine.url.render_as_string(hide_password=True)}:"
+                    " run `flask sessions migrate` to create it."
+                )
+        if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError)) or (
+            exc.connection_invalidated
+        ):
+            return StoreUnavailable(f"the session database is unavailable: {exc.orig}")
+        return exc
+
+    def _run(self, work: t.Callable[[_Connection], t.Any]) -> t.Any:
+        """Run ``work`` in one transaction, with errors translated."""
+        self._ensure_migrated()
+        try:
+            with self.engine.begin() as conn:
+                return work(conn)
+        except (
+            sa_exc.OperationalError,
+            sa_exc.ProgrammingError,
+            sa_exc.InterfaceError,
+        ) as exc:
+            raise self._translate(exc) from exc
+        except sa_exc.TimeoutError as exc:  # pool checkout timed out
+            raise StoreUnavailable(f"no database connection available: {exc}") from exc
+
+    def _ensure_migrated(self) -> None:
+        if not self._auto_migrate or self._migrated:
+            return
+        with self._migrate_lock:
+            if not self._migrated:
+                database = self.engine.url.database
+                if self.engine.dialect.name == "sqlite" and database not in (
+                    None,
+                    "",
+                    ":memory:",
+                ):
+                    os.makedirs(
+                        os.path.dirname(os.path.abspath(database)), exist_ok=True
+                    )
+                self._migrate()
+                self._migrated = True
+
+    # -- the contract ----------------------------------------------------------
+
+    def load(self, key: str) -> Record | None:
+        def work(conn: _Connection) -> Record | None:
+            row = conn.execute(
+                self._select, {"key": key, "now": _naive_utc(utcnow())}
+            ).first()
+            if row is None:
+                return None
+            return Record(
+                key, bytes(row.payload), _aware_utc(row.expires_at), row.version
+            )
+
+        return t.cast("Record | None", self._run(work))
+
+    def create(self, record: Record) -> None:
+        params = {
+            "session_key": record.key,
+            "payload": record.payload,
+            "expires_at": _naive_utc(record.expires_at),
+            "version": record.version,
+        }
+        try:
+            self._run(lambda conn: conn.execute(self._insert, params))
+            return
+        except sa_exc.IntegrityError:
+            pass
+
+        # The key is taken. Only an expired record may be replaced: it no
+        # longer exists as far as the session layer is concerned.
+        def replace_expired(conn: _Connection) -> None:
+            now = _naive_utc(utcnow())
+            deleted = conn.execute(
+                self._delete_expired_key, {"key": record.key, "now": now}
+            )
+            if deleted.rowcount != 1:
+                raise CreateError(f"a session with key {record.key[:6]}... exists")
+            conn.execute(self._insert, params)
+
+        try:
+            self._run(replace_expired)
+        except sa_exc.IntegrityError as exc:  # another writer took the key meanwhile
+            raise CreateError(f"a session with key {record.key[:6]}... exists") from exc
+
+    def save(self, record: Record, expected_version: int) -> None:
+        now = _naive_utc(utcnow())
+
+        def work(conn: _Connection) -> None:
+            result = conn.execute(
+                self._update,
+                {
+                    "key": record.key,
+                    "now": now,
+                    "expected_version": expected_version,
+                    "new_payload": record.payload,
+                    "new_expires_at": _naive_utc(record.expires_at),
+                    "new_version": record.version,
+                },
+            )
+            if result.rowcount == 1:
+                return
+            # Only on failure: tell a deleted record from a concurrent save.
+            current = conn.execute(
+                self._select_version, {"key": record.key, "now": now}
+            ).first()
+            if current is None:
+                raise UpdateError("the session no longer exists")
+            raise VersionConflict(
+                f"expected version {expected_version}, found {current.version}"
+            )
+
+        self._run(work)
+
+    def touch(self, key: str, expires_at: datetime) -> None:
+        self._run(
+            lambda conn: conn.execute(
+                self._touch,
+                {
+                    "key": key,
+                    "now": _naive_utc(utcnow()),
+                    "new_expires_at": _naive_utc(expires_at),
+                },
+            )
+        )
+
+    def delete(self, key: str) -> None:
+        self._run(lambda conn: conn.execute(self._delete, {"key": key}))
+
+    def exists(self, key: str) -> bool:
+        return bool(
+            self._run(
+                lambda conn: (
+                    conn.execute(
+                        self._select_version, {"key": key, "now": _naive_utc(utcnow())}
+                    ).first()
+                    is not None
+                )
+            )
+        )
+
+    def count_expired(self) -> int:
+        return int(
+            self._run(
+                lambda conn: conn.execute(
+                    self._count_expired, {"now": _naive_utc(utcnow())}
+                ).scalar_one()
+            )
+        )
+
+    def _purge_statement(self, batch_size: int) -> sa.Delete:
+        c = self.table.c
+        expired = c.expires_at <= sa.bindparam("now")
+        if self.engine.dialect.name in ("mysql", "mariadb"):
+            # MySQL cannot delete from a table it selects from in a subquery,
+            # but has DELETE ... ORDER BY ... LIMIT, which walks the index.
+            return (
+                self.table.delete()
+                .where(expired)
+                .with_dialect_options(mysql_limit=batch_size)
+            )
+        batch = sa.select(c.session_key).where(expired).limit(batch_size)
+        if self.engine.dialect.name == "postgresql":
+            # Two purgers (cron on two hosts) take different rows instead of
+            # waiting on each other's locks.
+            batch = batch.with_for_update(skip_locked=True)
+        return self.table.delete().where(c.session_key.in_(batch.scalar_subquery()))
+
+    def purge_expired(
+        self, batch_size: int = 1000, *, on_batch: BatchCallback | None = None
+    ) -> int:
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        statement = self._purge_statement(batch_size)
+        total = 0
+        while True:
+            # One short transaction per batch: no lock is held longer than
+            # one batch takes, and rows never travel to Python.
+            deleted = self._run(
+                lambda conn: (
+                    conn.execute(statement, {"now": _naive_utc(utcnow())}).rowcount
+                )
+            )
+            if deleted <= 0:
+                return total
+            total += deleted
+            if on_batch is not None:
+                on_batch(deleted)
+
+    # -- migrations ------------------------------------------------------------
+
+    def _migrate(self) -> list[str]:
+        done: list[str] = []
+        name = self.table.fullname
+        with self.engine.begin() as conn:
+            inspector = sa.inspect(conn)
+            if not inspector.has_table(self.table.name, schema=self.table.schema):
+                self.table.create(conn)
+                return [f"created table {name} with its indexes"]
+            existing = {
+                ix["name"]
+                for ix in inspector.get_indexes(
+                    self.table.name, schema=self.table.schema
+                )
+            }
+            for index in self.table.indexes:
+                if index.name not in existing:
+                    index.create(conn)
+                    done.append(f"created index {index.name} on {name}")
+        if self.engine.dialect.name == "sqlite":
+            self._set_sqlite_wal()
+        return done or [f"table {name} is up to date; nothing to do"]
+
+    def _set_sqlite_wal(self) -> None:
+        with self.engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+
+    def migrate(self) -> list[str]:
+        try:
+            lines = self._migrate()
+        except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
+            raise StoreUnavailable(
+                f"the session database is unavailable: {exc.orig}"
+            ) from exc
+        self._migrated = True
+        return lines
+
+    def migration_sql(self) -> str:
+        dialect = self.engine.dialect
+        statements = [CreateTable(self.table).compile(dialect=dialect)]
+        statements += [
+            CreateIndex(ix).compile(dialect=dialect) for ix in self.table.indexes
+        ]
+        return "\n".join(f"{str(s).strip()};\n" for s in statements)
+
+    def close(self) -> None:
+        if self._owns_engine and self._engine is not None:
+            self._engine.dispose()
+
+
+def create_engine(url: str, **options: t.Any) -> sa.engine.Engine:
+    """An engine set up for sessions: bounded timeouts, and for SQLite WAL
+    mode plus a busy timeout so concurrent writers wait instead of failing.
+
+    :param options: passed to :func:`sqlalchemy.create_engine`, overriding
+        the defaults set here.
+    """
+    sa_url = sa.engine.make_url(url)
+    backend = sa_url.get_backend_name()
+    if backend == "sqlite":
+        connect_args = options.setdefault("connect_args", {})
+        connect_args.setdefault("timeout", 30)
+        engine = sa.create_engine(sa_url, **options)
+
+        @sa.event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: t.Any, record: t.Any) -> None:
+            cursor = dbapi_conn.cursor()
+            # WAL lets readers and one writer work at once; NORMAL sync is
+            # durable across application crashes, which is what sessions need.
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+
+        return engine
+    options.setdefault("pool_pre_ping", True)
+    options.setdefault("pool_timeout", 10)
+    connect_args = options.setdefault("connect_args", {})
+    for name, value in _CONNECT_TIMEOUTS.get(backend, {}).items():
+        connect_args.setdefault(name, value)
+    return sa.create_engine(sa_url, **options)
+
+
+#: Bounded driver timeouts, so a database that hangs cannot hang a worker.
+_CONNECT_TIMEOUTS: dict[str, dict[str, int]] = {
+    "postgresql": {"connect_timeout": 5},
+    "mysql": {"connect_timeout": 5, "read_timeout": 30, "write_timeout": 30},
+    "mariadb": {"connect_timeout": 5, "read_timeout": 30, "write_timeout": 30},
+}

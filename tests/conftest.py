@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import typing as t
+
+import pytest
+from flask import Flask
+
+from flask_towersess import SessionExt
+from flask_towersess.stores.base import SessionStore
+
+from .helpers import CountingStore
+
+pytest_plugins = ["tests.fixtures_sql"]
+
+#: Every store the shared contract runs on; each name has a ``<name>_store``
+#: fixture giving a fresh, empty store.
+STORE_NAMES = ["memory", "sqlite", "postgresql", "mariadb"]
+
+
+@pytest.fixture(params=STORE_NAMES)
+def store(request: pytest.FixtureRequest) -> SessionStore:
+    """Each store in turn, fresh and empty."""
+    return t.cast(SessionStore, request.getfixturevalue(f"{request.param}_store"))
+
+
+@pytest.fixture
+def counting_store(store: SessionStore) -> CountingStore:
+    return CountingStore(store)
+
+
+@pytest.fixture
+def app(counting_store: CountingStore) -> Flask:
+    """An app on each store, counting store calls; with a few views."""
+    app = Flask(__name__)
+    app.config.update(SECRET_KEY="test secret", TESTING=True)
+    SessionExt(app, store=counting_store)
+    return app
+
+
+@pytest.fixture
+def client(app: Flask) -> t.Any:
+    return app.test_client()

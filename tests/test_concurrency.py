@@ -1,0 +1,209 @@
+"""Versioned records, compare-and-set saves and the merge of own changes."""
+
+from __future__ import annotations
+
+import threading
+import typing as t
+
+import pytest
+from flask import Flask
+from flask import session
+
+from flask_towersess import ServerSession
+from flask_towersess import SessionExt
+from flask_towersess.errors import SessionInterrupted
+from flask_towersess.errors import UpdateError
+from flask_towersess.errors import VersionConflict
+from flask_towersess.stores.base import Record
+from flask_towersess.stores.base import SessionStore
+
+
+def two_views(store: SessionStore, **data: t.Any) -> tuple[ServerSession, ServerSession]:
+    original = ServerSession(store)
+    original.update(data)
+    original.save()
+    first = ServerSession(store, original.session_key)
+    second = ServerSession(store, original.session_key)
+    first.load()
+    second.load()
+    return first, second
+
+
+def stored(store: SessionStore, session: ServerSession) -> dict[str, t.Any]:
+    return dict(ServerSession(store, session.session_key))
+
+
+def test_different_keys_both_kept(store: SessionStore) -> None:
+    first, second = two_views(store, shared=0)
+    first["a"] = 1
+    second["b"] = 2
+    first.save()
+    second.save()
+    assert stored(store, first) == {"shared": 0, "a": 1, "b": 2}
+
+
+def test_deletes_and_sets_merge(store: SessionStore) -> None:
+    first, second = two_views(store, x=1, y=2, z=3)
+    del first["x"]
+    second["y"] = 20
+    second.pop("z")
+    first.save()
+    second.save()
+    assert stored(store, first) == {"y": 20}
+
+
+def test_same_key_last_writer_wins_whole(store: SessionStore) -> None:
+    first, second = two_views(store, cart={"items": [1]})
+    first["cart"] = {"items": [1, 2], "by": "first"}
+    second["cart"] = {"items": [1, 3], "by": "second"}
+    first.save()
+    second.save()
+    assert stored(store, first) == {"cart": {"items": [1, 3], "by": "second"}}
+
+
+def test_in_place_change_is_merged(store: SessionStore) -> None:
+    first, second = two_views(store, cart=[1], other=0)
+    first["cart"].append(2)
+    first.modified = True  # Flask's idiom after an in-place change
+    second["other"] = 1
+    second.save()
+    first.save()
+    assert stored(store, first) == {"cart": [1, 2], "other": 1}
+
+
+def test_clear_wins_over_concurrent_additions(store: SessionStore) -> None:
+    first, second = two_views(store, a=1)
+    second["added"] = 2
+    second.save()
+    first.clear()
+    first["after_clear"] = 3
+    first.save()
+    assert stored(store, first) == {"after_clear": 3}
+
+
+def test_expiry_change_is_kept_with_their_data(store: SessionStore) -> None:
+    first, second = two_views(store, a=1)
+    first.set_expiry(123)
+    second["b"] = 2
+    second.save()
+    first.save()
+    again = ServerSession(store, first.session_key)
+    assert dict(again) == {"a": 1, "b": 2}
+    assert again.get_expiry_age() == 123
+
+
+def test_their_expiry_kept_when_we_did_not_change_it(store: SessionStore) -> None:
+    first, second = two_views(store, a=1)
+    second.set_expiry(456)
+    second.save()
+    first["b"] = 2
+    first.save()
+    assert ServerSession(store, first.session_key).get_expiry_age() == 456
+
+
+def test_deleted_meanwhile_is_not_resurrected(store: SessionStore) -> None:
+    first, second = two_views(store, a=1)
+    second.flush()  # logout in another tab
+    first["b"] = 2
+    with pytest.raises(UpdateError):
+        first.save()
+    assert not store.exists(first.session_key)  # type: ignore[arg-type]
+
+
+def test_deleted_after_conflict_is_not_resurrected(store: SessionStore) -> None:
+    """The record moves on, then disappears, while we retry."""
+    first, second = two_views(store, a=1)
+    second["b"] = 2
+    second.save()
+
+    class DeleteOnConflict(SessionStore):
+        def __getattr__(self, name: str) -> t.Any:
+            return getattr(store, name)
+
+        def load(self, key: str) -> Record | None:
+            return store.load(key)
+
+        def create(self, record: Record) -> None:
+            store.create(record)
+
+        def save(self, record: Record, expected_version: int) -> None:
+            try:
+                store.save(record, expected_version)
+            except VersionConflict:
+                store.delete(record.key)
+                raise
+
+        def touch(self, key: str, expires_at: t.Any) -> None:
+            store.touch(key, expires_at)
+
+        def delete(self, key: str) -> None:
+            store.delete(key)
+
+    first.store = DeleteOnConflict()
+    first["c"] = 3
+    with pytest.raises(UpdateError):
+        first.save()
+    assert not store.exists(first.session_key)  # type: ignore[arg-type]
+
+
+def test_retries_run_out_with_a_clear_error(store: SessionStore) -> None:
+    first, _ = two_views(store, a=1)
+
+    class AlwaysMoving(SessionStore):
+        def load(self, key: str) -> Record | None:
+            return store.load(key)
+
+        def create(self, record: Record) -> None:
+            store.create(record)
+
+        def save(self, record: Record, expected_version: int) -> None:
+            raise VersionConflict("someone else saved")
+
+        def touch(self, key: str, expires_at: t.Any) -> None:
+            store.touch(key, expires_at)
+
+        def delete(self, key: str) -> None:
+            store.delete(key)
+
+    first.store = AlwaysMoving()
+    first.save_retries = 3
+    first["b"] = 2
+    with pytest.raises(SessionInterrupted, match="4 concurrent"):
+        first.save()
+    assert stored(store, first) == {"a": 1}  # nothing half-written
+
+
+def test_threads_changing_their_own_keys_all_survive(store: SessionStore) -> None:
+    app = Flask(__name__)
+    app.config.update(SECRET_KEY="s", SESSION_SAVE_RETRIES=50)
+    SessionExt(app, store=store)
+
+    @app.post("/bump/<name>")
+    def bump(name: str) -> str:
+        session[name] = session.get(name, 0) + 1
+        return "ok"
+
+    client = app.test_client()
+    client.post("/bump/start")
+    cookie = client.get_cookie("session").value
+    threads, writes = 6, 8
+    errors: list[BaseException] = []
+
+    def worker(index: int) -> None:
+        own = app.test_client()
+        own.set_cookie("session", cookie)
+        try:
+            for _ in range(writes):
+                assert own.post(f"/bump/t{index}").status_code == 200
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    pool = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join(timeout=60)
+    assert not errors
+    key = cookie.partition(".")[0]
+    data = dict(ServerSession(store, key))
+    assert data == {"start": 1, **{f"t{i}": writes for i in range(threads)}}
