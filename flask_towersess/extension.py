@@ -23,6 +23,7 @@ from .stores import store_for
 from .stores.base import SessionStore
 
 if t.TYPE_CHECKING:
+    import sqlalchemy as sa
     from flask import Flask
 
 #: The configuration keys flask-towersess reads, with their defaults. Flask's
@@ -133,6 +134,7 @@ class SessionExt:
             # zero configuration must mean zero set-up steps too.
             options.setdefault("auto_migrate", True)
             store = SQLAlchemyStore.from_url(f"sqlite:///{path}", **options)
+            _create_folder_on_connect(store.engine, app.instance_path)
         else:
             store = store_for(value, **options)
         cache = app.config["SESSION_CACHE"]
@@ -159,3 +161,20 @@ class SessionExt:
     def get_store(self, app: Flask | None = None) -> SessionStore:
         """The store of ``app`` (default: the current app)."""
         return self.get_interface(app).store
+
+
+def _create_folder_on_connect(engine: sa.engine.Engine, folder: str) -> None:
+    """Create ``folder`` right before SQLite opens its file there.
+
+    Flask does not create the instance folder, and SQLite will not create a
+    missing directory. Doing it on connect, not at start-up, keeps
+    ``init_app`` free of side effects and covers every first use: a request,
+    ``flask sessions migrate`` or ``purge-expired`` on a fresh checkout.
+    """
+    # Imported here, like the SQL store itself: an app on Redis or MongoDB
+    # does not need to load SQLAlchemy.
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "do_connect")
+    def _make_folder(*args: t.Any) -> None:
+        os.makedirs(folder, exist_ok=True)

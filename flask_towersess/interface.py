@@ -26,8 +26,8 @@ from .errors import SessionInterrupted
 from .errors import UpdateError
 from .serializers import MsgPackSerializer
 from .serializers import Serializer
-from .session import is_valid_session_key
 from .session import ServerSession
+from .session import is_valid_session_key
 from .stores import store_for
 from .stores.base import SessionStore
 
@@ -38,6 +38,26 @@ if t.TYPE_CHECKING:
     from flask.sessions import SessionMixin
 
 logger = logging.getLogger("flask_towersess")
+
+
+class _Signer(Signer):
+    """itsdangerous's Signer, remembering its derived keys.
+
+    The stock one derives the key (an HMAC) again for every signature; the
+    key only changes with ``SECRET_KEY``, and this runs on every request.
+    """
+
+    def __init__(self, *args: t.Any, **kwargs: t.Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._derived: dict[str | bytes | None, bytes] = {}
+
+    def derive_key(self, secret_key: str | bytes | None = None) -> bytes:
+        try:
+            return self._derived[secret_key]
+        except KeyError:
+            derived = self._derived[secret_key] = super().derive_key(secret_key)
+            return derived
+
 
 #: A signed cookie is a key (43 characters), a dot and a signature (43): a
 #: cookie much longer than that, or with other characters, is not ours and
@@ -78,7 +98,7 @@ class ServerSessionInterface(SessionInterface):
             max_size=DEFAULT_MAX_PAYLOAD_SIZE
         )
         # Signers are built once per set of secret keys, not per request.
-        self._signers: dict[tuple[t.Any, ...], tuple[Signer, Signer | None]] = {}
+        self._signers: dict[tuple[t.Any, ...], tuple[_Signer, _Signer | None]] = {}
 
     # -- configuration getters (read each request, like Flask's own) ----------
 
@@ -109,21 +129,17 @@ class ServerSessionInterface(SessionInterface):
 
     # -- the cookie ----------------------------------------------------------
 
-    def _get_signers(self, app: Flask) -> tuple[Signer, Signer | None]:
+    def _get_signers(self, app: Flask) -> tuple[_Signer, _Signer | None]:
         fallbacks = tuple(app.config.get("SECRET_KEY_FALLBACKS") or ())
         cache_key = (app.secret_key, *fallbacks)
         signers = self._signers.get(cache_key)
         if signers is None:
             options = {"salt": self.salt, "digest_method": hashlib.sha256}
-            current = Signer(app.secret_key, **options)  # type: ignore[arg-type]
+            current = _Signer(app.secret_key, **options)
             # itsdangerous takes keys oldest first and tries them newest
             # first; the current key is checked alone before, so a cookie
             # signed with a fallback is known to need re-signing.
-            with_fallbacks = (
-                Signer([*fallbacks], **options)  # type: ignore[arg-type]
-                if fallbacks
-                else None
-            )
+            with_fallbacks = _Signer([*fallbacks], **options) if fallbacks else None
             signers = self._signers[cache_key] = (current, with_fallbacks)
         return signers
 
@@ -187,30 +203,35 @@ class ServerSessionInterface(SessionInterface):
     # -- the request cycle ---------------------------------------------------
 
     def open_session(self, app: Flask, request: Request) -> ServerSession | None:
-        if self.get_use_signer(app) and not app.secret_key:
+        if not app.secret_key and self.get_use_signer(app):
             # Flask then gives its own "no secret key" error on first use.
             return None
-        cookie = request.cookies.get(self.get_cookie_name(app))
-        key, resign = self._key_from_cookie(app, cookie) if cookie else (None, False)
         session = self.session_class(
             self.store,
-            key,
             serializer=self.serializer,
             lifetime=app.permanent_session_lifetime,
             permanent=self.get_default_permanent(app),
             save_retries=self.get_save_retries(app),
         )
-        session._cookie_key = key
-        session._resign_cookie = resign
+        # The cookie is read and verified on first use of the session only.
+        session._key_resolver = lambda: self._key_from_request(app, request)
         return session
+
+    def _key_from_request(
+        self, app: Flask, request: Request
+    ) -> tuple[str | None, bool]:
+        cookie = request.cookies.get(self.get_cookie_name(app))
+        if not cookie:
+            return None, False
+        return self._key_from_cookie(app, cookie)
 
     def save_session(
         self, app: Flask, session: SessionMixin, response: Response
     ) -> None:
-        if not isinstance(session, ServerSession):
+        if not isinstance(session, ServerSession) or not session.accessed:
+            # Never used: no store call, no cookie, no Vary (as Flask).
             return
-        if session.accessed:
-            response.vary.add("Cookie")
+        response.vary.add("Cookie")
         if response.status_code >= 500:
             # The request failed: keep the stored session as it was.
             return
@@ -222,10 +243,9 @@ class ServerSessionInterface(SessionInterface):
             self._respond_with_error(app, response, exc)
 
     def _finish(self, app: Flask, session: ServerSession, response: Response) -> None:
+        key = session.session_key  # reads the cookie, if nothing did yet
         had_cookie = session._cookie_key is not None
-        if session._is_loaded_and_empty() and (
-            session.modified or session.session_key is None
-        ):
+        if session._is_loaded_and_empty() and (session.modified or key is None):
             # Ended empty (logout, clear()) or the cookie named no live
             # session: drop the record too, so a copied ID keeps nothing.
             if session.modified:
@@ -234,10 +254,18 @@ class ServerSessionInterface(SessionInterface):
                 self._delete_cookie(app, response)
             return
         if session.modified:
+            key_before = session._cookie_key
             session.save()
-            self._set_cookie(app, session, response)
+            # A cookie that would come out the same (same key, no expiry to
+            # move) is not sent again.
+            if (
+                session.session_key != key_before
+                or session._resign_cookie
+                or session.permanent
+            ):
+                self._set_cookie(app, session, response)
             return
-        if not session.accessed or session.session_key is None:
+        if session.session_key is None:
             return
         refresh = self.get_refresh_each_request(app)
         if refresh:

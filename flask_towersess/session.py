@@ -125,30 +125,53 @@ class ServerSession(SessionMixin):
         self.lifetime = lifetime
         self.default_permanent = permanent
         self.save_retries = save_retries
-        self._key = session_key if is_valid_session_key(session_key) else None
-        #: The data; ``None`` until loaded (or replaced without loading).
-        self._data: dict[str, t.Any] | None = None
-        self._expiry: Expiry = None
-        # What the store holds for this key, as last read or written: the
-        # version a save must match, the payload a conflict merge diffs
-        # against, and the expiry a touch compares with.
-        self._version: int | None = None
-        self._stored_payload: bytes | None = None
-        self._stored_expires_at: datetime | None = None
-        self._from_store = False
-        # This request's own changes that a merge must keep over a
-        # concurrent writer's: a clear() and an explicit expiry.
-        self._cleared = False
-        self._expiry_changed = False
-        # cycle_key() picks the new key at once but writes at save().
-        self._must_create = False
-        self._stale_keys: list[str] = []
-        self.accessed = False
-        self.modified = False
-        # Set by the interface: the key the request's cookie carried, and
-        # whether that cookie was signed with a fallback secret key.
-        self._cookie_key: str | None = None
-        self._resign_cookie = False
+        self._key_value = session_key if is_valid_session_key(session_key) else None
+
+    # Per-session state. Class-level defaults, so opening a session (every
+    # request, most of which never use it) sets only what differs.
+
+    #: The data; ``None`` until loaded (or replaced without loading).
+    _data: dict[str, t.Any] | None = None
+    _expiry: Expiry = None
+    # What the store holds for this key, as last read or written: the version
+    # a save must match, the payload a conflict merge diffs against, and the
+    # expiry a touch compares with.
+    _version: int | None = None
+    _stored_payload: bytes | None = None
+    _stored_expires_at: datetime | None = None
+    _from_store = False
+    # This request's own changes that a merge must keep over a concurrent
+    # writer's: a clear() and an explicit expiry.
+    _cleared = False
+    _expiry_changed = False
+    # cycle_key() picks the new key at once but writes at save(); the keys
+    # whose records that save must delete.
+    _must_create = False
+    _stale_keys: t.Sequence[str] = ()
+    accessed = False
+    modified = False
+    # Set by the interface: reads the key from the request's cookie on first
+    # use, so a request that never uses the session never parses or verifies
+    # the cookie. It also records the key the cookie carried and whether it
+    # was signed with a fallback secret key.
+    _key_resolver: t.Callable[[], tuple[str | None, bool]] | None = None
+    _cookie_key: str | None = None
+    _resign_cookie = False
+
+    @property
+    def _key(self) -> str | None:
+        resolver = self._key_resolver
+        if resolver is not None:
+            self._key_resolver = None
+            key, self._resign_cookie = resolver()
+            self._cookie_key = self._key_value = key
+        return self._key_value
+
+    @_key.setter
+    def _key(self, value: str | None) -> None:
+        if self._key_resolver is not None:
+            self._key  # noqa: B018 - record which key the cookie carried first
+        self._key_value = value
 
     # -- the key and the flags -------------------------------------------------
 
@@ -402,7 +425,7 @@ class ServerSession(SessionMixin):
         self._must_create = False
         for stale in self._stale_keys:
             self.store.delete(stale)
-        self._stale_keys.clear()
+        self._stale_keys = ()
 
     def create(self) -> None:
         """Store the session under a fresh key.
@@ -452,7 +475,7 @@ class ServerSession(SessionMixin):
                 self._data = {}
             self._create_at_current_key()
             return
-        data = self._load_data()
+        self._load_data()
         if self._key is None:  # the stored session had gone away
             self.create()
             return
@@ -471,7 +494,6 @@ class ServerSession(SessionMixin):
                 self.create()
                 return
             self._remember(record)
-        del data  # the merge below may replace self._data
         for _ in range(self.save_retries + 1):
             assert self._version is not None
             payload = self._payload()
@@ -561,7 +583,7 @@ class ServerSession(SessionMixin):
         self.accessed = True
         self._load_data()  # the data must move along, loaded or not
         if self._key is not None and not self._must_create:
-            self._stale_keys.append(self._key)
+            self._stale_keys = [*self._stale_keys, self._key]
         self._key = new_session_key()
         self._must_create = True
         self._version = None
@@ -604,5 +626,5 @@ class ServerSession(SessionMixin):
             keys.append(self._key)
         for key in keys:
             self.store.delete(key)
-        self._stale_keys.clear()
+        self._stale_keys = ()
         self._key = None

@@ -10,11 +10,11 @@ from flask_towersess.stores.base import SessionStore
 
 from .helpers import CountingStore
 
-pytest_plugins = ["tests.fixtures_sql"]
+pytest_plugins = ["tests.fixtures_sql", "tests.fixtures_mongodb"]
 
 #: Every store the shared contract runs on; each name has a ``<name>_store``
 #: fixture giving a fresh, empty store.
-STORE_NAMES = ["memory", "sqlite", "postgresql", "mariadb"]
+STORE_NAMES = ["memory", "sqlite", "postgresql", "mariadb", "mongodb", "caching"]
 
 
 @pytest.fixture(params=STORE_NAMES)

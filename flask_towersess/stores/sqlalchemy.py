@@ -96,7 +96,7 @@ class SQLAlchemyStore(SessionStore):
         if isinstance(engine, sa.engine.Engine):
             self._engine: sa.engine.Engine | None = engine
             self._db = None
-        elif hasattr(engine, "engine") and hasattr(engine, "Model"):
+        elif _is_flask_sqlalchemy(engine):
             # Flask-SQLAlchemy: its engine exists per app, so resolve it in the
             # app context of each call.
             self._engine = None
@@ -107,6 +107,7 @@ class SQLAlchemyStore(SessionStore):
                 f" db, not {type(engine).__qualname__}"
             )
         self._owns_engine = False
+        self._autocommit_engines: dict[sa.engine.Engine, sa.engine.Engine] = {}
         self.table = build_table(sa.MetaData(schema=schema), table)
         self._auto_migrate = auto_migrate
         self._migrated = False
@@ -133,15 +134,28 @@ class SQLAlchemyStore(SessionStore):
 
     @classmethod
     def accepts(cls, obj: object) -> bool:
-        return isinstance(obj, sa.engine.Engine) or (
-            hasattr(obj, "engine") and hasattr(obj, "Model")
-        )
+        return isinstance(obj, sa.engine.Engine) or _is_flask_sqlalchemy(obj)
 
     @property
     def engine(self) -> sa.engine.Engine:
         if self._engine is not None:
             return self._engine
         return self._db.engine  # type: ignore[union-attr,no-any-return]
+
+    def _statement_engine(self) -> sa.engine.Engine:
+        """The engine that runs the session statements, in autocommit.
+
+        Every operation is one statement, atomic on its own: a transaction
+        around it would only add BEGIN and COMMIT round trips.
+        """
+        engine = self.engine
+        if _is_autocommit(engine):
+            return engine
+        autocommit = self._autocommit_engines.get(engine)
+        if autocommit is None:
+            autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+            self._autocommit_engines[engine] = autocommit
+        return autocommit
 
     def describe(self) -> str:
         url = self.engine.url.render_as_string(hide_password=True)
@@ -212,34 +226,33 @@ class SQLAlchemyStore(SessionStore):
         return exc
 
     def _run(self, work: t.Callable[[_Connection], t.Any]) -> t.Any:
-        """Run ``work`` in one transaction, with errors translated."""
+        """Run ``work`` on a pooled connection, with errors translated."""
         self._ensure_migrated()
-        try:
-            with self.engine.begin() as conn:
-                return work(conn)
-        except (
-            sa_exc.OperationalError,
-            sa_exc.ProgrammingError,
-            sa_exc.InterfaceError,
-        ) as exc:
-            raise self._translate(exc) from exc
-        except sa_exc.TimeoutError as exc:  # pool checkout timed out
-            raise StoreUnavailable(f"no database connection available: {exc}") from exc
+        engine = self._statement_engine()
+        for attempt in (1, 2):
+            try:
+                with engine.connect() as conn:
+                    return work(conn)
+            except sa_exc.DBAPIError as exc:
+                if exc.connection_invalidated and attempt == 1:
+                    # A pooled connection the server had dropped (a restart,
+                    # an idle timeout): retry once on a fresh one, instead of
+                    # pinging before every statement.
+                    continue
+                if isinstance(exc, sa_exc.IntegrityError):
+                    raise
+                raise self._translate(exc) from exc
+            except sa_exc.TimeoutError as exc:  # pool checkout timed out
+                raise StoreUnavailable(
+                    f"no database connection available: {exc}"
+                ) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _ensure_migrated(self) -> None:
         if not self._auto_migrate or self._migrated:
             return
         with self._migrate_lock:
             if not self._migrated:
-                database = self.engine.url.database
-                if self.engine.dialect.name == "sqlite" and database not in (
-                    None,
-                    "",
-                    ":memory:",
-                ):
-                    os.makedirs(
-                        os.path.dirname(os.path.abspath(database)), exist_ok=True
-                    )
                 self._migrate()
                 self._migrated = True
 
@@ -394,6 +407,15 @@ class SQLAlchemyStore(SessionStore):
     # -- migrations ------------------------------------------------------------
 
     def _migrate(self) -> list[str]:
+        database = self.engine.url.database
+        if self.engine.dialect.name == "sqlite" and database not in (
+            None,
+            "",
+            ":memory:",
+        ):
+            # SQLite creates the file but not its folder (a fresh instance
+            # folder, for one).
+            os.makedirs(os.path.dirname(os.path.abspath(database)), exist_ok=True)
         done: list[str] = []
         name = self.table.fullname
         with self.engine.begin() as conn:
@@ -454,6 +476,8 @@ def create_engine(url: str, **options: t.Any) -> sa.engine.Engine:
     if backend == "sqlite":
         connect_args = options.setdefault("connect_args", {})
         connect_args.setdefault("timeout", 30)
+        options.setdefault("isolation_level", "AUTOCOMMIT")
+        options.setdefault("pool_reset_on_return", None)
         engine = sa.create_engine(sa_url, **options)
 
         @sa.event.listens_for(engine, "connect")
@@ -466,12 +490,34 @@ def create_engine(url: str, **options: t.Any) -> sa.engine.Engine:
             cursor.close()
 
         return engine
-    options.setdefault("pool_pre_ping", True)
+    # Statements run in autocommit (see SQLAlchemyStore._statement_engine):
+    # set at connect time, it costs no round trip per checkout, and there is
+    # no transaction to roll back when a connection returns to the pool.
+    options.setdefault("isolation_level", "AUTOCOMMIT")
+    options.setdefault("pool_reset_on_return", None)
     options.setdefault("pool_timeout", 10)
+    # Below MySQL's default wait_timeout of 8 hours, with a wide margin.
+    options.setdefault("pool_recycle", 3600)
     connect_args = options.setdefault("connect_args", {})
     for name, value in _CONNECT_TIMEOUTS.get(backend, {}).items():
         connect_args.setdefault(name, value)
     return sa.create_engine(sa_url, **options)
+
+
+def _is_flask_sqlalchemy(obj: object) -> bool:
+    # By class, not by attributes: some clients (a pymongo Database) answer
+    # any attribute name.
+    return type(obj).__module__.split(".")[0] == "flask_sqlalchemy"
+
+
+def _is_autocommit(engine: sa.engine.Engine) -> bool:
+    # An engine made with create_engine(isolation_level=...) keeps the level
+    # on its dialect (a private name, hence getattr): switching such an engine
+    # again per checkout would cost MySQL two round trips per statement.
+    level = engine.get_execution_options().get("isolation_level") or getattr(
+        engine.dialect, "_on_connect_isolation_level", None
+    )
+    return bool(level == "AUTOCOMMIT")
 
 
 #: Bounded driver timeouts, so a database that hangs cannot hang a worker.

@@ -1,0 +1,1 @@
+"""Benchmarks for flask-towersess; run ``python -m benchmarks --help``."""

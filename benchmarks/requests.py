@@ -1,0 +1,402 @@
+"""Per-request cost of flask-towersess, as ratios against baselines timed in
+the same run.
+
+Every scenario is a small Flask app driven in-process by the test client.
+Scenarios are interleaved (each repeat runs every scenario once, in turn) and
+the median of the repeats is reported, so machine noise hits all alike.
+
+Request kinds:
+
+- idle: the session cookie is sent, the view never touches ``flask.session``;
+- read: the view reads one key;
+- write: the view changes two keys, one of them a small nested dict.
+
+Baselines:
+
+- bare Flask, with no session machinery at all;
+- Flask's own cookie session (for reference);
+- per store, the round trips a session store cannot avoid, done by hand in a
+  bare Flask view: SQL, one primary-key ``SELECT`` on a pooled engine for a
+  read, plus one ``UPDATE`` in its own transaction for a write; Redis,
+  ``GET`` for a read, ``GET`` + ``SET ... EX`` for a write; memory, a dict
+  lookup and a dict store. Payloads are packed with msgpack.
+
+Targets: idle <= 1.10 x bare Flask; read <= 1.15 x the raw read; write <=
+1.15 x the raw read + write.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import typing as t
+from dataclasses import dataclass
+from dataclasses import field
+from datetime import datetime
+from datetime import timedelta
+from datetime import timezone
+
+import msgpack
+from flask import Flask
+from flask import session
+from flask.sessions import SessionInterface
+
+from flask_towersess import SessionExt
+from flask_towersess.stores import store_from_url
+from flask_towersess.stores.base import SessionStore
+
+TARGETS = {"idle": 1.10, "read": 1.15, "write": 1.15}
+
+DEFAULT_URLS = {
+    "memory": "memory://",
+    "sqlite": None,  # a file in a temporary folder, filled in at run time
+    "postgresql": os.environ.get(
+        "TOWERSESS_POSTGRESQL_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
+    ),
+    "mariadb": os.environ.get(
+        "TOWERSESS_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test"
+    ),
+    "redis": os.environ.get("TOWERSESS_REDIS_URL", "redis://127.0.0.1:6379/0"),
+}
+
+BENCH_TABLE = "towersess_bench"
+
+
+class NoSessionInterface(SessionInterface):
+    """Bare Flask: no session is opened or saved at all."""
+
+    def open_session(self, app: Flask, request: t.Any) -> None:
+        return None
+
+    def is_null_session(self, obj: object) -> bool:
+        return True
+
+    def make_null_session(self, app: Flask) -> t.Any:
+        return _NULL
+
+    def save_session(self, app: Flask, session: t.Any, response: t.Any) -> None:
+        pass
+
+
+_NULL: t.Any = None
+
+
+def _initial_data() -> dict[str, t.Any]:
+    return {"user_id": 42, "name": "Ada", "counter": 0, "prefs": {"theme": "dark"}}
+
+
+def _add_session_views(app: Flask) -> None:
+    @app.get("/idle")
+    def idle() -> str:
+        return "ok"
+
+    @app.get("/read")
+    def read() -> str:
+        return str(session.get("user_id"))
+
+    @app.get("/write")
+    def write() -> str:
+        counter = session.get("counter", 0) + 1
+        session["counter"] = counter
+        session["prefs"] = {"theme": "dark", "seen": counter}
+        return "ok"
+
+    @app.get("/init")
+    def init() -> str:
+        session.update(_initial_data())
+        return "ok"
+
+
+class RawStore(t.Protocol):
+    def read(self) -> bytes | None: ...
+
+    def write(self, payload: bytes) -> None: ...
+
+
+class RawMemory:
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {"k": msgpack.packb(_initial_data())}
+
+    def read(self) -> bytes | None:
+        return self.data.get("k")
+
+    def write(self, payload: bytes) -> None:
+        self.data["k"] = payload
+
+
+class RawSQL:
+    def __init__(self, store: t.Any) -> None:
+        import sqlalchemy as sa
+
+        self.engine = store.engine
+        table = store.table
+        self.key = "raw-baseline-key-000000000000000000000"
+        expires = datetime.now(timezone.utc).replace(tzinfo=None) + timedelta(days=1)
+        with self.engine.begin() as conn:
+            conn.execute(table.delete().where(table.c.session_key == self.key))
+            conn.execute(
+                table.insert().values(
+                    session_key=self.key,
+                    payload=msgpack.packb(_initial_data()),
+                    expires_at=expires,
+                    version=1,
+                )
+            )
+        self.select = sa.select(table.c.payload).where(
+            table.c.session_key == sa.bindparam("key")
+        )
+        self.update = (
+            table.update()
+            .where(table.c.session_key == sa.bindparam("key"))
+            .values(payload=sa.bindparam("p"), expires_at=sa.bindparam("e"))
+        )
+        self.expires = expires
+
+    def read(self) -> bytes | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(self.select, {"key": self.key}).first()
+        return None if row is None else bytes(row[0])
+
+    def write(self, payload: bytes) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(self.update, {"key": self.key, "p": payload, "e": self.expires})
+
+
+class RawRedis:
+    def __init__(self, store: t.Any) -> None:
+        self.client = store.client
+        self.key = "bench:raw-baseline"
+        self.client.set(self.key, msgpack.packb(_initial_data()), ex=86400)
+
+    def read(self) -> bytes | None:
+        return self.client.get(self.key)  # type: ignore[no-any-return]
+
+    def write(self, payload: bytes) -> None:
+        self.client.set(self.key, payload, ex=86400)
+
+
+def _raw_for(name: str, store: SessionStore) -> RawStore:
+    factories: dict[str, t.Callable[[SessionStore], RawStore]] = {
+        "memory": lambda s: RawMemory(),
+        "sqlite": RawSQL,
+        "postgresql": RawSQL,
+        "mariadb": RawSQL,
+        "redis": RawRedis,
+    }
+    return factories[name](store)
+
+
+def _raw_app(raw: RawStore) -> Flask:
+    app = Flask("raw")
+    app.session_interface = NoSessionInterface()
+
+    @app.get("/read")
+    def read() -> str:
+        data = msgpack.unpackb(raw.read())
+        return str(data.get("user_id"))
+
+    @app.get("/write")
+    def write() -> str:
+        data = msgpack.unpackb(raw.read())
+        counter = data.get("counter", 0) + 1
+        data["counter"] = counter
+        data["prefs"] = {"theme": "dark", "seen": counter}
+        raw.write(msgpack.packb(data))
+        return "ok"
+
+    return app
+
+
+@dataclass
+class Scenario:
+    name: str
+    client: t.Any
+    path: str
+    timings: list[float] = field(default_factory=list)
+
+    def run(self, requests: int) -> None:
+        get = self.client.get
+        path = self.path
+        started = time.perf_counter()
+        for _ in range(requests):
+            get(path)
+        self.timings.append((time.perf_counter() - started) / requests)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.timings)
+
+
+def _bare_scenarios() -> list[Scenario]:
+    bare = Flask("bare")
+    bare.session_interface = NoSessionInterface()
+
+    @bare.get("/idle")
+    def idle() -> str:
+        return "ok"
+
+    cookie = Flask("cookie")
+    cookie.secret_key = "bench"
+    _add_session_views(cookie)
+    cookie_client = cookie.test_client()
+    cookie_client.get("/init")
+    bare_client = bare.test_client()
+    # The same cookie as the session apps get, so cookie handling in the test
+    # client costs every scenario alike.
+    bare_client.set_cookie("session", cookie_client.get_cookie("session").value)
+    return [
+        Scenario("bare flask/idle", bare_client, "/idle"),
+        Scenario("flask cookie/idle", cookie_client, "/idle"),
+        Scenario("flask cookie/read", cookie_client, "/read"),
+        Scenario("flask cookie/write", cookie_client, "/write"),
+    ]
+
+
+def _store_scenarios(name: str, store: SessionStore) -> list[Scenario]:
+    app = Flask(f"towersess-{name}")
+    app.config.update(SECRET_KEY="bench", SESSION_STORE=store)
+    SessionExt(app)
+    _add_session_views(app)
+    client = app.test_client()
+    assert client.get("/init").status_code == 200
+    raw_client = _raw_app(_raw_for(name, store)).test_client()
+    raw_client.set_cookie("session", client.get_cookie("session").value)
+    for path in ("/read", "/write"):
+        assert raw_client.get(path).status_code == 200
+    return [
+        Scenario(f"{name}/idle", client, "/idle"),
+        Scenario(f"{name}/read", client, "/read"),
+        Scenario(f"{name}/write", client, "/write"),
+        Scenario(f"{name}/raw read", raw_client, "/read"),
+        Scenario(f"{name}/raw write", raw_client, "/write"),
+    ]
+
+
+def _open_store(name: str, url: str | None, tmp: str) -> SessionStore:
+    if url is None:
+        url = f"sqlite:///{tmp}/bench.sqlite3"
+    options: dict[str, t.Any] = {}
+    if not url.startswith(("memory", "redis")):
+        options["table"] = BENCH_TABLE
+    store = store_from_url(url, **options)
+    store.migrate()
+    return store
+
+
+def run(
+    stores: list[str], *, repeats: int, requests: int, warmup: int
+) -> dict[str, t.Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        opened = {name: _open_store(name, DEFAULT_URLS[name], tmp) for name in stores}
+        try:
+            scenarios = _bare_scenarios()
+            for name, store in opened.items():
+                scenarios += _store_scenarios(name, store)
+            for scenario in scenarios:
+                scenario.run(warmup)
+                scenario.timings.clear()
+            for _ in range(repeats):
+                for scenario in scenarios:
+                    scenario.run(requests)
+        finally:
+            for store in opened.values():
+                _drop(store)
+                store.close()
+    medians = {s.name: s.median for s in scenarios}
+    bare = medians["bare flask/idle"]
+    ratios: dict[str, dict[str, float]] = {}
+    for name in stores:
+        ratios[name] = {
+            "idle": medians[f"{name}/idle"] / bare,
+            "read": medians[f"{name}/read"] / medians[f"{name}/raw read"],
+            "write": medians[f"{name}/write"] / medians[f"{name}/raw write"],
+        }
+    return {
+        "machine": _machine(),
+        "repeats": repeats,
+        "requests": requests,
+        "medians_us": {k: v * 1e6 for k, v in medians.items()},
+        "ratios": ratios,
+        "targets": TARGETS,
+    }
+
+
+def _drop(store: SessionStore) -> None:
+    table = getattr(store, "table", None)
+    if table is not None:
+        table.drop(store.engine, checkfirst=True)  # type: ignore[attr-defined]
+
+
+def _machine() -> str:
+    return (
+        f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus,"
+        f" Python {platform.python_version()}, {platform.system()}"
+        f" {platform.release()}"
+    )
+
+
+def report(result: dict[str, t.Any]) -> tuple[str, bool]:
+    lines = [f"machine: {result['machine']}"]
+    lines.append(
+        f"repeats: {result['repeats']} x {result['requests']} requests per scenario"
+    )
+    lines.append("")
+    lines.append(f"{'scenario':<24} {'median us/request':>18}")
+    for name, value in result["medians_us"].items():
+        lines.append(f"{name:<24} {value:>18.1f}")
+    lines.append("")
+    lines.append(
+        f"{'store':<12} {'idle/bare':>10} {'read/raw':>10} {'write/raw':>10}"
+    )
+    ok = True
+    for store, ratios in result["ratios"].items():
+        cells = []
+        for kind in ("idle", "read", "write"):
+            value = ratios[kind]
+            passed = value <= TARGETS[kind]
+            ok &= passed
+            cells.append(f"{value:>9.3f}{' ' if passed else '!'}")
+        lines.append(f"{store:<12} " + " ".join(cells))
+    lines.append("")
+    lines.append(
+        "targets: idle <= 1.10, read <= 1.15, write <= 1.15"
+        f" -> {'all met' if ok else 'MISSED (marked !)'}"
+    )
+    return "\n".join(lines), ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--stores",
+        default="memory,sqlite,postgresql,mariadb,redis",
+        help="comma-separated: memory, sqlite, postgresql, mariadb, redis",
+    )
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    args = parser.parse_args(argv)
+    stores = [s.strip() for s in args.stores.split(",") if s.strip()]
+    unknown = set(stores) - set(DEFAULT_URLS)
+    if unknown:
+        parser.error(f"unknown stores: {', '.join(sorted(unknown))}")
+    result = run(stores, repeats=args.repeats, requests=args.requests, warmup=args.warmup)
+    text, ok = report(result)
+    print(text)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,368 @@
+"""A fast store in front of a durable one.
+
+:class:`CachingStore` reads from a cache store (Redis, memory) and falls back
+to a durable store (SQL, MongoDB), which stays the source of truth: every
+write goes to the durable store first, and every compare-and-set is decided
+there. This is Django's ``cached_db`` session engine and tower-sessions'
+``CachingSessionStore``, with stricter rules against serving stale data.
+
+The consistency rules (see ``docs/caching.rst`` for the reasoning):
+
+1. The durable store decides. ``create``, ``save``, ``touch`` and ``delete``
+   go to it first; its errors are the caller's errors. A save based on a
+   stale cached copy fails its compare-and-set there (``VersionConflict``),
+   so it can never overwrite newer durable data.
+2. The cache is only ever written with a record the durable store has just
+   accepted or returned, and only by a conditional write that fails if the
+   cache holds something else than expected:
+
+   - ``save`` replaces the cached copy by compare-and-set from the version
+     the durable store replaced; if the cache holds anything else, the entry
+     is deleted instead.
+   - ``create`` inserts into an empty slot; if the slot is taken, the entry
+     is deleted instead.
+   - a read that misses first takes a *fill lease* (a placeholder entry with
+     a random negative version), then reads the durable store, then replaces
+     its own lease by compare-and-set. Any write or delete in between removes
+     the lease, so the fill fails and a record read before a concurrent
+     delete or save can never land in the cache.
+
+3. ``touch``, ``delete`` and any failed durable write delete the cache entry
+   after the durable write, whatever its outcome.
+4. Every cache entry lives at most ``max_age``: the bound on how long a stale
+   copy can be served when an invalidation did not reach the cache (the
+   cache was unreachable, or lost writes in a fail-over).
+5. A cache failure never fails the request: it is logged on the
+   ``flask_towersess.stores.caching`` logger, reads fall through to the
+   durable store, and writes fall back to deleting the entry.
+
+Cache entries use a small private format (the true expiry and the payload),
+so the cache store must be used by this :class:`CachingStore` only.
+
+.. versionadded:: 0.1
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import struct
+import typing as t
+from datetime import datetime
+from datetime import timedelta
+from datetime import timezone
+
+from ..errors import ConfigurationError
+from ..errors import CreateError
+from ..errors import TowerSessError
+from ..errors import UpdateError
+from ..errors import VersionConflict
+from .base import BatchCallback
+from .base import Record
+from .base import SessionStore
+from .base import utcnow
+
+logger = logging.getLogger("flask_towersess.stores.caching")
+
+# A cache entry's payload: a format tag, the record's true expiry (in
+# microseconds since the epoch), then the session payload. The entry's own
+# expiry can be earlier (``max_age``), and the session layer needs the true
+# one (it decides when to touch from it).
+_HEADER = struct.Struct(">cq")
+_FORMAT_TAG = b"\x01"
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def _short(key: str) -> str:
+    # Session keys are bearer secrets: log a prefix only.
+    return f"{key[:6]}..."
+
+
+def _reason(exc: BaseException) -> str:
+    cause = exc.__cause__
+    if cause is not None:
+        return f"{type(exc).__name__} ({type(cause).__name__}: {cause})"
+    return f"{type(exc).__name__}: {exc}"
+
+
+class CachingStore(SessionStore):
+    """Serve reads from ``cache``, keep the truth in ``store``.
+
+    :param cache: a fast store (typically a
+        :class:`~flask_towersess.stores.RedisStore`), used by this object
+        only.
+    :param store: the durable store, the source of truth.
+    :param max_age: the longest a record stays cached without being
+        rewritten; bounds how long a copy the cache failed to invalidate can
+        be served. ``None`` keeps entries as long as the sessions live.
+    :param lease: how long a reader may take between a cache miss and filling
+        the cache; a reader slower than this does not fill it.
+
+    In an app, set ``SESSION_STORE`` to the durable store and
+    ``SESSION_CACHE`` to the cache; there is no URL for a caching store.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self,
+        cache: SessionStore,
+        store: SessionStore,
+        *,
+        max_age: timedelta | None = timedelta(minutes=5),
+        lease: timedelta = timedelta(seconds=10),
+    ) -> None:
+        if max_age is not None and max_age <= timedelta(0):
+            raise ConfigurationError("CachingStore max_age must be positive or None")
+        if lease <= timedelta(0):
+            raise ConfigurationError("CachingStore lease must be positive")
+        self.cache = cache
+        self.store = store
+        self.max_age = max_age
+        self.lease = lease
+
+    # Per instance, where the base class has a class attribute: it is the
+    # durable store's.
+    @property
+    def expires_natively(self) -> bool:  # type: ignore[override]
+        return self.store.expires_natively
+
+    @classmethod
+    def from_url(cls, url: str, **options: t.Any) -> SessionStore:
+        raise ConfigurationError(
+            "A CachingStore is made of two stores, not a URL: use"
+            " CachingStore(cache, store), or set SESSION_STORE to the durable"
+            " store and SESSION_CACHE to the cache."
+        )
+
+    # -- the cache entry format ------------------------------------------------
+
+    def _to_cache(self, record: Record, now: datetime) -> Record:
+        true_expiry = (record.expires_at - _EPOCH) // _MICROSECOND
+        expires_at = record.expires_at
+        if self.max_age is not None:
+            expires_at = min(expires_at, now + self.max_age)
+        payload = _HEADER.pack(_FORMAT_TAG, true_expiry) + record.payload
+        return Record(record.key, payload, expires_at, record.version)
+
+    @staticmethod
+    def _from_cache(entry: Record) -> Record | None:
+        payload = entry.payload
+        if len(payload) < _HEADER.size or payload[:1] != _FORMAT_TAG:
+            return None
+        _, true_expiry = _HEADER.unpack_from(payload)
+        return Record(
+            entry.key,
+            payload[_HEADER.size :],
+            _EPOCH + true_expiry * _MICROSECOND,
+            entry.version,
+        )
+
+    @staticmethod
+    def _is_lease(entry: Record) -> bool:
+        # Real records start at version 1; leases use negative versions.
+        return entry.version < 1
+
+    # -- failure handling --------------------------------------------------------
+
+    def _invalidate(self, key: str) -> None:
+        """Delete the cache entry; on failure, log it and carry on."""
+        try:
+            self.cache.delete(key)
+        except TowerSessError as exc:
+            if self.max_age is None:
+                bound = "until it expires"
+            else:
+                bound = f"for up to {self.max_age}"
+            logger.error(
+                "session cache: could not invalidate key %s: %s; the cache may"
+                " serve a stale copy of this session %s",
+                _short(key),
+                _reason(exc),
+                bound,
+            )
+
+    @staticmethod
+    def _log_failure(action: str, key: str, exc: TowerSessError) -> None:
+        logger.warning(
+            "session cache: %s failed for key %s: %s",
+            action,
+            _short(key),
+            _reason(exc),
+        )
+
+    # -- reads -----------------------------------------------------------------
+
+    def _cached(self, key: str) -> tuple[bool, Record | None]:
+        """Look ``key`` up in the cache.
+
+        Returns ``(True, record)`` for a usable hit, ``(True, None)`` for an
+        empty slot (the caller may fill it), ``(False, None)`` when the
+        durable store must answer and the cache be left alone (a failing
+        cache, another reader's lease, an unreadable entry).
+        """
+        try:
+            entry = self.cache.load(key)
+        except TowerSessError as exc:
+            self._log_failure("read", key, exc)
+            return False, None
+        if entry is None:
+            return True, None
+        if self._is_lease(entry):
+            return False, None
+        record = self._from_cache(entry)
+        if record is None:
+            # Not written by a CachingStore (or by a future format): drop it
+            # so the next read can fill the slot properly.
+            logger.warning(
+                "session cache: unreadable entry for key %s; deleting it", _short(key)
+            )
+            self._invalidate(key)
+            return False, None
+        if record.is_expired():
+            return False, None
+        return True, record
+
+    def load(self, key: str) -> Record | None:
+        usable, record = self._cached(key)
+        if record is not None:
+            return record
+        if not usable:
+            return self.store.load(key)
+        return self._load_and_fill(key)
+
+    def _load_and_fill(self, key: str) -> Record | None:
+        token = -(secrets.randbelow(2**31 - 1) + 1)
+        try:
+            self.cache.create(Record(key, b"", utcnow() + self.lease, token))
+        except CreateError:
+            # Another reader is filling the slot, or a writer just filled
+            # it: read through and leave the cache to them.
+            return self.store.load(key)
+        except TowerSessError as exc:
+            self._log_failure("taking the fill lease", key, exc)
+            return self.store.load(key)
+        # If the durable read fails, the lease just runs out.
+        record = self.store.load(key)
+        if record is None:
+            # Give the slot back. Whatever is there now is this lease, another
+            # reader's lease, or a copy a writer put there after removing the
+            # lease; deleting any of those only costs a cache miss.
+            try:
+                self.cache.delete(key)
+            except TowerSessError as exc:
+                self._log_failure("releasing the fill lease", key, exc)
+            return None
+        try:
+            self.cache.save(self._to_cache(record, utcnow()), expected_version=token)
+        except (UpdateError, VersionConflict):
+            # The lease is gone: a write or delete happened after the lease
+            # was taken, so this copy may be stale. Leave the cache alone.
+            pass
+        except TowerSessError as exc:
+            self._log_failure("filling", key, exc)
+            # The fill may or may not have happened; the record is fresh,
+            # but be safe: a partial failure leaves nothing behind.
+            self._invalidate(key)
+        return record
+
+    def exists(self, key: str) -> bool:
+        _, record = self._cached(key)
+        if record is not None:
+            return True
+        return self.store.exists(key)
+
+    # -- writes ----------------------------------------------------------------
+
+    def create(self, record: Record) -> None:
+        self.store.create(record)
+        try:
+            self.cache.create(self._to_cache(record, utcnow()))
+        except CreateError:
+            # A reader's lease, or a leftover the cache should not have:
+            # either way the slot cannot be trusted, so empty it.
+            self._invalidate(record.key)
+        except TowerSessError as exc:
+            self._log_failure("write", record.key, exc)
+            self._invalidate(record.key)
+
+    def save(self, record: Record, expected_version: int) -> None:
+        try:
+            self.store.save(record, expected_version)
+        except Exception:
+            # A conflict or a deleted record means the cached copy is stale;
+            # any other failure leaves the durable state unknown. Either way
+            # the next read must go to the durable store.
+            self._invalidate(record.key)
+            raise
+        try:
+            self.cache.save(self._to_cache(record, utcnow()), expected_version)
+        except UpdateError:
+            # Nothing cached: the next read fills the slot.
+            pass
+        except VersionConflict:
+            # The cache holds another version or a reader's lease; it cannot
+            # tell which copy is newer, so it holds none.
+            self._invalidate(record.key)
+        except TowerSessError as exc:
+            self._log_failure("write", record.key, exc)
+            self._invalidate(record.key)
+
+    def touch(self, key: str, expires_at: datetime) -> None:
+        # The cached entry carries the old expiry inside its payload, and
+        # rewriting it would need its payload (a read, and a race): drop it
+        # instead. Touches come at most once per refresh interval.
+        try:
+            self.store.touch(key, expires_at)
+        finally:
+            self._invalidate(key)
+
+    def delete(self, key: str) -> None:
+        try:
+            self.store.delete(key)
+        finally:
+            self._invalidate(key)
+
+    # -- maintenance -------------------------------------------------------------
+
+    def count_expired(self) -> int:
+        return self.store.count_expired()
+
+    def purge_expired(
+        self, batch_size: int = 1000, *, on_batch: BatchCallback | None = None
+    ) -> int:
+        """Purge the durable store (the count returned), then the cache.
+
+        Cache entries never outlive their durable record, so the cache purge
+        only frees memory in a cache that does not expire entries by itself;
+        its failure is logged, not raised.
+        """
+        purged = self.store.purge_expired(batch_size, on_batch=on_batch)
+        try:
+            self.cache.purge_expired(batch_size)
+        except TowerSessError as exc:
+            logger.warning("session cache: purge failed: %s", _reason(exc))
+        return purged
+
+    def migrate(self) -> list[str]:
+        lines = [f"durable store: {line}" for line in self.store.migrate()]
+        lines.extend(f"cache: {line}" for line in self.cache.migrate())
+        return lines
+
+    def migration_sql(self) -> str | None:
+        both = (self.store.migration_sql(), self.cache.migration_sql())
+        parts = [sql for sql in both if sql]
+        return "\n".join(parts) if parts else None
+
+    def close(self) -> None:
+        try:
+            self.cache.close()
+        finally:
+            self.store.close()
+
+    def describe(self) -> str:
+        return (
+            f"CachingStore(cache={self.cache.describe()},"
+            f" store={self.store.describe()})"
+        )

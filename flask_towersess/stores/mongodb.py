@@ -1,0 +1,427 @@
+"""Sessions in a MongoDB collection, with pymongo.
+
+One document per session::
+
+    {"_id": "<session key>", "payload": BinData, "expires_at": ISODate, "version": 3}
+
+:meth:`MongoDBStore.migrate` creates a TTL index on ``expires_at`` with
+``expireAfterSeconds=0``, so the server deletes a document once its
+``expires_at`` has passed. The server's TTL monitor only runs about once a
+minute, so every read also filters on ``expires_at`` itself: an expired
+session is never returned, whether or not it has been deleted yet.
+
+pymongo is imported when a store is built, not when this module is imported,
+so flask-towersess works without it for the other backends.
+
+.. versionadded:: 0.1
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import typing as t
+from datetime import datetime
+from datetime import timezone
+from urllib.parse import parse_qsl
+from urllib.parse import unquote
+from urllib.parse import urlsplit
+
+from ..errors import ConfigurationError
+from ..errors import CreateError
+from ..errors import StoreUnavailable
+from ..errors import UpdateError
+from ..errors import VersionConflict
+from .base import BatchCallback
+from .base import Record
+from .base import SessionStore
+from .base import utcnow
+
+if t.TYPE_CHECKING:
+    from pymongo.collection import Collection
+
+#: Name of the TTL index :meth:`MongoDBStore.migrate` creates.
+TTL_INDEX_NAME = "expires_at_1"
+
+_INSTALL_HINT = (
+    "MongoDBStore needs pymongo: install flask-towersess[mongodb]"
+    " (or `pip install pymongo`)."
+)
+
+#: Client options :meth:`MongoDBStore.from_url` sets unless the URL or the
+#: caller does. pymongo's own defaults wait 30 s to find a server and forever
+#: for a socket, which turns a dead database into hung workers instead of a
+#: quick 503.
+DEFAULT_CLIENT_OPTIONS: dict[str, t.Any] = {
+    "serverSelectionTimeoutMS": 5000,
+    "connectTimeoutMS": 5000,
+    "socketTimeoutMS": 10000,
+    "appname": "flask-towersess",
+}
+
+# Modules whose ``Collection`` class :meth:`MongoDBStore.accepts`. pymongo 4.9
+# moved the class to ``pymongo.synchronous.collection``; the async collection
+# lives elsewhere and is deliberately not accepted (its methods are coroutines).
+_COLLECTION_MODULES = frozenset(
+    {"pymongo.collection", "pymongo.synchronous.collection", "mongomock.collection"}
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class _DriverErrors:
+    duplicate_key: type[Exception]
+    # The base class of every driver error, to look at before deciding
+    # whether it means "unreachable".
+    base: type[Exception]
+    connection_failure: tuple[type[Exception], ...]
+
+
+@functools.cache
+def _driver_errors() -> _DriverErrors:
+    try:
+        from pymongo import errors
+    except ImportError:
+        # A mongomock collection can be used without pymongo installed;
+        # mongomock then defines the error classes itself.
+        try:
+            import mongomock
+        except ImportError:
+            raise ConfigurationError(_INSTALL_HINT) from None
+        return _DriverErrors(
+            duplicate_key=mongomock.DuplicateKeyError,
+            base=mongomock.OperationFailure,
+            connection_failure=(),
+        )
+    return _DriverErrors(
+        duplicate_key=errors.DuplicateKeyError,
+        base=errors.PyMongoError,
+        # ConnectionFailure covers AutoReconnect, NetworkTimeout,
+        # ServerSelectionTimeoutError, NotPrimaryError and
+        # WaitQueueTimeoutError; other timeouts are found by ``.timeout``.
+        connection_failure=(errors.ConnectionFailure,),
+    )
+
+
+def _to_bson_date(value: datetime) -> datetime:
+    # BSON dates are UTC milliseconds. Sending naive UTC is what pymongo does
+    # with an aware datetime anyway, and it keeps mongomock (which compares
+    # Python datetimes) from mixing naive and aware values.
+    if value.tzinfo is not None:
+        value = value.astimezone(timezone.utc).replace(tzinfo=None)
+    return value
+
+
+def _from_bson_date(value: datetime) -> datetime:
+    # pymongo returns naive UTC unless the client was made with tz_aware=True.
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
+
+
+def _short(key: str) -> str:
+    # Session keys are bearer secrets: never put a whole one in a message.
+    return f"{key[:6]}..."
+
+
+class MongoDBStore(SessionStore):
+    """Keep sessions in a MongoDB collection.
+
+    :param collection: a pymongo ``Collection`` (a mongomock one works too,
+        for tests). The client's own settings (write concern, read
+        preference, ``tz_aware``) are used as they are.
+    :param owns_client: close the collection's client in :meth:`close`.
+        :meth:`from_url` sets it, since it made the client; a collection
+        passed in belongs to the app, which closes its client itself.
+
+    Run :meth:`migrate` (``flask sessions migrate``) once to create the TTL
+    index; without it the store still works, but expired documents stay until
+    :meth:`purge_expired` deletes them.
+
+    .. versionadded:: 0.1
+    """
+
+    expires_natively = True
+    url_schemes = ("mongodb", "mongodb+srv")
+
+    def __init__(
+        self, collection: Collection[t.Any], *, owns_client: bool = False
+    ) -> None:
+        self.collection = collection
+        self._owns_client = owns_client
+        self._where = collection.full_name
+
+    # -- construction ----------------------------------------------------------
+
+    @classmethod
+    def from_url(
+        cls, url: str, *, collection: str = "sessions", **client_options: t.Any
+    ) -> MongoDBStore:
+        """Connect to ``mongodb://[user:password@]host[:port][,host...]/database``.
+
+        The database comes from the URL path, the collection from
+        ``collection``. ``client_options`` go to ``pymongo.MongoClient`` and
+        override options given in the URL's query string. Unless one of them
+        sets it, the client gets a bounded server selection, connect and
+        socket timeout (see :data:`DEFAULT_CLIENT_OPTIONS`), so an
+        unreachable server fails fast with
+        :class:`~flask_towersess.errors.StoreUnavailable`.
+
+        No connection is made here; pymongo connects in the background.
+
+        :raises ConfigurationError: the URL names no database, pymongo is
+            not installed, or pymongo rejects the URL or an option.
+        """
+        parts = urlsplit(url)
+        database = unquote(parts.path.lstrip("/"))
+        if not database:
+            raise ConfigurationError(
+                f"The MongoDB URL must name the database, as in"
+                f" {parts.scheme or 'mongodb'}://host/dbname (got no path in"
+                f" {_redact(url)!r})."
+            )
+        # pymongo option names are case-insensitive; a default must not
+        # override what the URL or the caller chose.
+        given = {name.lower() for name, _ in parse_qsl(parts.query)}
+        given.update(name.lower() for name in client_options)
+        options = dict(client_options)
+        for name, value in DEFAULT_CLIENT_OPTIONS.items():
+            if name.lower() not in given:
+                options[name] = value
+        if "timeoutms" in given:
+            # With client-side operation timeouts the socket timeout is
+            # derived from timeoutMS; a fixed one would cut operations short.
+            options.pop("socketTimeoutMS", None)
+
+        try:
+            import pymongo
+            from pymongo import errors as pymongo_errors
+        except ImportError:
+            raise ConfigurationError(_INSTALL_HINT) from None
+        try:
+            client: pymongo.MongoClient[t.Any] = pymongo.MongoClient(url, **options)
+        except (pymongo_errors.ConfigurationError, TypeError, ValueError) as exc:
+            raise ConfigurationError(
+                f"pymongo rejected the MongoDB URL or options: {exc}"
+            ) from exc
+        try:
+            coll = client[database][collection]
+        except (pymongo_errors.InvalidName, TypeError) as exc:
+            client.close()
+            raise ConfigurationError(f"Invalid MongoDB name: {exc}") from exc
+        store = cls(coll, owns_client=True)
+        host = parts.netloc.rpartition("@")[2]  # never show the password
+        store._where = f"{parts.scheme}://{host}/{coll.full_name}"
+        return store
+
+    @classmethod
+    def accepts(cls, obj: object) -> bool:
+        """Whether ``obj`` is a pymongo (or mongomock) ``Collection``.
+
+        Decided from the class, so that nothing is imported: an app that
+        never uses MongoDB must not pay for, or need, pymongo.
+        """
+        return any(
+            klass.__name__ == "Collection" and klass.__module__ in _COLLECTION_MODULES
+            for klass in type(obj).__mro__
+        )
+
+    # -- helpers -----------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _unavailable_as_store_error(self) -> t.Iterator[None]:
+        errors = _driver_errors()
+        try:
+            yield
+        except errors.base as exc:
+            if isinstance(exc, errors.connection_failure) or getattr(
+                exc, "timeout", False
+            ):
+                raise StoreUnavailable() from exc
+            raise
+
+    @staticmethod
+    def _live(key: str, now: datetime) -> dict[str, t.Any]:
+        return {"_id": key, "expires_at": {"$gt": _to_bson_date(now)}}
+
+    @staticmethod
+    def _document(record: Record) -> dict[str, t.Any]:
+        return {
+            "_id": record.key,
+            "payload": bytes(record.payload),
+            "expires_at": _to_bson_date(record.expires_at),
+            "version": record.version,
+        }
+
+    @staticmethod
+    def _record(document: t.Mapping[str, t.Any]) -> Record:
+        return Record(
+            key=str(document["_id"]),
+            payload=bytes(document["payload"]),
+            expires_at=_from_bson_date(document["expires_at"]),
+            version=int(document["version"]),
+        )
+
+    # -- the store API -----------------------------------------------------------
+
+    def load(self, key: str) -> Record | None:
+        with self._unavailable_as_store_error():
+            document = self.collection.find_one(self._live(key, utcnow()))
+        return None if document is None else self._record(document)
+
+    def create(self, record: Record) -> None:
+        now = _to_bson_date(utcnow())
+        # One atomic upsert: it replaces an expired document the TTL monitor
+        # has not removed yet, and inserts when there is none. A live
+        # document does not match the filter, so the upsert tries to insert
+        # a second document with the same _id, and the unique _id index
+        # refuses it.
+        with self._unavailable_as_store_error():
+            try:
+                self.collection.replace_one(
+                    {"_id": record.key, "expires_at": {"$lte": now}},
+                    self._document(record),
+                    upsert=True,
+                )
+            except _driver_errors().duplicate_key as exc:
+                raise CreateError(
+                    f"a session with key {_short(record.key)} exists"
+                ) from exc
+
+    def save(self, record: Record, expected_version: int) -> None:
+        document = self._document(record)
+        del document["_id"]
+        query = self._live(record.key, utcnow())
+        query["version"] = expected_version
+        with self._unavailable_as_store_error():
+            # No upsert: a deleted or expired session must stay gone.
+            result = self.collection.update_one(query, {"$set": document})
+            if result.matched_count:
+                return
+            # Tell "gone" from "changed by someone else": one more read, only
+            # on the unhappy path.
+            current = self.collection.find_one(
+                self._live(record.key, utcnow()), {"version": True}
+            )
+        if current is None:
+            raise UpdateError("the session no longer exists")
+        raise VersionConflict(
+            f"expected version {expected_version}, found {current['version']}"
+        )
+
+    def touch(self, key: str, expires_at: datetime) -> None:
+        with self._unavailable_as_store_error():
+            self.collection.update_one(
+                self._live(key, utcnow()),
+                {"$set": {"expires_at": _to_bson_date(expires_at)}},
+            )
+
+    def delete(self, key: str) -> None:
+        with self._unavailable_as_store_error():
+            self.collection.delete_one({"_id": key})
+
+    def exists(self, key: str) -> bool:
+        with self._unavailable_as_store_error():
+            found = self.collection.find_one(self._live(key, utcnow()), {"_id": True})
+        return found is not None
+
+    def count_expired(self) -> int:
+        """How many expired documents the TTL monitor has not deleted yet."""
+        with self._unavailable_as_store_error():
+            return self.collection.count_documents(
+                {"expires_at": {"$lte": _to_bson_date(utcnow())}}
+            )
+
+    def purge_expired(
+        self, batch_size: int = 1000, *, on_batch: BatchCallback | None = None
+    ) -> int:
+        """Delete expired documents now, ``batch_size`` at a time.
+
+        The TTL index does this by itself within about a minute; this is for
+        a collection without the index, or to free space at once. Each batch
+        is one ``find`` of ``_id`` values and one ``delete_many``, so a large
+        backlog never becomes one long-running delete. Two purges running at
+        once only split the work.
+        """
+        if batch_size < 1:
+            # MongoDB reads limit(0) as "no limit".
+            raise ValueError("batch_size must be at least 1")
+        total = 0
+        while True:
+            expired = {"expires_at": {"$lte": _to_bson_date(utcnow())}}
+            with self._unavailable_as_store_error():
+                keys = [
+                    document["_id"]
+                    for document in self.collection.find(expired, {"_id": True}).limit(
+                        batch_size
+                    )
+                ]
+                if not keys:
+                    return total
+                # Repeat the expiry condition: a key re-created since the
+                # find (a replaced expired document) must survive.
+                deleted = self.collection.delete_many(
+                    {"_id": {"$in": keys}, **expired}
+                ).deleted_count
+            total += deleted
+            if on_batch is not None and deleted:
+                on_batch(deleted)
+
+    def migrate(self) -> list[str]:
+        """Create the TTL index on ``expires_at`` (``expireAfterSeconds=0``).
+
+        Idempotent. An index on ``expires_at`` alone with other options (no
+        TTL, or another ``expireAfterSeconds``) is dropped and created again
+        as the TTL index, since MongoDB refuses two indexes on one key.
+        """
+        where = f"MongoDB collection {self._where}"
+        lines: list[str] = []
+        with self._unavailable_as_store_error():
+            for name, spec in self.collection.index_information().items():
+                # Directions may come back as 1 or 1.0, or a string such
+                # as "hashed"; only an ascending index on expires_at alone
+                # can be the TTL index.
+                if [tuple(part) for part in spec["key"]] != [("expires_at", 1)]:
+                    continue
+                ttl = spec.get("expireAfterSeconds")
+                if ttl is not None and int(ttl) == 0:
+                    return [
+                        f"{where}: TTL index {name!r} on expires_at"
+                        " (expireAfterSeconds=0) already exists; nothing to do"
+                    ]
+                self._drop_index(name)
+                lines.append(
+                    f"{where}: dropped index {name!r} on expires_at"
+                    f" (expireAfterSeconds={ttl}) to replace it"
+                )
+            name = self.collection.create_index(
+                [("expires_at", 1)], name=TTL_INDEX_NAME, expireAfterSeconds=0
+            )
+        lines.append(
+            f"{where}: created TTL index {name!r} on expires_at (expireAfterSeconds=0)"
+        )
+        return lines
+
+    def _drop_index(self, name: str) -> None:
+        errors = _driver_errors()
+        try:
+            self.collection.drop_index(name)
+        except errors.base as exc:
+            # Another host running migrate at the same time dropped it first
+            # (IndexNotFound); anything else is a real error.
+            if getattr(exc, "code", None) != 27:
+                raise
+
+    def close(self) -> None:
+        if self._owns_client:
+            self.collection.database.client.close()
+
+    def describe(self) -> str:
+        return f"MongoDBStore({self._where})"
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]).geturl()

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Run the whole test suite: create/refresh .venv, make sure PostgreSQL, MariaDB
+# and Redis are running (scripts/services.sh), then run pytest with any
+# arguments given, e.g. scripts/test.sh -x -k redis tests/test_stores.py
+#
+# Backends, overridable from the environment:
+#   TOWERSESS_POSTGRESQL_URL  postgresql+psycopg2://postgres:postgres@127.0.0.1:5432/test
+#   TOWERSESS_MYSQL_URL       mysql+pymysql://root@127.0.0.1:3306/test
+#   TOWERSESS_REDIS_URL       redis://127.0.0.1:6379/0
+#   TOWERSESS_MONGODB_URL     unset: MongoDB tests use mongomock
+#   TOWERSESS_SKIP_SERVICES=1 do not run scripts/services.sh (servers are elsewhere)
+# Paths given as arguments are relative to the repository root.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+LOG_PREFIX="test"
+# shellcheck source=scripts/_venv.sh
+. scripts/_venv.sh
+ensure_venv test,lint,redis,postgres,mysql,mongodb
+
+export TOWERSESS_POSTGRESQL_URL=${TOWERSESS_POSTGRESQL_URL:-postgresql+psycopg2://postgres:postgres@127.0.0.1:5432/test}
+export TOWERSESS_MYSQL_URL=${TOWERSESS_MYSQL_URL:-mysql+pymysql://root@127.0.0.1:3306/test}
+export TOWERSESS_REDIS_URL=${TOWERSESS_REDIS_URL:-redis://127.0.0.1:6379/0}
+
+if [[ ${TOWERSESS_SKIP_SERVICES:-} != 1 ]]; then
+    scripts/services.sh
+fi
+
+exec .venv/bin/python -m pytest "$@"

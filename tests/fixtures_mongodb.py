@@ -1,0 +1,69 @@
+"""Store fixtures for MongoDB and the caching store (a pytest plugin).
+
+By default the MongoDB fixtures run on mongomock, in memory. With
+``TOWERSESS_MONGODB_URL`` set (``mongodb://127.0.0.1:27017/towersess_test``)
+they run on that server instead: every test gets its own collection, dropped
+afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import typing as t
+import uuid
+
+import pytest
+
+from flask_towersess.stores.caching import CachingStore
+from flask_towersess.stores.base import SessionStore
+from flask_towersess.stores.memory import MemoryStore
+from flask_towersess.stores.mongodb import MongoDBStore
+
+from .services import service_unavailable
+
+#: The real server to test against, if any.
+MONGODB_URL = os.environ.get("TOWERSESS_MONGODB_URL")
+
+
+@pytest.fixture
+def mongodb_collection() -> t.Iterator[t.Any]:
+    """A fresh, empty collection without indexes (no TTL index yet)."""
+    name = f"towersess_test_{uuid.uuid4().hex}"
+    if MONGODB_URL:
+        pymongo = pytest.importorskip("pymongo")
+        client = pymongo.MongoClient(MONGODB_URL, serverSelectionTimeoutMS=3000)
+        try:
+            client.admin.command("ping")
+        except pymongo.errors.PyMongoError as exc:
+            client.close()
+            service_unavailable(f"MongoDB at {MONGODB_URL} is unreachable: {exc}")
+        collection = client.get_default_database("towersess_test")[name]
+        try:
+            yield collection
+        finally:
+            collection.drop()
+            client.close()
+    else:
+        mongomock = pytest.importorskip("mongomock")
+        collection = mongomock.MongoClient().towersess_test[name]
+        yield collection
+        collection.drop()
+
+
+@pytest.fixture
+def mongodb_store(mongodb_collection: t.Any) -> t.Iterator[MongoDBStore]:
+    """A fresh, empty, migrated MongoDBStore (see :func:`mongodb_collection`).
+
+    The collection's client belongs to :func:`mongodb_collection`, which
+    closes it.
+    """
+    store = MongoDBStore(mongodb_collection)
+    store.migrate()
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def caching_store(sqlite_store: SessionStore) -> CachingStore:
+    """A fresh, empty CachingStore: a MemoryStore cache in front of SQLite."""
+    return CachingStore(MemoryStore(), sqlite_store)
