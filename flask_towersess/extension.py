@@ -19,6 +19,7 @@ from .interface import DEFAULT_MAX_PAYLOAD_SIZE
 from .interface import ServerSessionInterface
 from .serializers import Serializer
 from .serializers import serializer_for
+from .session import ServerSession
 from .stores import store_for
 from .stores.base import SessionStore
 
@@ -35,14 +36,25 @@ CONFIG_DEFAULTS: dict[str, t.Any] = {
     "SESSION_STORE": None,
     # Keyword options for the store (table, schema, key_prefix, ...).
     "SESSION_STORE_OPTIONS": {},
-    # A fast store in front of SESSION_STORE (see CachingStore).
+    # A fast store in front of SESSION_STORE (see CachingStore): a URL, a
+    # store or a client; its keyword options; and how long a cached copy may
+    # serve reads before it is read again from SESSION_STORE.
     "SESSION_CACHE": None,
+    "SESSION_CACHE_OPTIONS": {},
+    "SESSION_CACHE_MAX_AGE": timedelta(minutes=5),
     "SESSION_SERIALIZER": "msgpack",
     "SESSION_MAX_PAYLOAD_SIZE": DEFAULT_MAX_PAYLOAD_SIZE,
     "SESSION_USE_SIGNER": True,
     "SESSION_PERMANENT": False,
     "SESSION_TOUCH_INTERVAL": timedelta(seconds=60),
     "SESSION_SAVE_RETRIES": 5,
+    # Encrypt payloads at rest (AES-GCM): a key, or a list of keys, newest
+    # first. See flask_towersess.crypto.generate_key().
+    "SESSION_ENCRYPTION_KEY": None,
+    # With Flask-Login: a fresh session key at login (against session
+    # fixation), and the whole session dropped at logout.
+    "SESSION_CYCLE_ON_LOGIN": True,
+    "SESSION_FLUSH_ON_LOGOUT": True,
 }
 
 #: The file of the zero-configuration SQLite store, in the instance folder.
@@ -102,14 +114,54 @@ class SessionExt:
             # does not change the defaults of every other app.
             app.config.setdefault(key, copy.copy(value))
         serializer = self._serializer or self._make_serializer(app)
-        interface = ServerSessionInterface(self._make_store(app), serializer=serializer)
+        _check_cookie_prefix(app)
+        keys = app.config["SESSION_ENCRYPTION_KEY"]
+        cipher = None
+        if keys:
+            from .crypto import PayloadCipher
+
+            cipher = PayloadCipher(keys)
+        interface = ServerSessionInterface(
+            self._make_store(app), serializer=serializer, cipher=cipher
+        )
         app.session_interface = interface
         app.extensions["towersess"] = self
         self._interfaces[app] = interface
+        self._connect_flask_login(app)
 
         from .cli import sessions_command
 
         app.cli.add_command(sessions_command)
+
+    def _connect_flask_login(self, app: Flask) -> None:
+        """Cycle the key at login and flush at logout, when Flask-Login is
+        installed (its signals are sent with the app as sender)."""
+        try:
+            from flask_login import user_logged_in
+            from flask_login import user_logged_out
+        except ImportError:
+            return
+        # Bound methods, held weakly by blinker; the extension lives as long
+        # as the app, in app.extensions.
+        user_logged_in.connect(self._on_login, app)
+        user_logged_out.connect(self._on_logout, app)
+
+    def _on_login(self, app: Flask, **kwargs: t.Any) -> None:
+        session = _current_server_session()
+        if session is not None and app.config["SESSION_CYCLE_ON_LOGIN"]:
+            session.cycle_key()
+
+    def _on_logout(self, app: Flask, **kwargs: t.Any) -> None:
+        session = _current_server_session()
+        if session is None or not app.config["SESSION_FLUSH_ON_LOGOUT"]:
+            return
+        # logout_user() may ask for the remember-me cookie to be cleared
+        # through the session; that request must survive the flush, or the
+        # cookie would log the user straight back in.
+        remember = session.get("_remember")
+        session.flush()
+        if remember == "clear":
+            session["_remember"] = "clear"
 
     def _make_serializer(self, app: Flask) -> Serializer:
         try:
@@ -141,7 +193,10 @@ class SessionExt:
         if cache is not None:
             from .stores.caching import CachingStore
 
-            store = CachingStore(store_for(cache), store)
+            cache_store = store_for(cache, **app.config["SESSION_CACHE_OPTIONS"])
+            store = CachingStore(
+                cache_store, store, max_age=app.config["SESSION_CACHE_MAX_AGE"]
+            )
         return store
 
     def get_interface(self, app: Flask | None = None) -> ServerSessionInterface:
@@ -178,3 +233,32 @@ def _create_folder_on_connect(engine: sa.engine.Engine, folder: str) -> None:
     @event.listens_for(engine, "do_connect")
     def _make_folder(*args: t.Any) -> None:
         os.makedirs(folder, exist_ok=True)
+
+
+def _current_server_session() -> ServerSession | None:
+    from flask import session
+
+    obj = session._get_current_object()  # type: ignore[attr-defined]
+    return obj if isinstance(obj, ServerSession) else None
+
+
+def _check_cookie_prefix(app: Flask) -> None:
+    """Browsers drop ``__Host-`` and ``__Secure-`` cookies that break the
+    prefix's rules; say so at start-up instead of logging nobody in."""
+    name = app.config.get("SESSION_COOKIE_NAME") or ""
+    secure = app.config.get("SESSION_COOKIE_SECURE")
+    if name.startswith("__Host-") and (
+        not secure
+        or app.config.get("SESSION_COOKIE_DOMAIN")
+        or (app.config.get("SESSION_COOKIE_PATH") or "/") != "/"
+    ):
+        raise ConfigurationError(
+            f"SESSION_COOKIE_NAME {name!r} has the __Host- prefix: browsers only"
+            " accept it with SESSION_COOKIE_SECURE = True, no"
+            " SESSION_COOKIE_DOMAIN and SESSION_COOKIE_PATH = '/'."
+        )
+    if name.startswith("__Secure-") and not secure:
+        raise ConfigurationError(
+            f"SESSION_COOKIE_NAME {name!r} has the __Secure- prefix: browsers only"
+            " accept it with SESSION_COOKIE_SECURE = True."
+        )

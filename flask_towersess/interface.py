@@ -17,6 +17,8 @@ import re
 import typing as t
 from datetime import timedelta
 
+from flask import has_request_context
+from flask import request
 from flask.sessions import SessionInterface
 from itsdangerous import BadSignature
 from itsdangerous import Signer
@@ -36,6 +38,8 @@ if t.TYPE_CHECKING:
     from flask import Request
     from flask import Response
     from flask.sessions import SessionMixin
+
+    from .crypto import PayloadCipher
 
 logger = logging.getLogger("flask_towersess")
 
@@ -76,6 +80,8 @@ class ServerSessionInterface(SessionInterface):
         store accepts (see ``SESSION_STORE``).
     :param serializer: turns session data into bytes; MessagePack (with a
         256 KiB payload limit) by default.
+    :param cipher: a :class:`~flask_towersess.crypto.PayloadCipher` that
+        encrypts payloads at rest; ``None`` for none.
 
     Usable without :class:`~flask_towersess.SessionExt`:
 
@@ -91,12 +97,18 @@ class ServerSessionInterface(SessionInterface):
     salt = "flask-towersess"
 
     def __init__(
-        self, store: SessionStore | str | t.Any, *, serializer: Serializer | None = None
+        self,
+        store: SessionStore | str | t.Any,
+        *,
+        serializer: Serializer | None = None,
+        cipher: PayloadCipher | None = None,
     ) -> None:
         self.store = store_for(store)
         self.serializer: Serializer = serializer or MsgPackSerializer(
             max_size=DEFAULT_MAX_PAYLOAD_SIZE
         )
+        self.cipher = cipher
+        self._warned_insecure = False
         # Signers are built once per set of secret keys, not per request.
         self._signers: dict[tuple[t.Any, ...], tuple[_Signer, _Signer | None]] = {}
 
@@ -170,10 +182,22 @@ class ServerSessionInterface(SessionInterface):
             return key
         return self._get_signers(app)[0].sign(key).decode("ascii")
 
+    def _warn_if_insecure(self, app: Flask) -> None:
+        if self._warned_insecure or self.get_cookie_secure(app):
+            return
+        if has_request_context() and request.is_secure:
+            self._warned_insecure = True
+            logger.warning(
+                "Sessions are served over HTTPS but SESSION_COOKIE_SECURE is"
+                " False: browsers will also send the session cookie over plain"
+                " HTTP. Set SESSION_COOKIE_SECURE = True."
+            )
+
     def _set_cookie(
         self, app: Flask, session: ServerSession, response: Response
     ) -> None:
         assert session.session_key is not None
+        self._warn_if_insecure(app)
         expires = session.get_expiry_date() if session.permanent else None
         response.set_cookie(
             self.get_cookie_name(app),
@@ -212,6 +236,7 @@ class ServerSessionInterface(SessionInterface):
             lifetime=app.permanent_session_lifetime,
             permanent=self.get_default_permanent(app),
             save_retries=self.get_save_retries(app),
+            cipher=self.cipher,
         )
         # The cookie is read and verified on first use of the session only.
         session._key_resolver = lambda: self._key_from_request(app, request)

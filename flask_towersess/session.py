@@ -31,6 +31,9 @@ from .stores.base import Record
 from .stores.base import SessionStore
 from .stores.base import utcnow
 
+if t.TYPE_CHECKING:
+    from .crypto import PayloadCipher
+
 #: Warnings about payloads that cannot be decoded (tampering, corruption)
 #: go here, so operators can route them apart from ordinary logs.
 security_logger = logging.getLogger("flask_towersess.security")
@@ -96,6 +99,8 @@ class ServerSession(SessionMixin):
         expiry of its own.
     :param save_retries: how often a save that met a concurrent change is
         merged and retried before :class:`SessionInterrupted` is raised.
+    :param cipher: seals payloads before they are stored (encryption at rest,
+        see ``SESSION_ENCRYPTION_KEY``); ``None`` stores them as serialized.
 
     Nothing is read from the store until the data is first used.
 
@@ -119,8 +124,10 @@ class ServerSession(SessionMixin):
         lifetime: timedelta = timedelta(days=31),
         permanent: bool = False,
         save_retries: int = 5,
+        cipher: PayloadCipher | None = None,
     ) -> None:
         self.store = store
+        self.cipher = cipher
         self.serializer: Serializer = serializer or MsgPackSerializer()
         self.lifetime = lifetime
         self.default_permanent = permanent
@@ -247,7 +254,10 @@ class ServerSession(SessionMixin):
 
     def _decode(self, record: Record) -> tuple[dict[str, t.Any], Expiry]:
         try:
-            state = self.serializer.loads(record.payload)
+            payload = record.payload
+            if self.cipher is not None:
+                payload = self.cipher.open(payload, record.key)
+            state = self.serializer.loads(payload)
             data = state["data"]
             expiry = state.get("expiry")
             if not isinstance(data, dict) or not (
@@ -418,6 +428,13 @@ class ServerSession(SessionMixin):
             state["expiry"] = self._expiry
         return self.serializer.dumps(state)
 
+    def _record(
+        self, key: str, payload: bytes, expires_at: datetime, version: int
+    ) -> Record:
+        if self.cipher is not None:
+            payload = self.cipher.seal(payload, key)
+        return Record(key, payload, expires_at, version)
+
     def _after_write(self, record: Record) -> None:
         self._remember(record)
         self._cleared = False
@@ -438,7 +455,7 @@ class ServerSession(SessionMixin):
         expires_at = self.get_expiry_date()
         for _ in range(_CREATE_ATTEMPTS):
             self._key = new_session_key()
-            record = Record(self._key, payload, expires_at, 1)
+            record = self._record(self._key, payload, expires_at, 1)
             try:
                 self.store.create(record)
             except CreateError:
@@ -497,7 +514,7 @@ class ServerSession(SessionMixin):
         for _ in range(self.save_retries + 1):
             assert self._version is not None
             payload = self._payload()
-            record = Record(
+            record = self._record(
                 self._key, payload, self.get_expiry_date(), self._version + 1
             )
             try:
@@ -515,7 +532,7 @@ class ServerSession(SessionMixin):
 
     def _create_at_current_key(self) -> None:
         assert self._key is not None
-        record = Record(self._key, self._payload(), self.get_expiry_date(), 1)
+        record = self._record(self._key, self._payload(), self.get_expiry_date(), 1)
         self.store.create(record)
         self.modified = True
         self._after_write(record)

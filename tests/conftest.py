@@ -10,11 +10,36 @@ from flask_towersess.stores.base import SessionStore
 
 from .helpers import CountingStore
 
-pytest_plugins = ["tests.fixtures_sql", "tests.fixtures_mongodb"]
+pytest_plugins = [
+    "tests.fixtures_sql",
+    "tests.fixtures_mongodb",
+    "tests.fixtures_redis",
+]
 
 #: Every store the shared contract runs on; each name has a ``<name>_store``
 #: fixture giving a fresh, empty store.
-STORE_NAMES = ["memory", "sqlite", "postgresql", "mariadb", "mongodb", "caching"]
+STORE_NAMES = [
+    "memory",
+    "sqlite",
+    "postgresql",
+    "mariadb",
+    "redis",
+    "redis_cluster",
+    "redis_sentinel",
+    "mongodb",
+    "caching",
+    "caching_redis_postgresql",
+]
+
+
+@pytest.fixture
+def caching_redis_postgresql_store(
+    redis_store: SessionStore, postgresql_store: SessionStore
+) -> SessionStore:
+    """Redis in front of PostgreSQL: the production pairing."""
+    from flask_towersess.stores.caching import CachingStore
+
+    return CachingStore(redis_store, postgresql_store)
 
 
 @pytest.fixture(params=STORE_NAMES)

@@ -14,8 +14,8 @@ import uuid
 
 import pytest
 
-from flask_towersess.stores.caching import CachingStore
 from flask_towersess.stores.base import SessionStore
+from flask_towersess.stores.caching import CachingStore
 from flask_towersess.stores.memory import MemoryStore
 from flask_towersess.stores.mongodb import MongoDBStore
 

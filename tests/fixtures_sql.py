@@ -52,7 +52,9 @@ def _server_stores() -> t.Iterator[dict[str, SQLAlchemyStore | None]]:
             store.engine.dispose()
 
 
-def _server_store(name: str, opened: dict[str, SQLAlchemyStore | None]) -> SQLAlchemyStore:
+def _server_store(
+    name: str, opened: dict[str, SQLAlchemyStore | None]
+) -> SQLAlchemyStore:
     if name not in opened:
         opened[name] = None
         store = SQLAlchemyStore(_server_engine(SERVER_URLS[name]), table=TABLE)
@@ -82,7 +84,9 @@ def sqlite_store(tmp_path: t.Any) -> t.Iterator[SQLAlchemyStore]:
 
 
 @pytest.fixture
-def postgresql_store(_server_stores: dict[str, SQLAlchemyStore | None]) -> SQLAlchemyStore:
+def postgresql_store(
+    _server_stores: dict[str, SQLAlchemyStore | None],
+) -> SQLAlchemyStore:
     return _server_store("postgresql", _server_stores)
 
 

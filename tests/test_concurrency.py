@@ -18,7 +18,9 @@ from flask_towersess.stores.base import Record
 from flask_towersess.stores.base import SessionStore
 
 
-def two_views(store: SessionStore, **data: t.Any) -> tuple[ServerSession, ServerSession]:
+def two_views(
+    store: SessionStore, **data: t.Any
+) -> tuple[ServerSession, ServerSession]:
     original = ServerSession(store)
     original.update(data)
     original.save()

@@ -468,3 +468,31 @@ def test_counting_store_is_the_interface_store(
     ext = SessionExt(app, store=counting_store)
     store: SessionStore = ext.get_store(app)
     assert store is counting_store
+
+
+# -- SESSION_CACHE -------------------------------------------------------------
+
+
+def test_session_cache_puts_a_caching_store_in_front(
+    make_app: t.Any, tmp_path: t.Any
+) -> None:
+    from datetime import timedelta
+
+    from flask_towersess.stores.caching import CachingStore
+
+    app = make_app(
+        SESSION_STORE=f"sqlite:///{tmp_path}/durable.sqlite3",
+        SESSION_STORE_OPTIONS={"auto_migrate": True},
+        SESSION_CACHE="memory://",
+        SESSION_CACHE_MAX_AGE=timedelta(seconds=30),
+    )
+    ext = SessionExt(app)
+    store = ext.get_store(app)
+    assert isinstance(store, CachingStore)
+    assert isinstance(store.cache, MemoryStore)
+    assert store.max_age == timedelta(seconds=30)
+    client = app.test_client()
+    roundtrip(app, client)
+    # The durable store holds the session too: a cold cache still finds it.
+    store.cache = MemoryStore()
+    assert client.get("/get/user").text == "ann"

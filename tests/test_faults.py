@@ -58,7 +58,9 @@ def test_undecodable_payload_gives_empty_session_and_a_warning(
     key = client.get_cookie("session").value.partition(".")[0]
     record = store.load(key)
     assert record is not None
-    store.save(Record(key, b"\x01\xde\xad\xbe\xef", record.expires_at, 2), expected_version=1)
+    store.save(
+        Record(key, b"\x01\xde\xad\xbe\xef", record.expires_at, 2), expected_version=1
+    )
     with caplog.at_level("WARNING", logger="flask_towersess.security"):
         response = client.get("/get")
     assert response.status_code == 200
@@ -66,7 +68,9 @@ def test_undecodable_payload_gives_empty_session_and_a_warning(
     assert [r.name for r in caplog.records] == ["flask_towersess.security"]
 
 
-def test_unserializable_value_names_key_and_type_and_writes_nothing(store: SessionStore) -> None:
+def test_unserializable_value_names_key_and_type_and_writes_nothing(
+    store: SessionStore,
+) -> None:
     app = make_app(store)
     app.testing = True
     client = app.test_client()
@@ -121,7 +125,10 @@ def test_database_recovers_after_outage(sql_store: SQLAlchemyStore) -> None:
     client = app.test_client()
     client.get("/set/kept")
     real_engine = sql_store._engine
-    broken = sa.create_engine("postgresql+psycopg2://postgres@127.0.0.1:1/test", connect_args={"connect_timeout": 1})
+    broken = sa.create_engine(
+        "postgresql+psycopg2://postgres@127.0.0.1:1/test",
+        connect_args={"connect_timeout": 1},
+    )
     sql_store._engine = broken
     try:
         assert client.get("/get").status_code == 503
@@ -140,7 +147,9 @@ def test_missing_table_says_run_migrate(sql_store: SQLAlchemyStore) -> None:
         missing.create(Record(new_session_key(), b"x", utcnow() + timedelta(minutes=1)))
 
 
-def test_record_expired_between_requests_gives_fresh_session(store: SessionStore) -> None:
+def test_record_expired_between_requests_gives_fresh_session(
+    store: SessionStore,
+) -> None:
     app = make_app(store)
     client = app.test_client()
     client.get("/set/1")

@@ -93,7 +93,9 @@ def test_cookie_carries_only_signed_key(client: t.Any, app: Flask) -> None:
     assert app.session_interface.store.load(key) is not None  # type: ignore[attr-defined]
 
 
-def test_idle_request_costs_no_store_call(client: t.Any, counting_store: CountingStore) -> None:
+def test_idle_request_costs_no_store_call(
+    client: t.Any, counting_store: CountingStore
+) -> None:
     client.get("/set/a/1")
     counting_store.reset()
     response = client.get("/idle")
@@ -111,7 +113,9 @@ def test_read_costs_one_load(client: t.Any, counting_store: CountingStore) -> No
     assert "Set-Cookie" not in response.headers  # not permanent: nothing to refresh
 
 
-def test_write_costs_one_read_and_one_write(client: t.Any, counting_store: CountingStore) -> None:
+def test_write_costs_one_read_and_one_write(
+    client: t.Any, counting_store: CountingStore
+) -> None:
     client.get("/set/a/1")
     assert counting_store.calls == {"create": 1}
     counting_store.reset()
@@ -119,13 +123,17 @@ def test_write_costs_one_read_and_one_write(client: t.Any, counting_store: Count
     assert counting_store.calls == {"load": 1, "save": 1}
 
 
-def test_new_session_read_costs_nothing(client: t.Any, counting_store: CountingStore) -> None:
+def test_new_session_read_costs_nothing(
+    client: t.Any, counting_store: CountingStore
+) -> None:
     response = client.get("/get/a")
     assert counting_store.total == 0
     assert "Set-Cookie" not in response.headers
 
 
-def test_unknown_id_never_becomes_a_session(client: t.Any, app: Flask, counting_store: CountingStore) -> None:
+def test_unknown_id_never_becomes_a_session(
+    client: t.Any, app: Flask, counting_store: CountingStore
+) -> None:
     client.get("/set/a/1")
     key = cookie_of(client, app).value.partition(".")[0]
     counting_store.inner.delete(key)
@@ -138,7 +146,9 @@ def test_unknown_id_never_becomes_a_session(client: t.Any, app: Flask, counting_
     assert cookie_of(client, app).value.partition(".")[0] != key
 
 
-def test_session_ending_empty_deletes_cookie_and_record(client: t.Any, app: Flask) -> None:
+def test_session_ending_empty_deletes_cookie_and_record(
+    client: t.Any, app: Flask
+) -> None:
     client.get("/set/a/1")
     key = cookie_of(client, app).value.partition(".")[0]
     response = client.get("/pop/a")
@@ -166,7 +176,9 @@ def test_copied_cookie_is_dead_after_logout(client: t.Any, app: Flask) -> None:
     assert other.get("/get/a").data == b"None"
 
 
-def test_nothing_saved_on_5xx(client: t.Any, app: Flask, counting_store: CountingStore) -> None:
+def test_nothing_saved_on_5xx(
+    client: t.Any, app: Flask, counting_store: CountingStore
+) -> None:
     response = client.get("/fail")
     assert response.status_code == 500
     assert "Set-Cookie" not in response.headers
@@ -191,7 +203,10 @@ def test_4xx_still_saves(client: t.Any) -> None:
         ({"SESSION_COOKIE_SECURE": True}, "Secure"),
         ({"SESSION_COOKIE_SAMESITE": "Lax"}, "SameSite=Lax"),
         ({"SESSION_COOKIE_SAMESITE": "Strict"}, "SameSite=Strict"),
-        ({"SESSION_COOKIE_PARTITIONED": True, "SESSION_COOKIE_SECURE": True}, "Partitioned"),
+        (
+            {"SESSION_COOKIE_PARTITIONED": True, "SESSION_COOKIE_SECURE": True},
+            "Partitioned",
+        ),
         ({}, "HttpOnly"),
     ],
 )
@@ -203,7 +218,10 @@ def test_cookie_settings(app: Flask, config: dict[str, t.Any], expected: str) ->
     # the same attributes when the cookie is deleted
     client = app.test_client()
     client.get("/set/a/1", base_url="https://example.test")
-    deleted = client.get("/clear", base_url="https://example.test" + config.get("SESSION_COOKIE_PATH", ""))
+    deleted = client.get(
+        "/clear",
+        base_url="https://example.test" + config.get("SESSION_COOKIE_PATH", ""),
+    )
     if config.get("SESSION_COOKIE_PATH"):
         return  # the view is outside the cookie path: no cookie was sent
     assert expected in deleted.headers["Set-Cookie"]
@@ -224,7 +242,9 @@ def test_permanent_cookie_expires_with_lifetime(app: Flask) -> None:
     app.config["PERMANENT_SESSION_LIFETIME"] = timedelta(hours=3)
     client = app.test_client()
     response = client.get("/permanent")
-    expires = parse_date(response.headers["Set-Cookie"].split("Expires=")[1].split(";")[0])
+    expires = parse_date(
+        response.headers["Set-Cookie"].split("Expires=")[1].split(";")[0]
+    )
     from flask_towersess.stores.base import utcnow
 
     assert abs(expires - (utcnow() + timedelta(hours=3))) < timedelta(minutes=1)  # type: ignore[operator]
@@ -244,7 +264,9 @@ def test_refresh_each_request(app: Flask, counting_store: CountingStore) -> None
     assert "Set-Cookie" not in client.get("/get/a").headers
 
 
-def test_touch_is_throttled_and_needs_no_extra_read(app: Flask, counting_store: CountingStore) -> None:
+def test_touch_is_throttled_and_needs_no_extra_read(
+    app: Flask, counting_store: CountingStore
+) -> None:
     client = app.test_client()
     client.get("/set/a/1")
     counting_store.reset()
@@ -340,13 +362,18 @@ def test_bad_cookies_are_ignored_without_store_call(
     assert counting_store.total == 0
 
 
-def test_forged_cookie_for_real_key_is_ignored(app: Flask, counting_store: CountingStore) -> None:
+def test_forged_cookie_for_real_key_is_ignored(
+    app: Flask, counting_store: CountingStore
+) -> None:
     client = app.test_client()
     client.get("/set/a/1")
     key = cookie_of(client, app).value.partition(".")[0]
     counting_store.reset()
     attacker = app.test_client()
-    attacker.set_cookie(app.config["SESSION_COOKIE_NAME"], key + ".AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")
+    attacker.set_cookie(
+        app.config["SESSION_COOKIE_NAME"],
+        key + ".AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+    )
     assert attacker.get("/get/a").data == b"None"
     attacker.set_cookie(app.config["SESSION_COOKIE_NAME"], key)
     assert attacker.get("/get/a").data == b"None"
@@ -397,7 +424,9 @@ def test_interface_accepts_url() -> None:
     assert isinstance(interface.store, MemoryStore)
 
 
-def test_record_deleted_during_request_gives_400(app: Flask, counting_store: CountingStore) -> None:
+def test_record_deleted_during_request_gives_400(
+    app: Flask, counting_store: CountingStore
+) -> None:
     handled: list[Exception] = []
 
     @app.errorhandler(SessionInterrupted)

@@ -32,7 +32,9 @@ VALUES = {
     "set": {1, 2},
     "frozenset": frozenset({"a"}),
     "naive": datetime(2024, 5, 6, 7, 8, 9, 123456),
-    "aware": datetime(2024, 5, 6, 7, 8, 9, 654321, tzinfo=timezone(timedelta(hours=-3, minutes=-30))),
+    "aware": datetime(
+        2024, 5, 6, 7, 8, 9, 654321, tzinfo=timezone(timedelta(hours=-3, minutes=-30))
+    ),
     "utc": datetime(2024, 5, 6, tzinfo=timezone.utc),
     "date": date(2024, 2, 29),
     "time": time(23, 59, 59, 999999),
@@ -120,7 +122,15 @@ def test_size_limit(serializer_class: type[MsgPackSerializer]) -> None:
 
 @pytest.mark.parametrize(
     "payload",
-    [b"", b"\x01", b"\x02abc", b"\x01\xc1", b"\x01\x93\x01\x02\x03", b"\x01\xd4\x63\x00", b"garbage"],
+    [
+        b"",
+        b"\x01",
+        b"\x02abc",
+        b"\x01\xc1",
+        b"\x01\x93\x01\x02\x03",
+        b"\x01\xd4\x63\x00",
+        b"garbage",
+    ],
 )
 def test_msgpack_rejects_bad_payloads(payload: bytes) -> None:
     with pytest.raises(SerializationError):

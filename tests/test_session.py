@@ -53,7 +53,9 @@ def test_keys_are_random_and_long() -> None:
     assert all(len(k) >= 43 for k in keys)
 
 
-@pytest.mark.parametrize("key", ["short", "", "a" * 7, "bad key with spaces", "é" * 40, "x" * 129, 12345678])
+@pytest.mark.parametrize(
+    "key", ["short", "", "a" * 7, "bad key with spaces", "é" * 40, "x" * 129, 12345678]
+)
 def test_invalid_keys_are_treated_as_no_key(key: object) -> None:
     store = CountingStore(__import__("flask_towersess").stores.MemoryStore())
     session = ServerSession(store, key)  # type: ignore[arg-type]
@@ -90,7 +92,9 @@ def test_lazy_no_store_call_until_data_is_used(store: SessionStore) -> None:
         lambda s: s.setdefault("a", 5),
     ],
 )
-def test_reads_set_accessed_not_modified(store: SessionStore, operation: object) -> None:
+def test_reads_set_accessed_not_modified(
+    store: SessionStore, operation: object
+) -> None:
     session = reopen(saved(store, a=1))
     operation(session)  # type: ignore[operator]
     assert session.accessed
@@ -243,7 +247,9 @@ def test_load_exists_delete(store: SessionStore) -> None:
     assert not store.exists(other.session_key)  # type: ignore[arg-type]
 
 
-def test_save_after_delete_elsewhere_raises_and_does_not_resurrect(store: SessionStore) -> None:
+def test_save_after_delete_elsewhere_raises_and_does_not_resurrect(
+    store: SessionStore,
+) -> None:
     original = saved(store, a=1)
     session = reopen(original)
     session["b"] = 2
@@ -281,7 +287,9 @@ def test_is_empty(store: SessionStore) -> None:
 def test_default_expiry_is_the_lifetime(store: SessionStore) -> None:
     session = ServerSession(store, lifetime=timedelta(hours=2))
     assert session.get_expiry_age() == 7200
-    assert abs(session.get_expiry_date() - (utcnow() + timedelta(hours=2))) < timedelta(seconds=5)
+    assert abs(session.get_expiry_date() - (utcnow() + timedelta(hours=2))) < timedelta(
+        seconds=5
+    )
     assert session.get_expire_at_browser_close()
     assert not session.permanent
     assert not ServerSession(store, permanent=True).get_expire_at_browser_close()
@@ -297,7 +305,9 @@ def test_set_expiry_inactivity(store: SessionStore, value: object) -> None:
     session.save()
     record = store.load(session.session_key)  # type: ignore[arg-type]
     assert record is not None
-    assert abs(record.expires_at - (utcnow() + timedelta(seconds=300))) < timedelta(seconds=5)
+    assert abs(record.expires_at - (utcnow() + timedelta(seconds=300))) < timedelta(
+        seconds=5
+    )
     assert reopen(session).get_expiry_age() == 300  # kept with the data
 
 
@@ -369,8 +379,15 @@ def test_get_expiry_age_with_arguments(store: SessionStore) -> None:
     session = ServerSession(store)
     moment = utcnow()
     assert session.get_expiry_age(expiry=60) == 60
-    assert session.get_expiry_age(modification=moment, expiry=moment + timedelta(seconds=90)) == 90
-    assert session.get_expiry_date(modification=moment, expiry=30) == moment + timedelta(seconds=30)
+    assert (
+        session.get_expiry_age(
+            modification=moment, expiry=moment + timedelta(seconds=90)
+        )
+        == 90
+    )
+    assert session.get_expiry_date(
+        modification=moment, expiry=30
+    ) == moment + timedelta(seconds=30)
 
 
 def test_clear_resets_expiry(store: SessionStore) -> None:
@@ -380,7 +397,9 @@ def test_clear_resets_expiry(store: SessionStore) -> None:
     assert session.get_expiry_age() == ServerSession(store).get_expiry_age()
 
 
-def test_undecodable_payload_gives_empty_session(store: SessionStore, caplog: pytest.LogCaptureFixture) -> None:
+def test_undecodable_payload_gives_empty_session(
+    store: SessionStore, caplog: pytest.LogCaptureFixture
+) -> None:
     from flask_towersess.stores.base import Record
 
     key = new_session_key()

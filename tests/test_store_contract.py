@@ -15,8 +15,12 @@ from flask_towersess.stores.base import SessionStore
 from flask_towersess.stores.base import utcnow
 
 
-def make_record(payload: bytes = b"data", *, seconds: float = 600, version: int = 1) -> Record:
-    return Record(new_session_key(), payload, utcnow() + timedelta(seconds=seconds), version)
+def make_record(
+    payload: bytes = b"data", *, seconds: float = 600, version: int = 1
+) -> Record:
+    return Record(
+        new_session_key(), payload, utcnow() + timedelta(seconds=seconds), version
+    )
 
 
 def test_create_then_load(store: SessionStore) -> None:
@@ -65,7 +69,9 @@ def test_save_with_stale_version_conflicts(store: SessionStore) -> None:
     store.create(record)
     store.save(Record(record.key, b"v2", record.expires_at, 2), expected_version=1)
     with pytest.raises(VersionConflict):
-        store.save(Record(record.key, b"stale", record.expires_at, 2), expected_version=1)
+        store.save(
+            Record(record.key, b"stale", record.expires_at, 2), expected_version=1
+        )
     loaded = store.load(record.key)
     assert loaded is not None and loaded.payload == b"v2"
 
@@ -75,7 +81,9 @@ def test_save_of_deleted_record_is_not_recreated(store: SessionStore) -> None:
     store.create(record)
     store.delete(record.key)
     with pytest.raises(UpdateError):
-        store.save(Record(record.key, b"again", record.expires_at, 2), expected_version=1)
+        store.save(
+            Record(record.key, b"again", record.expires_at, 2), expected_version=1
+        )
     assert store.load(record.key) is None
     assert not store.exists(record.key)
 

@@ -10,6 +10,7 @@ back with, the app's own unit of work.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import threading
@@ -422,17 +423,16 @@ class SQLAlchemyStore(SessionStore):
             inspector = sa.inspect(conn)
             if not inspector.has_table(self.table.name, schema=self.table.schema):
                 self.table.create(conn)
-                return [f"created table {name} with its indexes"]
-            existing = {
-                ix["name"]
-                for ix in inspector.get_indexes(
-                    self.table.name, schema=self.table.schema
-                )
-            }
-            for index in self.table.indexes:
-                if index.name not in existing:
-                    index.create(conn)
-                    done.append(f"created index {index.name} on {name}")
+                done.append(f"created table {name} with its indexes")
+            else:
+                schema = self.table.schema
+                existing = {
+                    ix["name"] for ix in inspector.get_indexes(self.table.name, schema)
+                }
+                for index in self.table.indexes:
+                    if index.name not in existing:
+                        index.create(conn)
+                        done.append(f"created index {index.name} on {name}")
         if self.engine.dialect.name == "sqlite":
             self._set_sqlite_wal()
         return done or [f"table {name} is up to date; nothing to do"]
@@ -471,7 +471,7 @@ def create_engine(url: str, **options: t.Any) -> sa.engine.Engine:
     :param options: passed to :func:`sqlalchemy.create_engine`, overriding
         the defaults set here.
     """
-    sa_url = sa.engine.make_url(url)
+    sa_url = _with_installed_driver(sa.engine.make_url(url))
     backend = sa_url.get_backend_name()
     if backend == "sqlite":
         connect_args = options.setdefault("connect_args", {})
@@ -502,6 +502,35 @@ def create_engine(url: str, **options: t.Any) -> sa.engine.Engine:
     for name, value in _CONNECT_TIMEOUTS.get(backend, {}).items():
         connect_args.setdefault(name, value)
     return sa.create_engine(sa_url, **options)
+
+
+#: For URLs that name no driver (``postgresql://``, ``mysql://``): the
+#: drivers to try, in order. SQLAlchemy's own defaults (psycopg 3, mysqlclient)
+#: are not what the ``postgres`` and ``mysql`` extras install.
+_DRIVERS = {
+    "postgresql": (("psycopg2", "psycopg2"), ("psycopg", "psycopg")),
+    "mysql": (("pymysql", "pymysql"), ("mysqldb", "MySQLdb")),
+    "mariadb": (("pymysql", "pymysql"), ("mysqldb", "MySQLdb")),
+}
+
+
+def _with_installed_driver(url: sa.engine.URL) -> sa.engine.URL:
+    if url.drivername == "postgres":  # the scheme Heroku and others hand out
+        url = url.set(drivername="postgresql")
+    candidates = _DRIVERS.get(url.drivername)
+    if candidates is None:  # a driver is named, or the dialect has one
+        return url
+    for driver, module in candidates:
+        if importlib.util.find_spec(module) is not None:
+            return url.set(drivername=f"{url.drivername}+{driver}")
+    names = " or ".join(module for _, module in candidates)
+    raise ConfigurationError(
+        f"no database driver for {url.drivername}:// is installed: install"
+        f" {names} (pip install 'flask-towersess[{_EXTRAS[url.drivername]}]')"
+    )
+
+
+_EXTRAS = {"postgresql": "postgres", "mysql": "mysql", "mariadb": "mysql"}
 
 
 def _is_flask_sqlalchemy(obj: object) -> bool:
