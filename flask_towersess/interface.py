@@ -210,7 +210,7 @@ class ServerSessionInterface(SessionInterface):
             partitioned=self.get_cookie_partitioned(app),
             samesite=self.get_cookie_samesite(app),
         )
-        response.vary.add("Cookie")
+        _vary_on_cookie(response)
 
     def _delete_cookie(self, app: Flask, response: Response) -> None:
         response.delete_cookie(
@@ -222,7 +222,7 @@ class ServerSessionInterface(SessionInterface):
             samesite=self.get_cookie_samesite(app),
             httponly=self.get_cookie_httponly(app),
         )
-        response.vary.add("Cookie")
+        _vary_on_cookie(response)
 
     # -- the request cycle ---------------------------------------------------
 
@@ -256,7 +256,7 @@ class ServerSessionInterface(SessionInterface):
         if not isinstance(session, ServerSession) or not session.accessed:
             # Never used: no store call, no cookie, no Vary (as Flask).
             return
-        response.vary.add("Cookie")
+        _vary_on_cookie(response)
         if response.status_code >= 500:
             # The request failed: keep the stored session as it was.
             return
@@ -313,7 +313,7 @@ class ServerSessionInterface(SessionInterface):
         response.headers = error_response.headers
         response.response = error_response.response
         response.direct_passthrough = error_response.direct_passthrough
-        response.vary.add("Cookie")
+        _vary_on_cookie(response)
 
 
 class _StoreInterface(ServerSessionInterface):
@@ -379,3 +379,19 @@ class MongoDBSessionInterface(_StoreInterface):
     """
 
     store_class_name = "MongoDBStore"
+
+
+def _vary_on_cookie(response: Response) -> None:
+    """Add ``Vary: Cookie``, as Flask's session does.
+
+    ``response.vary`` parses and re-serializes the header each time; most
+    responses have no Vary header yet, and this runs on every request that
+    uses the session.
+    """
+    # getlist(), not get(): werkzeug's get() raises and catches a KeyError
+    # internally when the header is missing, which is the common case here.
+    vary = response.headers.getlist("Vary")
+    if not vary:
+        response.headers["Vary"] = "Cookie"
+    elif "cookie" not in ",".join(vary).lower():
+        response.vary.add("Cookie")

@@ -502,3 +502,21 @@ def test_flask_command_draws_a_progress_bar_on_a_terminal(
     assert "Purging expired sessions" in screen
     assert "100%" in screen
     assert "#" in screen
+
+
+@pytest.mark.parametrize("topology", ["redis", "redis_cluster", "redis_sentinel"])
+def test_redis_commands_are_clear_no_ops(
+    request: pytest.FixtureRequest, topology: str
+) -> None:
+    store = request.getfixturevalue(f"{topology}_store")
+    app = make_app(SESSION_STORE=store)
+    SessionExt(app)
+    migrate = invoke(app, "migrate")
+    assert migrate.exit_code == 0, migrate.output
+    assert "TTL" in migrate.output and "no migration" in migrate.output
+    purge = invoke(app, "purge-expired")
+    assert purge.exit_code == 0, purge.output
+    assert purge.output.startswith("purged 0 expired sessions in ")
+    assert "expires sessions itself" in purge.output
+    dry = invoke(app, "purge-expired", "--dry-run")
+    assert dry.exit_code == 0 and dry.output.startswith("0 expired sessions")
