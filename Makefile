@@ -1,12 +1,13 @@
 # Developer entry points. On a fresh machine:
 #   make demo   run the example app on the embedded SQLite store (http://127.0.0.1:5000)
-#   make test   install everything (venv, PostgreSQL, MariaDB, Redis) and run the tests
+#   make test   install everything (venv, PostgreSQL, MariaDB, Redis, Chromium) and run the tests
+#   make docs   build the HTML docs and run every example in them (warnings are errors)
 # ARGS are passed on: make test ARGS="-x -k redis", make demo ARGS="--port 8000"
 
 VENV := .venv
 ARGS ?=
 
-.PHONY: demo test lint docs services venv clean distclean
+.PHONY: demo test lint docs browser services venv clean distclean
 
 demo:
 	scripts/demo.sh $(ARGS)
@@ -23,12 +24,16 @@ lint:
 docs:
 	scripts/_venv.sh docs
 	$(VENV)/bin/sphinx-build -W -b html docs docs/_build/html
+	$(VENV)/bin/sphinx-build -W -b doctest docs docs/_build/doctest
+
+browser:
+	scripts/browser.sh
 
 services:
 	scripts/services.sh
 
 venv:
-	scripts/_venv.sh test,lint,redis,postgres,mysql,mongodb
+	scripts/_venv.sh test,browser,demo,docs,lint,redis,postgres,mysql,mongodb
 
 clean:
 	rm -rf build dist *.egg-info docs/_build .pytest_cache .mypy_cache .ruff_cache .tox .hypothesis

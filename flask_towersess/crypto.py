@@ -82,6 +82,7 @@ class PayloadCipher:
         self._ciphers: list[AESGCM] = [AESGCM(_key_bytes(k)) for k in keys]
 
     def seal(self, payload: bytes, session_key: str) -> bytes:
+        """Encrypt ``payload`` with the first key, bound to ``session_key``."""
         nonce = os.urandom(_NONCE_SIZE)
         sealed = self._ciphers[0].encrypt(nonce, payload, session_key.encode())
         return SEALED_FORMAT + nonce + sealed

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run the whole test suite: create/refresh .venv, make sure PostgreSQL, MariaDB
-# and Redis are running (scripts/services.sh), then run pytest with any
-# arguments given, e.g. scripts/test.sh -x -k redis tests/test_stores.py
+# and Redis are running (scripts/services.sh) and Chromium is installed for the
+# browser tests (scripts/browser.sh), then run pytest with any arguments given,
+# e.g. scripts/test.sh -x -k redis tests/test_stores.py
 #
 # Backends, overridable from the environment:
 #   TOWERSESS_POSTGRESQL_URL  postgresql+psycopg2://postgres:postgres@127.0.0.1:5432/test
@@ -9,6 +10,9 @@
 #   TOWERSESS_REDIS_URL       redis://127.0.0.1:6379/0
 #   TOWERSESS_MONGODB_URL     unset: MongoDB tests use mongomock
 #   TOWERSESS_SKIP_SERVICES=1 do not run scripts/services.sh (servers are elsewhere)
+#   TOWERSESS_CHROMIUM        the browser tests' Chromium (default /usr/bin/chromium)
+# Without Chromium (it could not be installed) the browser tests skip, or fail
+# when TOWERSESS_REQUIRE_SERVICES is set, as in CI.
 # Paths given as arguments are relative to the repository root.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -16,7 +20,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 LOG_PREFIX="test"
 # shellcheck source=scripts/_venv.sh
 . scripts/_venv.sh
-ensure_venv test,lint,redis,postgres,mysql,mongodb
+ensure_venv test,browser,lint,redis,postgres,mysql,mongodb
 
 export TOWERSESS_POSTGRESQL_URL=${TOWERSESS_POSTGRESQL_URL:-postgresql+psycopg2://postgres:postgres@127.0.0.1:5432/test}
 export TOWERSESS_MYSQL_URL=${TOWERSESS_MYSQL_URL:-mysql+pymysql://root@127.0.0.1:3306/test}
@@ -25,5 +29,7 @@ export TOWERSESS_REDIS_URL=${TOWERSESS_REDIS_URL:-redis://127.0.0.1:6379/0}
 if [[ ${TOWERSESS_SKIP_SERVICES:-} != 1 ]]; then
     scripts/services.sh
 fi
+# Not fatal here: tests/test_browser.py reports a missing browser itself.
+scripts/browser.sh </dev/null || log "no Chromium: the browser tests will skip (or fail in CI)"
 
 exec .venv/bin/python -m pytest "$@"

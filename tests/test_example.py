@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sqlite3
 import types
 import typing as t
 
 import pytest
 import sqlalchemy as sa
 from flask import Flask
+from werkzeug.security import check_password_hash
 
 from flask_towersess.extension import DEFAULT_SQLITE_FILENAME
 from flask_towersess.stores.base import SessionStore
@@ -19,15 +21,21 @@ from flask_towersess.stores.sqlalchemy import SQLAlchemyStore
 EXAMPLE = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "app.py"
 )
+PASSWORD = "correct horse"
 
 
-@pytest.fixture(scope="module")
-def example() -> t.Iterator[types.ModuleType]:
-    # examples/ is not a package: load the file the way `flask --app` does.
+def load_example() -> types.ModuleType:
+    """Load examples/app.py (not a package) the way `flask --app` does."""
     spec = importlib.util.spec_from_file_location("towersess_example_app", EXAMPLE)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def example() -> t.Iterator[types.ModuleType]:
+    module = load_example()
     yield module
     store_of(module.app).close()
 
@@ -71,16 +79,41 @@ def cookie_key(client: t.Any) -> str | None:
     return None if cookie is None else cookie.value.rsplit(".", 1)[0]
 
 
-def login(client: t.Any, name: str = "ann") -> None:
-    response = client.post("/login", data={"username": name})
+def signup(client: t.Any, name: str = "ann", password: str = PASSWORD) -> t.Any:
+    return client.post("/signup", data={"username": name, "password": password})
+
+
+def login(client: t.Any, name: str = "ann", password: str = PASSWORD) -> t.Any:
+    return client.post("/login", data={"username": name, "password": password})
+
+
+def new_user(app: Flask, name: str = "ann") -> t.Any:
+    """A client logged in as a new user, with the welcome message shown."""
+    client = app.test_client()
+    response = signup(client, name)
     assert response.status_code == 302
     assert response.headers["Location"] == "/"
+    client.get("/")
+    return client
+
+
+def flashes(page: str) -> list[str]:
+    return [line.strip() for line in page.splitlines() if 'class="flash' in line]
+
+
+def users(app: Flask) -> list[tuple[str, str]]:
+    path = app.config["USERS_DATABASE"]
+    if not os.path.exists(path):
+        return []
+    with sqlite3.connect(path) as db:
+        return db.execute("SELECT username, password_hash FROM users").fetchall()
 
 
 def test_module_level_app(example: types.ModuleType) -> None:
     assert isinstance(example.app, Flask)
     assert "towersess" in example.app.extensions
     assert "sessions" in example.app.cli.commands
+    assert "login_manager" in dir(example.app)
 
 
 def test_anonymous_page_stores_nothing(app: Flask) -> None:
@@ -88,46 +121,116 @@ def test_anonymous_page_stores_nothing(app: Flask) -> None:
     page = client.get("/")
     assert page.status_code == 200
     assert "Not logged in." in page.text
-    assert '<strong id="count">0</strong>' in page.text
     assert client.get_cookie("session") is None
     if not app.config.get("SESSION_STORE"):
         # The default store has not even created its file yet.
         path = os.path.join(app.instance_path, DEFAULT_SQLITE_FILENAME)
         assert not os.path.exists(path)
+    assert not os.path.exists(app.config["USERS_DATABASE"])
     assert record_count(store_of(app)) == 0
 
 
-def test_login_shows_the_user_and_flashes_once(app: Flask) -> None:
+def test_pages_are_not_cached(app: Flask) -> None:
+    client = new_user(app)
+    for path in ["/", "/counter", "/login", "/signup"]:
+        response = client.get(path)
+        assert response.status_code == 200
+        assert response.headers["Cache-Control"] == "no-store"
+    assert app.test_client().get("/").headers["Cache-Control"] == "no-store"
+
+
+def test_signup_logs_in_and_flashes_once(app: Flask) -> None:
     client = app.test_client()
-    login(client)
+    assert signup(client).status_code == 302
     page = client.get("/")
-    assert "Logged in as <strong>ann</strong>." in page.text
-    assert '<p class="flash">Logged in as ann.</p>' in page.text
+    assert 'Logged in as <strong id="user">ann</strong>.' in page.text
+    assert flashes(page.text) == [
+        '<p class="flash message">Welcome, ann! Your account is ready.</p>'
+    ]
     again = client.get("/")
-    assert "Logged in as <strong>ann</strong>." in again.text
-    assert 'class="flash"' not in again.text
+    assert 'Logged in as <strong id="user">ann</strong>.' in again.text
+    assert flashes(again.text) == []
+
+
+def test_password_is_hashed(app: Flask) -> None:
+    new_user(app)
+    [(name, password_hash)] = users(app)
+    assert name == "ann"
+    assert PASSWORD not in password_hash
+    assert check_password_hash(password_hash, PASSWORD)
+
+
+def test_login_shows_the_user_and_flashes_once(app: Flask) -> None:
+    new_user(app)
+    client = app.test_client()
+    response = login(client, "ANN")  # usernames are case-insensitive
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/"
+    page = client.get("/")
+    assert 'Logged in as <strong id="user">ann</strong>.' in page.text
+    assert flashes(page.text) == ['<p class="flash message">Logged in as ann.</p>']
+    assert flashes(client.get("/").text) == []
 
 
 def test_username_is_escaped(app: Flask) -> None:
-    client = app.test_client()
-    login(client, "<b>x</b>")
+    client = new_user(app, "<b>x</b>")
     page = client.get("/")
     assert "<b>x</b>" not in page.text
     assert "&lt;b&gt;x&lt;/b&gt;" in page.text
 
 
 def test_counter_counts_across_requests(app: Flask) -> None:
-    client = app.test_client()
-    for _ in range(3):
-        assert client.post("/count").status_code == 302
+    client = new_user(app)
+    for expected in (1, 2, 3):
+        page = client.get("/counter")
+        assert f'<strong id="count">{expected}</strong>' in page.text
     assert '<strong id="count">3</strong>' in client.get("/").text
-    # Each client is its own session.
-    assert '<strong id="count">0</strong>' in app.test_client().get("/").text
 
 
-def test_login_cycles_the_key_and_keeps_the_counter(app: Flask) -> None:
+def test_counter_is_per_user(app: Flask) -> None:
+    ann, bob = new_user(app, "ann"), new_user(app, "bob")
+    ann.get("/counter")
+    ann.get("/counter")
+    assert '<strong id="count">1</strong>' in bob.get("/counter").text
+    assert '<strong id="count">3</strong>' in ann.get("/counter").text
+
+
+def test_counter_needs_login(app: Flask) -> None:
+    new_user(app)
     client = app.test_client()
-    client.post("/count")
+    response = client.get("/counter")
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/login?next=%2Fcounter"
+    page = client.get(response.headers["Location"])
+    assert flashes(page.text) == [
+        '<p class="flash message">Please log in to see that page.</p>'
+    ]
+    response = client.post(
+        "/login?next=%2Fcounter", data={"username": "ann", "password": PASSWORD}
+    )
+    assert response.headers["Location"] == "/counter"
+    assert '<strong id="count">1</strong>' in client.get("/counter").text
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["https://evil.example/", "//evil.example/", "/\\evil.example", "javascript:x"],
+)
+def test_next_never_leaves_the_site(app: Flask, target: str) -> None:
+    new_user(app)
+    response = app.test_client().post(
+        "/login",
+        query_string={"next": target},
+        data={"username": "ann", "password": PASSWORD},
+    )
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/"
+
+
+def test_login_cycles_the_key(app: Flask) -> None:
+    new_user(app)
+    client = app.test_client()
+    client.get("/counter")  # anonymous: a session holding "please log in"
     before = cookie_key(client)
     assert before is not None
     login(client)
@@ -136,21 +239,25 @@ def test_login_cycles_the_key_and_keeps_the_counter(app: Flask) -> None:
     store = store_of(app)
     assert store.load(before) is None  # the pre-login ID is worthless now
     assert store.load(after) is not None
-    assert '<strong id="count">1</strong>' in client.get("/").text
+    # The data came along: the message flashed before the log-in is there.
+    assert "Please log in to see that page." in client.get("/").text
 
 
 def test_cookie_carries_only_the_signed_id(app: Flask) -> None:
-    client = app.test_client()
-    login(client, "ann-the-user")
+    client = new_user(app, "ann-the-user")
+    client.get("/counter")
     cookie = client.get_cookie("session")
     assert cookie is not None
+    assert cookie.http_only
+    assert cookie.same_site == "Lax"
     assert "ann" not in cookie.value
     key, signature = cookie.value.rsplit(".", 1)
-    assert key and signature
-    # The data is in the store, under that key.
+    assert len(key) == 43 and signature
+    # The data is in the store, under that key; never the password.
     record = store_of(app).load(key)
     assert record is not None
-    assert b"ann-the-user" in record.payload
+    assert b"counter" in record.payload and b"_user_id" in record.payload
+    assert PASSWORD.encode() not in record.payload
     # A cookie with a tampered signature is no session at all.
     forged = app.test_client()
     forged.set_cookie("session", f"{key}.{'A' * len(signature)}")
@@ -158,10 +265,8 @@ def test_cookie_carries_only_the_signed_id(app: Flask) -> None:
 
 
 def test_logout_deletes_the_record_and_the_cookie(app: Flask) -> None:
-    client = app.test_client()
-    login(client)
-    client.post("/count")
-    client.get("/")  # show the login flash, so only the user is left
+    client = new_user(app)
+    client.get("/counter")
     store = store_of(app)
     old_key = cookie_key(client)
     assert old_key is not None
@@ -174,36 +279,84 @@ def test_logout_deletes_the_record_and_the_cookie(app: Flask) -> None:
     assert cookie_key(client) != old_key
 
     page = client.get("/")
-    assert '<p class="flash">logged out</p>' in page.text
+    assert flashes(page.text) == [
+        '<p class="flash message">You have been logged out.</p>'
+    ]
     assert "Not logged in." in page.text
-    assert '<strong id="count">0</strong>' in page.text
     # With the message shown the session is empty: cookie and record gone.
     assert client.get_cookie("session") is None
     assert record_count(store) == 0
 
     assert "logged out" not in client.get("/").text
+    assert client.get("/counter").status_code == 302
 
 
 def test_old_cookie_is_useless_after_logout(app: Flask) -> None:
-    client = app.test_client()
-    login(client)
+    client = new_user(app)
     cookie = client.get_cookie("session")
     assert cookie is not None
     client.post("/logout")
     copy = app.test_client()
     copy.set_cookie("session", cookie.value)
     assert "Not logged in." in copy.get("/").text
+    assert copy.get("/counter").status_code == 302
 
 
-@pytest.mark.parametrize("name", ["", "   "])
-def test_empty_username_is_rejected(app: Flask, name: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "password", "errors"),
+    [
+        ("", PASSWORD, ["Please choose a username."]),
+        ("   ", PASSWORD, ["Please choose a username."]),
+        ("x" * 41, PASSWORD, ["Usernames have at most 40 characters."]),
+        ("ann", "short", ["Passwords need at least 8 characters."]),
+        (
+            "",
+            "",
+            ["Please choose a username.", "Passwords need at least 8 characters."],
+        ),
+    ],
+)
+def test_signup_validation_errors(
+    app: Flask, name: str, password: str, errors: list[str]
+) -> None:
     client = app.test_client()
-    login(client, name)
-    page = client.get("/")
-    assert '<p class="flash">Please enter a name to log in.</p>' in page.text
-    assert "Not logged in." in page.text
-    assert "Please enter a name" not in client.get("/").text
+    response = signup(client, name, password)
+    assert response.status_code == 400
+    assert flashes(response.text) == [
+        f'<p class="flash error">{error}</p>' for error in errors
+    ]
+    assert "Not logged in." in client.get("/").text
+    assert flashes(client.get("/").text) == []  # shown once
+    assert users(app) == []
+    assert client.get_cookie("session") is None
     assert record_count(store_of(app)) == 0
+
+
+def test_signup_with_a_taken_name(app: Flask) -> None:
+    new_user(app, "ann")
+    client = app.test_client()
+    response = signup(client, "ANN")
+    assert response.status_code == 400
+    assert flashes(response.text) == [
+        '<p class="flash error">That username is taken.</p>'
+    ]
+    assert len(users(app)) == 1
+    assert client.get_cookie("session") is None
+
+
+@pytest.mark.parametrize(
+    ("name", "password"), [("ann", "wrong password"), ("nobody", PASSWORD)]
+)
+def test_wrong_credentials(app: Flask, name: str, password: str) -> None:
+    new_user(app)
+    client = app.test_client()
+    response = login(client, name, password)
+    assert response.status_code == 401
+    assert flashes(response.text) == [
+        '<p class="flash error">Unknown username or wrong password.</p>'
+    ]
+    assert "Not logged in." in client.get("/").text
+    assert client.get_cookie("session") is None
 
 
 def test_store_and_secret_key_from_the_environment(
@@ -224,7 +377,8 @@ def test_instance_path_from_the_environment(
     app = example.create_app({"TESTING": True})
     try:
         assert app.instance_path == str(tmp_path / "elsewhere")
-        login(app.test_client())
+        new_user(app)
         assert os.path.exists(tmp_path / "elsewhere" / DEFAULT_SQLITE_FILENAME)
+        assert os.path.exists(tmp_path / "elsewhere" / "demo_users.sqlite3")
     finally:
         store_of(app).close()

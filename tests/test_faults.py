@@ -157,3 +157,26 @@ def test_record_expired_between_requests_gives_fresh_session(
     store.touch(key, utcnow() - timedelta(seconds=1))
     assert client.get("/get").data == b"{}"
     assert store.load(key) is None
+
+
+def test_foreign_table_under_our_name_says_so(sql_store: SQLAlchemyStore) -> None:
+    """Flask-Session's table has the same default name and other columns."""
+    name = "towersess_foreign_table"
+    metadata = sa.MetaData()
+    foreign = sa.Table(
+        name,
+        metadata,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("session_id", sa.String(255)),
+        sa.Column("data", sa.LargeBinary),
+    )
+    metadata.drop_all(sql_store.engine)
+    metadata.create_all(sql_store.engine)
+    try:
+        store = SQLAlchemyStore(sql_store.engine, table=name)
+        with pytest.raises(ConfigurationError, match="not a flask-towersess session table"):
+            store.load(new_session_key())
+        with pytest.raises(ConfigurationError, match="SESSION_STORE_OPTIONS"):
+            store.migrate()
+    finally:
+        foreign.drop(sql_store.engine)

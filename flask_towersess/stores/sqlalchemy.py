@@ -208,23 +208,40 @@ class SQLAlchemyStore(SessionStore):
     def _translate(self, exc: sa_exc.DBAPIError) -> Exception:
         """Map a driver error to the error the session layer expects."""
         if isinstance(exc, (sa_exc.ProgrammingError, sa_exc.OperationalError)):
+            # Only on failure: a missing or foreign table is a set-up mistake
+            # with a fix, not an outage.
             try:
-                missing = not sa.inspect(self.engine).has_table(
-                    self.table.name, schema=self.table.schema
-                )
+                with self.engine.connect() as conn:
+                    problem = self._table_problem(sa.inspect(conn))
             except sa_exc.SQLAlchemyError:
-                missing = False
-            if missing:
-                return ConfigurationError(
-                    f"The session table {self.table.fullname!r} does not exist in"
-                    f" {self.engine.url.render_as_string(hide_password=True)}:"
-                    " run `flask sessions migrate` to create it."
-                )
+                problem = None
+            if problem is not None:
+                return problem
         if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError)) or (
             exc.connection_invalidated
         ):
             return StoreUnavailable(f"the session database is unavailable: {exc.orig}")
         return exc
+
+    def _table_problem(self, inspector: sa.Inspector) -> ConfigurationError | None:
+        """Why the table cannot hold sessions, or ``None`` if it can."""
+        url = self.engine.url.render_as_string(hide_password=True)
+        name, schema = self.table.name, self.table.schema
+        if not inspector.has_table(name, schema=schema):
+            return ConfigurationError(
+                f"The session table {self.table.fullname!r} does not exist in"
+                f" {url}: run `flask sessions migrate` to create it."
+            )
+        found = {column["name"] for column in inspector.get_columns(name, schema)}
+        missing = [c.name for c in self.table.columns if c.name not in found]
+        if missing:
+            return ConfigurationError(
+                f"The table {self.table.fullname!r} in {url} is not a flask-towersess"
+                f" session table (it has no {', '.join(missing)} column; another"
+                " package, such as Flask-Session, may own it). Choose another"
+                ' table: SESSION_STORE_OPTIONS = {"table": "towersess_sessions"}.'
+            )
+        return None
 
     def _run(self, work: t.Callable[[_Connection], t.Any]) -> t.Any:
         """Run ``work`` on a pooled connection, with errors translated."""
@@ -425,6 +442,9 @@ class SQLAlchemyStore(SessionStore):
                 self.table.create(conn)
                 done.append(f"created table {name} with its indexes")
             else:
+                problem = self._table_problem(inspector)
+                if problem is not None:
+                    raise problem
                 schema = self.table.schema
                 existing = {
                     ix["name"] for ix in inspector.get_indexes(self.table.name, schema)
@@ -550,8 +570,19 @@ def _is_autocommit(engine: sa.engine.Engine) -> bool:
 
 
 #: Bounded driver timeouts, so a database that hangs cannot hang a worker.
-_CONNECT_TIMEOUTS: dict[str, dict[str, int]] = {
-    "postgresql": {"connect_timeout": 5},
+#: psycopg2 has no read timeout of its own: statement_timeout bounds slow
+#: statements on the server, and keepalives plus tcp_user_timeout bound a
+#: host that stopped answering at the network level.
+_CONNECT_TIMEOUTS: dict[str, dict[str, t.Any]] = {
+    "postgresql": {
+        "connect_timeout": 5,
+        "options": "-c statement_timeout=30000",
+        "keepalives": 1,
+        "keepalives_idle": 30,
+        "keepalives_interval": 10,
+        "keepalives_count": 3,
+        "tcp_user_timeout": 30000,
+    },
     "mysql": {"connect_timeout": 5, "read_timeout": 30, "write_timeout": 30},
     "mariadb": {"connect_timeout": 5, "read_timeout": 30, "write_timeout": 30},
 }
