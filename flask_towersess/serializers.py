@@ -57,33 +57,41 @@ class _ExtType:
     decode: t.Callable[[t.Any], t.Any]
 
 
+def _offset_micros(offset: timedelta | None) -> int | None:
+    # Microseconds, not seconds: Python allows sub-second UTC offsets.
+    return None if offset is None else offset // timedelta(microseconds=1)
+
+
+def _zone(micros: int | None) -> timezone | None:
+    return None if micros is None else timezone(timedelta(microseconds=micros))
+
+
 def _encode_datetime(value: datetime) -> list[t.Any]:
-    offset = value.utcoffset()
-    seconds = None if offset is None else offset // timedelta(seconds=1)
-    naive = value.replace(tzinfo=None)
-    return [naive.isoformat(), seconds]
+    return [value.replace(tzinfo=None).isoformat(), _offset_micros(value.utcoffset())]
 
 
 def _decode_datetime(value: list[t.Any]) -> datetime:
     text, offset = value
-    naive = datetime.fromisoformat(text)
-    if offset is None:
-        return naive
-    return naive.replace(tzinfo=timezone(timedelta(seconds=offset)))
+    return datetime.fromisoformat(text).replace(tzinfo=_zone(offset))
 
 
 def _encode_time(value: time) -> list[t.Any]:
-    offset = value.utcoffset()
-    seconds = None if offset is None else offset // timedelta(seconds=1)
-    return [value.replace(tzinfo=None).isoformat(), seconds]
+    return [value.replace(tzinfo=None).isoformat(), _offset_micros(value.utcoffset())]
 
 
 def _decode_time(value: list[t.Any]) -> time:
     text, offset = value
-    naive = time.fromisoformat(text)
-    if offset is None:
-        return naive
-    return naive.replace(tzinfo=timezone(timedelta(seconds=offset)))
+    return time.fromisoformat(text).replace(tzinfo=_zone(offset))
+
+
+def _encode_big_int(value: int) -> bytes:
+    # Bytes, not decimal text: Python refuses to convert ints of more than
+    # 4300 digits to text, and bytes are smaller anyway.
+    return value.to_bytes(value.bit_length() // 8 + 1, "big", signed=True)
+
+
+def _decode_big_int(value: bytes) -> int:
+    return int.from_bytes(value, "big", signed=True)
 
 
 def _builtin_types() -> list[_ExtType]:
@@ -104,8 +112,8 @@ def _builtin_types() -> list[_ExtType]:
         _ExtType(uuid.UUID, 8, lambda v: v.bytes, lambda v: uuid.UUID(bytes=v)),
         _ExtType(Decimal, 9, str, Decimal),
         _ExtType(Markup, 10, str, Markup),
-        # msgpack stores integers up to 64 bits; larger ones go as text.
-        _ExtType(int, 11, str, int),
+        # msgpack stores integers up to 64 bits; larger ones go as bytes.
+        _ExtType(int, 11, _encode_big_int, _decode_big_int),
     ]
 
 

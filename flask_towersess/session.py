@@ -63,6 +63,24 @@ def is_valid_session_key(key: object) -> bool:
     return isinstance(key, str) and _KEY_PATTERN.fullmatch(key) is not None
 
 
+#: The longest expiry age a payload may carry (about 1,000 years): larger
+#: ones overflow date arithmetic. Only a payload not written by this package
+#: holds such a value.
+_MAX_EXPIRY_SECONDS = 1000 * 365 * 86400
+
+
+def _is_valid_expiry(expiry: object) -> bool:
+    if expiry is None:
+        return True
+    if isinstance(expiry, datetime):
+        return expiry.tzinfo is not None
+    return (
+        isinstance(expiry, int)
+        and not isinstance(expiry, bool)
+        and abs(expiry) <= _MAX_EXPIRY_SECONDS
+    )
+
+
 def _normalize_expiry(value: int | float | timedelta | datetime | None) -> Expiry:
     if value is None or isinstance(value, bool):
         if isinstance(value, bool):
@@ -260,9 +278,7 @@ class ServerSession(SessionMixin):
             state = self.serializer.loads(payload)
             data = state["data"]
             expiry = state.get("expiry")
-            if not isinstance(data, dict) or not (
-                expiry is None or isinstance(expiry, (int, datetime))
-            ):
+            if not isinstance(data, dict) or not _is_valid_expiry(expiry):
                 raise SerializationError("the payload is not a session")
         except (SerializationError, KeyError) as exc:
             # A payload that cannot be read is treated as an empty session:
@@ -497,6 +513,7 @@ class ServerSession(SessionMixin):
             self.create()
             return
         if self._must_create:
+            self._check_not_ended_elsewhere()
             try:
                 self._create_at_current_key()
             except CreateError:
@@ -525,10 +542,16 @@ class ServerSession(SessionMixin):
             self._after_write(record)
             return
         raise SessionInterrupted(
-            f"The session was changed by {self.save_retries + 1} concurrent"
-            " requests while this one tried to save it; its changes were not"
-            " saved."
+            f"Other requests saved the session each of the {self.save_retries + 1}"
+            " times this request tried to; its changes were not saved."
         )
+
+    def _check_not_ended_elsewhere(self) -> None:
+        """Before moving a loaded session to a new key (cycle_key), make sure
+        its record was not deleted meanwhile (a logout in another window):
+        writing the new record would bring that session back."""
+        if self._from_store and not any(self.store.exists(k) for k in self._stale_keys):
+            raise UpdateError("the session was deleted while this request was using it")
 
     def _create_at_current_key(self) -> None:
         assert self._key is not None
@@ -557,12 +580,20 @@ class ServerSession(SessionMixin):
             for key in before.keys() - self._data.keys():
                 merged.pop(key, None)
             for key, value in self._data.items():
-                if key not in before or before[key] != value:
+                if key not in before or self._changed(before[key], value):
                     merged[key] = value
         self._data = merged
         if not self._expiry_changed:
             self._expiry = their_expiry
         self._remember(record)
+
+    def _changed(self, before: t.Any, after: t.Any) -> bool:
+        # == misses a change of type only (1 -> True, "x" -> Markup("x")),
+        # which the serializer keeps: compare what would be stored as well.
+        if before != after:
+            return True
+        pack = self.serializer.dumps
+        return pack({"data": {"v": before}}) != pack({"data": {"v": after}})
 
     def delete(self, session_key: str | None = None) -> None:
         """Delete the record of ``session_key`` (default: this session's)."""

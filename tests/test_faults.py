@@ -174,7 +174,9 @@ def test_foreign_table_under_our_name_says_so(sql_store: SQLAlchemyStore) -> Non
     metadata.create_all(sql_store.engine)
     try:
         store = SQLAlchemyStore(sql_store.engine, table=name)
-        with pytest.raises(ConfigurationError, match="not a flask-towersess session table"):
+        with pytest.raises(
+            ConfigurationError, match="not a flask-towersess session table"
+        ):
             store.load(new_session_key())
         with pytest.raises(ConfigurationError, match="SESSION_STORE_OPTIONS"):
             store.migrate()

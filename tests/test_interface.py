@@ -354,9 +354,19 @@ def test_secret_key_fallbacks(app: Flask) -> None:
 def test_bad_cookies_are_ignored_without_store_call(
     app: Flask, counting_store: CountingStore, cookie_header: str
 ) -> None:
-    response = app.test_client().get(
-        "/get/a", environ_overrides={"HTTP_COOKIE": cookie_header}
-    )
+    # use_cookies=False: with a cookie jar, the test client replaces the
+    # Cookie header given here by the jar's (empty) one.
+    client = app.test_client(use_cookies=False)
+
+    @app.get("/raw-cookie")
+    def raw_cookie() -> str:
+        from flask import request
+
+        return request.headers.get("Cookie", "")
+
+    echoed = client.get("/raw-cookie", environ_overrides={"HTTP_COOKIE": cookie_header})
+    assert echoed.get_data(as_text=True) == cookie_header  # it did reach the app
+    response = client.get("/get/a", environ_overrides={"HTTP_COOKIE": cookie_header})
     assert response.status_code == 200
     assert response.data == b"None"
     assert counting_store.total == 0

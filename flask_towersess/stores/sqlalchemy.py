@@ -207,7 +207,7 @@ class SQLAlchemyStore(SessionStore):
 
     def _translate(self, exc: sa_exc.DBAPIError) -> Exception:
         """Map a driver error to the error the session layer expects."""
-        if isinstance(exc, (sa_exc.ProgrammingError, sa_exc.OperationalError)):
+        if _may_be_schema_error(exc):
             # Only on failure: a missing or foreign table is a set-up mistake
             # with a fix, not an outage.
             try:
@@ -248,14 +248,17 @@ class SQLAlchemyStore(SessionStore):
         self._ensure_migrated()
         engine = self._statement_engine()
         for attempt in (1, 2):
+            connected = False
             try:
                 with engine.connect() as conn:
+                    connected = True
                     return work(conn)
             except sa_exc.DBAPIError as exc:
-                if exc.connection_invalidated and attempt == 1:
+                if connected and exc.connection_invalidated and attempt == 1:
                     # A pooled connection the server had dropped (a restart,
                     # an idle timeout): retry once on a fresh one, instead of
-                    # pinging before every statement.
+                    # pinging before every statement. A failure to connect is
+                    # not retried: that would only double the wait.
                     continue
                 if isinstance(exc, sa_exc.IntegrityError):
                     raise
@@ -515,9 +518,11 @@ def create_engine(url: str, **options: t.Any) -> sa.engine.Engine:
     # no transaction to roll back when a connection returns to the pool.
     options.setdefault("isolation_level", "AUTOCOMMIT")
     options.setdefault("pool_reset_on_return", None)
-    options.setdefault("pool_timeout", 10)
-    # Below MySQL's default wait_timeout of 8 hours, with a wide margin.
-    options.setdefault("pool_recycle", 3600)
+    if options.get("poolclass") in (None, sa.pool.QueuePool):
+        # Queue-pool options; NullPool (behind PgBouncer, say) rejects them.
+        options.setdefault("pool_timeout", 10)
+        # Below MySQL's default wait_timeout of 8 hours, with a wide margin.
+        options.setdefault("pool_recycle", 3600)
     connect_args = options.setdefault("connect_args", {})
     for name, value in _CONNECT_TIMEOUTS.get(backend, {}).items():
         connect_args.setdefault(name, value)
@@ -551,6 +556,24 @@ def _with_installed_driver(url: sa.engine.URL) -> sa.engine.URL:
 
 
 _EXTRAS = {"postgresql": "postgres", "mysql": "mysql", "mariadb": "mysql"}
+
+
+#: Driver error codes meaning "no such table" or "no such column" (MySQL
+#: 1146, 1054; PostgreSQL SQLSTATE 42P01, 42703); SQLite only has messages.
+_SCHEMA_ERROR_CODES = {1146, 1054, "42P01", "42703"}
+
+
+def _may_be_schema_error(exc: sa_exc.DBAPIError) -> bool:
+    """Whether the error may come from a missing or foreign table.
+
+    Checked before looking at the table, which takes a connection: a database
+    that cannot be reached must cost one connection attempt, not two.
+    """
+    orig = exc.orig
+    code = getattr(orig, "pgcode", None) or next(iter(getattr(orig, "args", ())), None)
+    if code in _SCHEMA_ERROR_CODES:
+        return True
+    return "no such table" in str(orig) or "no such column" in str(orig)
 
 
 def _is_flask_sqlalchemy(obj: object) -> bool:
