@@ -11,9 +11,12 @@ back with, the app's own unit of work.
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import logging
 import os
+import socket
 import threading
+import time
 import typing as t
 from datetime import datetime
 from datetime import timezone
@@ -80,6 +83,12 @@ class SQLAlchemyStore(SessionStore):
     :param auto_migrate: create the table on first use. Only the zero-config
         SQLite default does this; everywhere else run ``flask sessions
         migrate`` (or :meth:`migrate`) as a deploy step.
+    :param read_timeout: seconds a statement may wait for the server before
+        its connection is cut and the call fails with
+        :class:`~flask_towersess.errors.StoreUnavailable`; ``None`` for no
+        limit. For drivers without a read timeout of their own (psycopg2), so
+        that a frozen server cannot hold a worker; MySQL drivers get theirs
+        from ``create_engine``.
 
     .. versionadded:: 0.1
     """
@@ -93,6 +102,7 @@ class SQLAlchemyStore(SessionStore):
         table: str = "sessions",
         schema: str | None = None,
         auto_migrate: bool = False,
+        read_timeout: float | None = 30.0,
     ) -> None:
         if isinstance(engine, sa.engine.Engine):
             self._engine: sa.engine.Engine | None = engine
@@ -111,6 +121,7 @@ class SQLAlchemyStore(SessionStore):
         self._autocommit_engines: dict[sa.engine.Engine, sa.engine.Engine] = {}
         self.table = build_table(sa.MetaData(schema=schema), table)
         self._auto_migrate = auto_migrate
+        self.read_timeout = read_timeout
         self._migrated = False
         self._migrate_lock = threading.Lock()
         self._build_statements()
@@ -125,7 +136,7 @@ class SQLAlchemyStore(SessionStore):
         """
         store_options = {
             name: options.pop(name)
-            for name in ("table", "schema", "auto_migrate")
+            for name in ("table", "schema", "auto_migrate", "read_timeout")
             if name in options
         }
         engine = create_engine(url, **options)
@@ -249,10 +260,19 @@ class SQLAlchemyStore(SessionStore):
         engine = self._statement_engine()
         for attempt in (1, 2):
             connected = False
+            watch = None
             try:
                 with engine.connect() as conn:
                     connected = True
-                    return work(conn)
+                    watch = self._watch(conn)
+                    try:
+                        return work(conn)
+                    finally:
+                        if watch is not None and _watchdog.done(watch):
+                            raise StoreUnavailable(
+                                "the session database did not answer within"
+                                f" {self.read_timeout} s (read_timeout)"
+                            )
             except sa_exc.DBAPIError as exc:
                 if connected and exc.connection_invalidated and attempt == 1:
                     # A pooled connection the server had dropped (a restart,
@@ -268,6 +288,16 @@ class SQLAlchemyStore(SessionStore):
                     f"no database connection available: {exc}"
                 ) from exc
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _watch(self, conn: _Connection) -> int | None:
+        """Put the statement about to run under the watchdog, if needed."""
+        if self.read_timeout is None:
+            return None
+        dbapi_connection = conn.connection.dbapi_connection
+        fileno = getattr(dbapi_connection, "fileno", None)
+        if fileno is None or not _NEEDS_WATCHDOG.get(conn.dialect.driver, False):
+            return None
+        return _watchdog.watch(fileno(), self.read_timeout)
 
     def _ensure_migrated(self) -> None:
         if not self._auto_migrate or self._migrated:
@@ -556,6 +586,79 @@ def _with_installed_driver(url: sa.engine.URL) -> sa.engine.URL:
 
 
 _EXTRAS = {"postgresql": "postgres", "mysql": "mysql", "mariadb": "mysql"}
+
+
+#: Drivers that cannot time out a read by themselves.
+_NEEDS_WATCHDOG = {"psycopg2": True}
+
+
+class _Watchdog:
+    """Cuts the connection of a statement that outlives its deadline.
+
+    One daemon thread per process, started on first use, wakes a few times a
+    second; watching a statement costs a dict insert and removal under a
+    lock. The socket is shut down (not closed) while the lock is held, and a
+    statement leaves the watch list under the same lock, so the descriptor
+    shut down is always the statement's own: the driver's blocked read then
+    fails, and the connection is discarded.
+    """
+
+    interval = 0.2
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._watched: dict[int, tuple[float, int]] = {}
+        self._fired: set[int] = set()
+        self._tokens = itertools.count()
+        self._thread_pid: int | None = None
+
+    def watch(self, fileno: int, timeout: float) -> int:
+        with self._lock:
+            token = next(self._tokens)
+            self._watched[token] = (time.monotonic() + timeout, fileno)
+            # Forked workers inherit the flag but not the thread.
+            if self._thread_pid != os.getpid():
+                self._thread_pid = os.getpid()
+                threading.Thread(
+                    target=self._patrol, name="flask-towersess-watchdog", daemon=True
+                ).start()
+        return token
+
+    def done(self, token: int) -> bool:
+        """End the watch; return whether the deadline had passed."""
+        with self._lock:
+            self._watched.pop(token, None)
+            if token in self._fired:
+                self._fired.discard(token)
+                return True
+            return False
+
+    def _patrol(self) -> None:
+        while True:
+            time.sleep(self.interval)
+            now = time.monotonic()
+            with self._lock:
+                for token, (deadline, fileno) in list(self._watched.items()):
+                    if deadline <= now:
+                        del self._watched[token]
+                        self._fired.add(token)
+                        _shut_down(fileno)
+
+
+def _shut_down(fileno: int) -> None:
+    try:
+        sock = socket.socket(fileno=os.dup(fileno))
+    except OSError:
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        sock.close()
+
+
+_watchdog = _Watchdog()
 
 
 #: Driver error codes meaning "no such table" or "no such column" (MySQL
