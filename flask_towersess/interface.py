@@ -11,7 +11,9 @@ cookie carries only the session key, signed with ``SECRET_KEY``.
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
 import logging
 import re
 import typing as t
@@ -20,7 +22,6 @@ from datetime import timedelta
 from flask import has_request_context
 from flask import request
 from flask.sessions import SessionInterface
-from itsdangerous import BadSignature
 from itsdangerous import Signer
 from werkzeug.exceptions import HTTPException
 
@@ -54,6 +55,9 @@ class _Signer(Signer):
     def __init__(self, *args: t.Any, **kwargs: t.Any) -> None:
         super().__init__(*args, **kwargs)
         self._derived: dict[str | bytes | None, bytes] = {}
+        # One keyed HMAC per secret, copied for each check: keying it anew
+        # costs more than the check itself.
+        self._keyed: dict[bytes, hmac.HMAC] = {}
 
     def derive_key(self, secret_key: str | bytes | None = None) -> bytes:
         try:
@@ -61,6 +65,31 @@ class _Signer(Signer):
         except KeyError:
             derived = self._derived[secret_key] = super().derive_key(secret_key)
             return derived
+
+    def unsign_key(self, cookie: str) -> str | None:
+        """The value of a ``value.signature`` cookie, if any key signed it.
+
+        What :meth:`unsign` checks, for the default HMAC algorithm, without
+        its Python layers: this runs on every request that uses the session.
+        The comparison is constant-time.
+        """
+        value, _, signature = cookie.rpartition(".")
+        if not value:
+            return None
+        message = value.encode("ascii")
+        given = signature.encode("ascii")
+        for secret_key in reversed(self.secret_keys):
+            keyed = self._keyed.get(secret_key)
+            if keyed is None:
+                keyed = self._keyed[secret_key] = hmac.new(
+                    self.derive_key(secret_key), digestmod=self.digest_method
+                )
+            mac = keyed.copy()
+            mac.update(message)
+            expected = base64.urlsafe_b64encode(mac.digest()).rstrip(b"=")
+            if hmac.compare_digest(expected, given):
+                return value
+        return None
 
 
 #: A signed cookie is a key (43 characters), a dot and a signature (43): a
@@ -163,17 +192,11 @@ class ServerSessionInterface(SessionInterface):
             return (cookie if is_valid_session_key(cookie) else None), False
         current, fallbacks = self._get_signers(app)
         resign = False
-        try:
-            key = current.unsign(cookie).decode("ascii")
-        except BadSignature:
-            if fallbacks is None:
-                return None, False
-            try:
-                key = fallbacks.unsign(cookie).decode("ascii")
-            except BadSignature:
-                return None, False
+        key = current.unsign_key(cookie)
+        if key is None and fallbacks is not None:
+            key = fallbacks.unsign_key(cookie)
             resign = True
-        if not is_valid_session_key(key):
+        if key is None or not is_valid_session_key(key):
             return None, False
         return key, resign
 
@@ -382,16 +405,15 @@ class MongoDBSessionInterface(_StoreInterface):
 
 
 def _vary_on_cookie(response: Response) -> None:
-    """Add ``Vary: Cookie``, as Flask's session does.
+    """Add ``Cookie`` to ``Vary``, as Flask's session does.
 
-    ``response.vary`` parses and re-serializes the header each time; most
-    responses have no Vary header yet, and this runs on every request that
-    uses the session.
+    ``response.vary`` parses and re-serializes the header, and
+    ``headers.getlist`` converts every header: this runs on every request that
+    uses the session, and most responses have no Vary header yet.
     """
-    # getlist(), not get(): werkzeug's get() raises and catches a KeyError
-    # internally when the header is missing, which is the common case here.
-    vary = response.headers.getlist("Vary")
-    if not vary:
-        response.headers["Vary"] = "Cookie"
-    elif "cookie" not in ",".join(vary).lower():
-        response.vary.add("Cookie")
+    for name, value in response.headers:
+        if name.lower() == "vary":
+            if "cookie" not in value.lower():
+                response.vary.add("Cookie")
+            return
+    response.headers.add("Vary", "Cookie")

@@ -16,6 +16,7 @@ their own with :meth:`MsgPackSerializer.register_type`.
 from __future__ import annotations
 
 import dataclasses
+import threading
 import typing as t
 import uuid
 from datetime import date
@@ -132,6 +133,10 @@ class MsgPackSerializer:
         self.max_size = max_size
         self._by_type: dict[type, _ExtType] = {}
         self._by_code: dict[int, _ExtType] = {}
+        # Packers are reused: making one per call (and one per nested
+        # extension value) costs more than packing a small session. A packer
+        # is not re-entrant, so each thread keeps one per nesting depth.
+        self._local = threading.local()
         for ext in _builtin_types():
             self._add(ext)
 
@@ -176,11 +181,30 @@ class MsgPackSerializer:
         return msgpack.ExtType(ext.code, self._pack(ext.encode(value)))
 
     def _pack(self, value: t.Any) -> bytes:
-        # strict_types sends tuples, Markup and other subclasses of the
-        # natively packed types through _default, so they keep their type.
-        return msgpack.packb(  # type: ignore[no-any-return]
-            value, default=self._default, strict_types=True, use_bin_type=True
-        )
+        local = self._local
+        try:
+            packers: list[msgpack.Packer] = local.packers
+            depth: int = local.depth
+        except AttributeError:
+            packers = local.packers = []
+            depth = local.depth = 0
+        if depth == len(packers):
+            # strict_types sends tuples, Markup and other subclasses of the
+            # natively packed types through _default, so they keep their type.
+            packers.append(
+                msgpack.Packer(
+                    default=self._default, strict_types=True, use_bin_type=True
+                )
+            )
+        packer = packers[depth]
+        local.depth = depth + 1
+        try:
+            return packer.pack(value)  # type: ignore[no-any-return]
+        except BaseException:
+            packer.reset()  # drop what a failed pack left in the buffer
+            raise
+        finally:
+            local.depth = depth
 
     def _ext_hook(self, code: int, data: bytes) -> t.Any:
         ext = self._by_code.get(code)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import re
 import secrets
+import time
 import typing as t
 from datetime import datetime
 from datetime import timedelta
@@ -250,9 +251,10 @@ class ServerSession(SessionMixin):
         return self._load_data()
 
     def _read_store(self) -> dict[str, t.Any]:
-        if self._key is None or self._must_create:
+        key = self._key
+        if key is None or self._must_create:
             return {}
-        record = self.store.load(self._key)
+        record = self.store.load(key)
         if record is None:
             # An unknown or expired key never becomes a session: forget it,
             # so a save issues a fresh key instead of reviving this one.
@@ -647,16 +649,21 @@ class ServerSession(SessionMixin):
         Only for a session read from the store and not modified: the expiry
         it was read with tells, at no extra cost, when it was last touched.
         """
-        if (
-            self._key is None
-            or self._stored_expires_at is None
-            or isinstance(self._expiry, datetime)
-        ):
+        stored_expires_at = self._stored_expires_at
+        expiry = self._expiry
+        if stored_expires_at is None or isinstance(expiry, datetime):
             return False
-        expires_at = self.get_expiry_date()
-        if expires_at - self._stored_expires_at < min_interval:
+        age = expiry or self.lifetime.total_seconds()
+        # Plain timestamps: most reads find no touch due, and building
+        # datetimes for that answer would cost more than the rest of it.
+        due_by = time.time() + age - stored_expires_at.timestamp()
+        if due_by < min_interval.total_seconds():
             return False
-        self.store.touch(self._key, expires_at)
+        key = self._key
+        if key is None:
+            return False
+        expires_at = utcnow() + timedelta(seconds=age)
+        self.store.touch(key, expires_at)
         self._stored_expires_at = expires_at
         return True
 

@@ -122,7 +122,9 @@ class SQLAlchemyStore(SessionStore):
         self.table = build_table(sa.MetaData(schema=schema), table)
         self._auto_migrate = auto_migrate
         self.read_timeout = read_timeout
-        self._migrated = False
+        # True once nothing is left to do before the first statement: at once
+        # unless the store migrates itself on first use.
+        self._migrated = not auto_migrate
         self._migrate_lock = threading.Lock()
         self._build_statements()
 
@@ -161,9 +163,12 @@ class SQLAlchemyStore(SessionStore):
         around it would only add BEGIN and COMMIT round trips.
         """
         engine = self.engine
-        if _is_autocommit(engine):
-            return engine
         autocommit = self._autocommit_engines.get(engine)
+        if autocommit is not None:
+            return autocommit
+        if _is_autocommit(engine):
+            self._autocommit_engines[engine] = engine
+            return engine
         if autocommit is None:
             autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
             self._autocommit_engines[engine] = autocommit
@@ -179,8 +184,11 @@ class SQLAlchemyStore(SessionStore):
         c = self.table.c
         key: sa.BindParameter[str] = sa.bindparam("key")
         now: sa.BindParameter[datetime] = sa.bindparam("now")
+        # Reads look the key up alone and check the expiry in Python: an
+        # expiry bound costs PostgreSQL a timestamp parameter and more
+        # planning on every read, for a row the primary key finds anyway.
         self._select = sa.select(c.payload, c.expires_at, c.version).where(
-            c.session_key == key, c.expires_at > now
+            c.session_key == key
         )
         self._select_version = sa.select(c.version).where(
             c.session_key == key, c.expires_at > now
@@ -256,7 +264,8 @@ class SQLAlchemyStore(SessionStore):
 
     def _run(self, work: t.Callable[[_Connection], t.Any]) -> t.Any:
         """Run ``work`` on a pooled connection, with errors translated."""
-        self._ensure_migrated()
+        if not self._migrated:
+            self._ensure_migrated()
         engine = self._statement_engine()
         for attempt in (1, 2):
             connected = False
@@ -291,13 +300,10 @@ class SQLAlchemyStore(SessionStore):
 
     def _watch(self, conn: _Connection) -> int | None:
         """Put the statement about to run under the watchdog, if needed."""
-        if self.read_timeout is None:
+        if self.read_timeout is None or conn.dialect.driver not in _NEEDS_WATCHDOG:
             return None
-        dbapi_connection = conn.connection.dbapi_connection
-        fileno = getattr(dbapi_connection, "fileno", None)
-        if fileno is None or not _NEEDS_WATCHDOG.get(conn.dialect.driver, False):
-            return None
-        return _watchdog.watch(fileno(), self.read_timeout)
+        fileno = conn.connection.dbapi_connection.fileno()  # type: ignore[union-attr]
+        return _watchdog.watch(fileno, self.read_timeout)
 
     def _ensure_migrated(self) -> None:
         if not self._auto_migrate or self._migrated:
@@ -311,16 +317,15 @@ class SQLAlchemyStore(SessionStore):
 
     def load(self, key: str) -> Record | None:
         def work(conn: _Connection) -> Record | None:
-            row = conn.execute(
-                self._select, {"key": key, "now": _naive_utc(utcnow())}
-            ).first()
-            if row is None:
-                return None
-            return Record(
-                key, bytes(row.payload), _aware_utc(row.expires_at), row.version
-            )
+            return conn.execute(self._select, {"key": key}).first()  # type: ignore[return-value]
 
-        return t.cast("Record | None", self._run(work))
+        row = self._run(work)
+        if row is None:
+            return None
+        expires_at = _aware_utc(row.expires_at)
+        if expires_at <= utcnow():  # expired, not yet purged: gone
+            return None
+        return Record(key, bytes(row.payload), expires_at, row.version)
 
     def create(self, record: Record) -> None:
         params = {
@@ -417,22 +422,8 @@ class SQLAlchemyStore(SessionStore):
         )
 
     def _purge_statement(self, batch_size: int) -> sa.Delete:
-        c = self.table.c
-        expired = c.expires_at <= sa.bindparam("now")
-        if self.engine.dialect.name in ("mysql", "mariadb"):
-            # MySQL cannot delete from a table it selects from in a subquery,
-            # but has DELETE ... ORDER BY ... LIMIT, which walks the index.
-            return (
-                self.table.delete()
-                .where(expired)
-                .with_dialect_options(mysql_limit=batch_size)
-            )
-        batch = sa.select(c.session_key).where(expired).limit(batch_size)
-        if self.engine.dialect.name == "postgresql":
-            # Two purgers (cron on two hosts) take different rows instead of
-            # waiting on each other's locks.
-            batch = batch.with_for_update(skip_locked=True)
-        return self.table.delete().where(c.session_key.in_(batch.scalar_subquery()))
+        build = _PURGE_STATEMENTS.get(self.engine.dialect.name, _purge_by_key)
+        return build(self.table, batch_size)
 
     def purge_expired(
         self, batch_size: int = 1000, *, on_batch: BatchCallback | None = None
@@ -588,8 +579,64 @@ def _with_installed_driver(url: sa.engine.URL) -> sa.engine.URL:
 _EXTRAS = {"postgresql": "postgres", "mysql": "mysql", "mariadb": "mysql"}
 
 
+def _expired(table: sa.Table) -> sa.ColumnElement[bool]:
+    return table.c.expires_at <= sa.bindparam("now")
+
+
+def _purge_by_key(table: sa.Table, batch_size: int) -> sa.Delete:
+    batch = sa.select(table.c.session_key).where(_expired(table)).limit(batch_size)
+    return table.delete().where(table.c.session_key.in_(batch.scalar_subquery()))
+
+
+def _purge_by_rowid(table: sa.Table, batch_size: int) -> sa.Delete:
+    # SQLite: the rowid is the table's own b-tree key, so no second lookup
+    # through the session-key index per deleted row.
+    rowid: sa.ColumnClause[int] = sa.literal_column("rowid")
+    batch = sa.select(rowid).select_from(table).where(_expired(table)).limit(batch_size)
+    return table.delete().where(rowid.in_(batch.scalar_subquery()))
+
+
+def _purge_by_ctid(table: sa.Table, batch_size: int) -> sa.Delete:
+    # PostgreSQL: rows are addressed by ctid, which the planner turns into a
+    # direct row fetch; with "key IN (subquery)" it hashes the whole table for
+    # large batches. SKIP LOCKED lets two purgers (cron on two hosts) take
+    # different rows instead of waiting on each other, and FOR UPDATE keeps
+    # the chosen rows where they are until they are deleted. (A ctid is only
+    # unique within one partition: for a partitioned table, purge by key.)
+    ctid: sa.ColumnClause[t.Any] = sa.literal_column("ctid")
+    batch = (
+        sa.select(ctid)
+        .select_from(table)
+        .where(_expired(table))
+        .limit(batch_size)
+        .with_for_update(skip_locked=True)
+    )
+    return table.delete().where(
+        ctid == sa.any_(sa.func.array(batch.scalar_subquery())), _expired(table)
+    )
+
+
+def _purge_by_limit(table: sa.Table, batch_size: int) -> sa.Delete:
+    # MySQL cannot delete from a table it selects from in a subquery, but has
+    # DELETE ... LIMIT, which walks the expiry index.
+    return (
+        table.delete()
+        .where(_expired(table))
+        .with_dialect_options(mysql_limit=batch_size)
+    )
+
+
+#: How each dialect deletes one batch of expired rows; others purge by key.
+_PURGE_STATEMENTS: dict[str, t.Callable[[sa.Table, int], sa.Delete]] = {
+    "postgresql": _purge_by_ctid,
+    "sqlite": _purge_by_rowid,
+    "mysql": _purge_by_limit,
+    "mariadb": _purge_by_limit,
+}
+
+
 #: Drivers that cannot time out a read by themselves.
-_NEEDS_WATCHDOG = {"psycopg2": True}
+_NEEDS_WATCHDOG = frozenset({"psycopg2"})
 
 
 class _Watchdog:
