@@ -2,8 +2,9 @@
 the same run.
 
 Every scenario is a small Flask app driven in-process by the test client.
-Scenarios are interleaved (each repeat runs every scenario once, in turn) and
-the median of the repeats is reported, so machine noise hits all alike.
+Scenarios are interleaved: each repeat times every target between two runs
+of its baseline (A-B-A) and takes the ratio within that triple; the median of
+the repeats' ratios is reported, so machine drift hits all alike.
 
 Request kinds:
 
@@ -18,7 +19,7 @@ Baselines:
 - per store, the work a session store cannot avoid, done by hand in a bare
   Flask view: reading the session cookie, then the round trips: SQL, one
   primary-key ``SELECT`` on a pooled engine for a read, plus one ``UPDATE``
-  in its own transaction for a write; Redis,
+  (payload and a fresh expiry) in its own transaction for a write; Redis,
   ``GET`` for a read, ``GET`` + ``SET ... EX`` for a write; memory, a dict
   lookup and a dict store. Payloads are packed with msgpack.
 
@@ -129,6 +130,7 @@ class RawMemory:
         return self.data.get("k")
 
     def write(self, payload: bytes) -> None:
+        self.expires = datetime.now(timezone.utc) + timedelta(days=1)
         self.data["k"] = payload
 
 
@@ -166,10 +168,11 @@ class RawSQL:
         return None if row is None else bytes(row[0])
 
     def write(self, payload: bytes) -> None:
+        # A fresh expiry, as every session store writes one (Redis: SET EX):
+        # an unchanged one would let PostgreSQL skip the expiry index.
+        expires = datetime.now(timezone.utc).replace(tzinfo=None) + timedelta(days=1)
         with self.engine.begin() as conn:
-            conn.execute(
-                self.update, {"key": self.key, "p": payload, "e": self.expires}
-            )
+            conn.execute(self.update, {"key": self.key, "p": payload, "e": expires})
 
 
 class RawRedis:
@@ -305,33 +308,53 @@ def run(
     with tempfile.TemporaryDirectory() as tmp:
         opened = {name: _open_store(name, DEFAULT_URLS[name], tmp) for name in stores}
         try:
-            scenarios = _bare_scenarios()
+            scenarios = {s.name: s for s in _bare_scenarios()}
             for name, store in opened.items():
-                scenarios += _store_scenarios(name, store)
-            for scenario in scenarios:
+                scenarios.update((s.name, s) for s in _store_scenarios(name, store))
+            for scenario in scenarios.values():
                 scenario.run(warmup)
                 scenario.timings.clear()
+            # Each target is timed between two runs of its baseline (A-B-A),
+            # and the ratio taken within that triple: this VM's speed drifts
+            # over seconds, which would otherwise land on one side of a
+            # ratio. Every repeat walks all triples, so drift hits all alike.
+            pairs = [
+                (store, kind, scenarios[f"{store}/{kind}"], scenarios[baseline])
+                for store in stores
+                for kind, baseline in (
+                    ("idle", "bare flask/idle"),
+                    ("read", f"{store}/raw read"),
+                    ("write", f"{store}/raw write"),
+                )
+            ]
+            samples: dict[tuple[str, str], list[float]] = {
+                (store, kind): [] for store, kind, _, _ in pairs
+            }
             for _ in range(repeats):
-                for scenario in scenarios:
-                    scenario.run(requests)
+                for store, kind, target, baseline in pairs:
+                    baseline.run(requests)
+                    target.run(requests)
+                    baseline.run(requests)
+                    before, after = baseline.timings[-2:]
+                    samples[store, kind].append(
+                        target.timings[-1] / ((before + after) / 2)
+                    )
+                for scenario in ("flask cookie/idle", "flask cookie/read"):
+                    scenarios[scenario].run(requests)
+                scenarios["flask cookie/write"].run(requests)
         finally:
             for store in opened.values():
                 _drop(store)
                 store.close()
-    medians = {s.name: s.median for s in scenarios}
-    bare = medians["bare flask/idle"]
-    ratios: dict[str, dict[str, float]] = {}
-    for name in stores:
-        ratios[name] = {
-            "idle": medians[f"{name}/idle"] / bare,
-            "read": medians[f"{name}/read"] / medians[f"{name}/raw read"],
-            "write": medians[f"{name}/write"] / medians[f"{name}/raw write"],
-        }
+    ratios = {
+        store: {kind: statistics.median(samples[store, kind]) for kind in TARGETS}
+        for store in stores
+    }
     return {
         "machine": _machine(),
         "repeats": repeats,
         "requests": requests,
-        "medians_us": {k: v * 1e6 for k, v in medians.items()},
+        "medians_us": {k: s.median * 1e6 for k, s in scenarios.items()},
         "ratios": ratios,
         "targets": TARGETS,
     }
@@ -388,8 +411,8 @@ def main(argv: list[str] | None = None) -> int:
         default="memory,sqlite,postgresql,mariadb,redis",
         help="comma-separated: memory, sqlite, postgresql, mariadb, redis",
     )
-    parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--repeats", type=int, default=25)
+    parser.add_argument("--requests", type=int, default=100)
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args(argv)
