@@ -217,11 +217,15 @@ class MsgPackSerializer:
             data, ext_hook=self._ext_hook, raw=False, strict_map_key=False
         )
 
+    def _checked_pack(self, value: t.Any) -> bytes:
+        _refuse_bytes_like(value)
+        return self._pack(value)
+
     def dumps(self, state: dict[str, t.Any]) -> bytes:
         try:
-            payload = MSGPACK_FORMAT + self._pack(state)
+            payload = MSGPACK_FORMAT + self._checked_pack(state)
         except (TypeError, ValueError, OverflowError) as exc:
-            raise _unserializable(self._pack, state, exc) from exc
+            raise _unserializable(self._checked_pack, state, exc) from exc
         _check_size(payload, self.max_size)
         return payload
 
@@ -273,6 +277,30 @@ class JSONSerializer:
         if not isinstance(state, dict):
             raise SerializationError("payload does not hold a mapping")
         return state
+
+
+_CONTAINERS = frozenset({list, tuple, set, frozenset})
+
+
+def _refuse_bytes_like(value: t.Any) -> None:
+    """Raise TypeError for a bytearray or memoryview anywhere in ``value``.
+
+    MessagePack packs them natively, without asking ``default``, and they
+    would come back as ``bytes``: a silent change of type, where any other
+    unsupported type fails the save. Only the exact container types are
+    walked; an app type's encoded form is the app's to choose.
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        cls = type(item)
+        if cls is dict:
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif cls in _CONTAINERS:
+            stack.extend(item)
+        elif cls is bytearray or cls is memoryview:
+            raise TypeError(item)
 
 
 def _check_size(payload: bytes, max_size: int | None) -> None:

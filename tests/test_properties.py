@@ -909,12 +909,6 @@ def test_ints_of_any_size_round_trip() -> None:
     assert serializer.loads(serializer.dumps({"v": value}))["v"] == value
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="serializers.py packs with strict_types, yet msgpack still packs"
-    " bytearray and memoryview natively: they come back as bytes, a silent"
-    " type change instead of a SerializationError",
-)
 @pytest.mark.parametrize(
     "value", [bytearray(b"ab"), memoryview(b"ab")], ids=["bytearray", "memoryview"]
 )
