@@ -50,9 +50,9 @@ def _call(store: SessionStore, work: t.Callable[[], T]) -> T:
     try:
         return work()
     except StoreUnavailable as exc:
-        # The description, not str(exc): that starts with "503 Service
-        # Unavailable", which means nothing on a command line.
-        reason = exc.description or str(exc)
+        # The driver's error (kept out of the public 503 page) is what an
+        # operator needs here; the description if there is none.
+        reason = str(exc.__cause__) if exc.__cause__ else exc.description
         raise click.ClickException(
             _one_line(f"cannot reach the session store ({store.describe()}): {reason}")
         ) from exc

@@ -657,7 +657,9 @@ class ServerSession(SessionMixin):
         # Plain timestamps: most reads find no touch due, and building
         # datetimes for that answer would cost more than the rest of it.
         due_by = time.time() + age - stored_expires_at.timestamp()
-        if due_by < min_interval.total_seconds():
+        # At most half the session's age: a session living less than the
+        # interval must still be kept alive by use.
+        if due_by < min(min_interval.total_seconds(), age / 2):
             return False
         key = self._key
         if key is None:

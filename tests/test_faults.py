@@ -182,3 +182,24 @@ def test_foreign_table_under_our_name_says_so(sql_store: SQLAlchemyStore) -> Non
             store.migrate()
     finally:
         foreign.drop(sql_store.engine)
+
+
+def test_503_page_does_not_show_database_details() -> None:
+    store = SQLAlchemyStore.from_url(
+        "postgresql+psycopg2://secretuser@127.0.0.1:1/test",
+        connect_args={"connect_timeout": 2},
+    )
+    try:
+        app = make_app(store)
+        client = app.test_client()
+        with app.test_request_context():
+            signed = app.session_interface._cookie_value(app, new_session_key())  # type: ignore[attr-defined]
+        client.set_cookie("session", signed)
+        response = client.get("/get")
+        assert response.status_code == 503
+        body = response.get_data(as_text=True)
+        assert (
+            "127.0.0.1" not in body and "secretuser" not in body and "port" not in body
+        )
+    finally:
+        store.close()

@@ -500,3 +500,27 @@ def test_store_down_at_save_gives_503(app: Flask) -> None:
     assert response.data == b"try later"
     assert seen == [503]
     assert client.get("/get/a").data == b"'1'"
+
+
+def test_short_lifetime_is_kept_alive_by_use(
+    app: Flask, counting_store: CountingStore
+) -> None:
+    """A lifetime below SESSION_TOUCH_INTERVAL still refreshes: the touch is
+    due after at most half the session's age."""
+    from flask_towersess.stores.base import utcnow
+
+    app.config["PERMANENT_SESSION_LIFETIME"] = timedelta(seconds=10)
+    client = app.test_client()
+    client.get("/set/a/1")
+    key = cookie_of(client, app).value.partition(".")[0]
+    # Six of the ten seconds have passed since the last write.
+    counting_store.inner.touch(key, utcnow() + timedelta(seconds=4))
+    counting_store.reset()
+    assert client.get("/get/a").data == b"'1'"
+    assert counting_store.calls == {"load": 1, "touch": 1}
+    expires_at = counting_store.inner.load(key).expires_at  # type: ignore[union-attr]
+    assert expires_at > utcnow() + timedelta(seconds=9)
+    # Just after: not due again.
+    counting_store.reset()
+    client.get("/get/a")
+    assert counting_store.calls == {"load": 1}

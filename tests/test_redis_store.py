@@ -659,3 +659,24 @@ def test_a_sentinel_failover_keeps_the_session(
         store.save(saved, 1)
         assert store.load(record.key) == saved
         assert promoted_after < 20
+
+
+def test_purge_and_dry_run_fail_when_redis_is_unreachable() -> None:
+    """Nothing to purge, but cron must still learn Redis is down."""
+    from flask import Flask
+
+    from flask_towersess import SessionExt
+
+    store = RedisStore.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.5)
+    try:
+        with pytest.raises(StoreUnavailable):
+            store.purge_expired()
+        app = Flask(__name__)
+        app.config.update(SECRET_KEY="s", SESSION_STORE=store)
+        SessionExt(app)
+        for args in (["purge-expired"], ["purge-expired", "--dry-run"]):
+            result = app.test_cli_runner().invoke(args=["sessions", *args])
+            assert result.exit_code != 0
+            assert "cannot reach the session store" in result.output
+    finally:
+        store.close()

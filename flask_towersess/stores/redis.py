@@ -183,6 +183,8 @@ class _Commands(t.Protocol):
 
     def exists(self, *names: str) -> int: ...  # pragma: no cover
 
+    def ping(self) -> t.Any: ...  # pragma: no cover
+
     def register_script(self, script: str) -> _Script: ...  # pragma: no cover
 
 
@@ -347,7 +349,7 @@ class RedisStore(SessionStore):
         if len(value) < _HEADER.size or value[0] != _TAG:
             log.warning(
                 "Ignoring Redis key %r: not a flask-towersess session record.",
-                self._key(key),
+                self.key_prefix + key[:6] + "...",
             )
             return None
         _, version, micros = _HEADER.unpack_from(value)
@@ -417,7 +419,14 @@ class RedisStore(SessionStore):
         with self._errors():
             return bool(self._commands.exists(self._key(key)))
 
+    def _ping(self) -> None:
+        # Nothing to count or purge, but a cron job must still learn that
+        # Redis is unreachable (a non-zero exit), not read "0 purged".
+        with self._errors():
+            self._commands.ping()
+
     def count_expired(self) -> int:
+        self._ping()
         return 0
 
     def purge_expired(
@@ -427,6 +436,7 @@ class RedisStore(SessionStore):
         on_batch: BatchCallback | None = None,
     ) -> int:
         # Redis deletes each key when its TTL runs out; there is no backlog.
+        self._ping()
         return 0
 
     def migrate(self) -> list[str]:

@@ -239,7 +239,7 @@ class SQLAlchemyStore(SessionStore):
         if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError)) or (
             exc.connection_invalidated
         ):
-            return StoreUnavailable(f"the session database is unavailable: {exc.orig}")
+            return _unavailable(exc.orig)
         return exc
 
     def _table_problem(self, inspector: sa.Inspector) -> ConfigurationError | None:
@@ -278,9 +278,11 @@ class SQLAlchemyStore(SessionStore):
                         return work(conn)
                     finally:
                         if watch is not None and _watchdog.done(watch):
-                            raise StoreUnavailable(
-                                "the session database did not answer within"
-                                f" {self.read_timeout} s (read_timeout)"
+                            # The socket is shut down: the connection must
+                            # not go back to the pool, whoever owns it.
+                            conn.invalidate()
+                            raise _unavailable(
+                                f"no answer within read_timeout={self.read_timeout} s"
                             )
             except sa_exc.DBAPIError as exc:
                 if connected and exc.connection_invalidated and attempt == 1:
@@ -293,9 +295,7 @@ class SQLAlchemyStore(SessionStore):
                     raise
                 raise self._translate(exc) from exc
             except sa_exc.TimeoutError as exc:  # pool checkout timed out
-                raise StoreUnavailable(
-                    f"no database connection available: {exc}"
-                ) from exc
+                raise _unavailable(exc) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _watch(self, conn: _Connection) -> int | None:
@@ -489,9 +489,7 @@ class SQLAlchemyStore(SessionStore):
         try:
             lines = self._migrate()
         except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
-            raise StoreUnavailable(
-                f"the session database is unavailable: {exc.orig}"
-            ) from exc
+            raise _unavailable(exc.orig) from exc
         self._migrated = True
         return lines
 
@@ -633,6 +631,17 @@ _PURGE_STATEMENTS: dict[str, t.Callable[[sa.Table, int], sa.Delete]] = {
     "mysql": _purge_by_limit,
     "mariadb": _purge_by_limit,
 }
+
+
+def _unavailable(reason: object) -> StoreUnavailable:
+    """The 503 for a database that cannot be reached.
+
+    Without a message: a StoreUnavailable's text is the public 503 page, and
+    the driver's (hosts, ports, user names) must not reach the client. The
+    reason goes to the log; the driver error stays in ``__cause__``.
+    """
+    logger.warning("session database unavailable: %s", reason)
+    return StoreUnavailable()
 
 
 #: Drivers that cannot time out a read by themselves.
