@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import json
 import os
-import platform
 import re
 import shutil
 import signal
@@ -40,6 +38,9 @@ from dataclasses import field
 from pathlib import Path
 
 from flask_towersess.stores import store_from_url
+
+from ._common import emit
+from ._common import machine as _machine
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -510,14 +511,6 @@ def _medians(runs: list[LoadRun]) -> dict[str, dict[str, float | None]]:
     return medians
 
 
-def _machine() -> str:
-    return (
-        f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus,"
-        f" Python {platform.python_version()}, {platform.system()}"
-        f" {platform.release()}"
-    )
-
-
 def report(result: dict[str, t.Any]) -> tuple[str, bool]:
     s = result["settings"]
     lines = [
@@ -647,12 +640,7 @@ def main(argv: list[str] | None = None) -> int:
         write_share=args.write_share,
         rounds=args.rounds,
     )
-    text, ok = report(result)
-    print(text)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
-    return 0 if ok else 1
+    return emit(result, *report(result), args.json)
 
 
 if __name__ == "__main__":

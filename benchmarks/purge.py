@@ -25,9 +25,7 @@ Target: at least 100,000 rows/s on PostgreSQL and SQLite.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -46,6 +44,9 @@ import sqlalchemy as sa
 from flask_towersess.serializers import MsgPackSerializer
 from flask_towersess.stores.sqlalchemy import SQLAlchemyStore
 from flask_towersess.stores.sqlalchemy import create_engine
+
+from ._common import emit
+from ._common import machine as _machine
 
 #: Rows per second the purge must reach, per store (None: no target).
 TARGETS: dict[str, int | None] = {
@@ -480,14 +481,6 @@ def _server_version(engine: sa.engine.Engine) -> str:
         return str(conn.exec_driver_sql("SELECT version()").scalar())
 
 
-def _machine() -> str:
-    return (
-        f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus,"
-        f" Python {platform.python_version()}, {platform.system()}"
-        f" {platform.release()}"
-    )
-
-
 def _mib(kib: int | None) -> str:
     return "?" if kib is None else f"{kib / 1024:.1f}"
 
@@ -612,12 +605,7 @@ def main(argv: list[str] | None = None) -> int:
         cli=not args.no_cli,
         order=args.expiry_order,
     )
-    text, ok = report(result)
-    print(text)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
-    return 0 if ok else 1
+    return emit(result, *report(result), args.json)
 
 
 if __name__ == "__main__":

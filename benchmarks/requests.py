@@ -30,9 +30,7 @@ Targets: idle <= 1.10 x bare Flask; read <= 1.15 x the raw read; write <=
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -53,6 +51,9 @@ from flask.sessions import SessionInterface
 from flask_towersess import SessionExt
 from flask_towersess.stores import store_from_url
 from flask_towersess.stores.base import SessionStore
+
+from ._common import emit
+from ._common import machine as _machine
 
 TARGETS = {"idle": 1.10, "read": 1.15, "write": 1.15}
 
@@ -366,14 +367,6 @@ def _drop(store: SessionStore) -> None:
         table.drop(store.engine, checkfirst=True)  # type: ignore[attr-defined]
 
 
-def _machine() -> str:
-    return (
-        f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus,"
-        f" Python {platform.python_version()}, {platform.system()}"
-        f" {platform.release()}"
-    )
-
-
 def report(result: dict[str, t.Any]) -> tuple[str, bool]:
     lines = [f"machine: {result['machine']}"]
     lines.append(
@@ -423,12 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run(
         stores, repeats=args.repeats, requests=args.requests, warmup=args.warmup
     )
-    text, ok = report(result)
-    print(text)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
-    return 0 if ok else 1
+    return emit(result, *report(result), args.json)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -35,6 +34,8 @@ import msgpack
 from markupsafe import Markup
 
 from flask_towersess.serializers import MsgPackSerializer
+
+from ._common import machine as _machine
 
 
 def typical_session() -> dict[str, t.Any]:
@@ -169,14 +170,6 @@ def run(*, repeats: int, number: int, warmup: int) -> dict[str, t.Any]:
             "encode_vs_convert_and_pack": convert,
         },
     }
-
-
-def _machine() -> str:
-    return (
-        f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus,"
-        f" Python {platform.python_version()}, {platform.system()}"
-        f" {platform.release()}"
-    )
 
 
 def report(result: dict[str, t.Any]) -> str:
