@@ -52,7 +52,8 @@ DEFAULT_URLS = {
     "bare": "bare",
     "sqlite": None,  # a file in a temporary folder, filled in at run time
     "postgresql": os.environ.get(
-        "TOWERSESS_POSTGRESQL_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
+        "TOWERSESS_POSTGRESQL_URL",
+        "postgresql+psycopg2://postgres:postgres@127.0.0.1:5432/test",
     ),
     "mariadb": os.environ.get(
         "TOWERSESS_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test"

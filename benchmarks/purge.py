@@ -57,7 +57,8 @@ TARGETS: dict[str, int | None] = {
 
 DEFAULT_URLS = {
     "postgresql": os.environ.get(
-        "TOWERSESS_POSTGRESQL_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
+        "TOWERSESS_POSTGRESQL_URL",
+        "postgresql+psycopg2://postgres:postgres@127.0.0.1:5432/test",
     ),
     "mariadb": os.environ.get(
         "TOWERSESS_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test"

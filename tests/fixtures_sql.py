@@ -20,7 +20,8 @@ from flask_towersess.stores.sqlalchemy import create_engine
 from .services import service_unavailable
 
 POSTGRESQL_URL = os.environ.get(
-    "TOWERSESS_POSTGRESQL_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
+    "TOWERSESS_POSTGRESQL_URL",
+    "postgresql+psycopg2://postgres:postgres@127.0.0.1:5432/test",
 )
 MYSQL_URL = os.environ.get(
     "TOWERSESS_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test"
