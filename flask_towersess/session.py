@@ -454,6 +454,17 @@ class ServerSession(SessionMixin):
         return Record(key, payload, expires_at, version)
 
     def _after_write(self, record: Record) -> None:
+        # The data was moved to a new key (cycle_key). Checked after the new
+        # record is written, so a logout elsewhere cannot slip in between
+        # check and write: if the old record is gone now, the session ended
+        # meanwhile and the copy must not outlive it.
+        if (
+            self._stale_keys
+            and self._from_store
+            and not any(self.store.exists(k) for k in self._stale_keys)
+        ):
+            self.store.delete(record.key)
+            raise UpdateError("the session was deleted while this request was using it")
         self._remember(record)
         self._cleared = False
         self._expiry_changed = False
@@ -515,7 +526,6 @@ class ServerSession(SessionMixin):
             self.create()
             return
         if self._must_create:
-            self._check_not_ended_elsewhere()
             try:
                 self._create_at_current_key()
             except CreateError:
@@ -547,13 +557,6 @@ class ServerSession(SessionMixin):
             f"Other requests saved the session each of the {self.save_retries + 1}"
             " times this request tried to; its changes were not saved."
         )
-
-    def _check_not_ended_elsewhere(self) -> None:
-        """Before moving a loaded session to a new key (cycle_key), make sure
-        its record was not deleted meanwhile (a logout in another window):
-        writing the new record would bring that session back."""
-        if self._from_store and not any(self.store.exists(k) for k in self._stale_keys):
-            raise UpdateError("the session was deleted while this request was using it")
 
     def _create_at_current_key(self) -> None:
         assert self._key is not None

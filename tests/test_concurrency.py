@@ -209,3 +209,42 @@ def test_threads_changing_their_own_keys_all_survive(store: SessionStore) -> Non
     key = cookie.partition(".")[0]
     data = dict(ServerSession(store, key))
     assert data == {"start": 1, **{f"t{i}": writes for i in range(threads)}}
+
+
+def test_logout_landing_during_cycle_key_is_not_undone(store: SessionStore) -> None:
+    """The other tab's logout lands between any check and the write of the
+    new record: the moved data must not survive under the new key."""
+    original = ServerSession(store)
+    original["user"] = "ann"
+    original.save()
+    old_key = original.session_key
+    assert old_key is not None
+
+    class LogoutDuringCreate(SessionStore):
+        def load(self, key: str) -> Record | None:
+            return store.load(key)
+
+        def create(self, record: Record) -> None:
+            store.delete(old_key)  # the logout, just before the new record
+            store.create(record)
+
+        def save(self, record: Record, expected_version: int) -> None:
+            store.save(record, expected_version)
+
+        def touch(self, key: str, expires_at: t.Any) -> None:
+            store.touch(key, expires_at)
+
+        def delete(self, key: str) -> None:
+            store.delete(key)
+
+        def exists(self, key: str) -> bool:
+            return store.exists(key)
+
+    session = ServerSession(LogoutDuringCreate(), old_key)
+    session.cycle_key()
+    new_key = session.session_key
+    with pytest.raises(UpdateError):
+        session.save()
+    assert new_key is not None
+    assert not store.exists(new_key)
+    assert not store.exists(old_key)
