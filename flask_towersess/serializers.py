@@ -77,7 +77,12 @@ def _decode_datetime(value: list[t.Any]) -> datetime:
 
 
 def _encode_time(value: time) -> list[t.Any]:
-    return [value.replace(tzinfo=None).isoformat(), _offset_micros(value.utcoffset())]
+    offset = value.utcoffset()
+    if value.tzinfo is not None and offset is None:
+        # A zone whose offset depends on the date (a ZoneInfo) has none for a
+        # bare time: keeping it would silently turn the value naive.
+        raise TypeError(value)
+    return [value.replace(tzinfo=None).isoformat(), _offset_micros(offset)]
 
 
 def _decode_time(value: list[t.Any]) -> time:

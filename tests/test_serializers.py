@@ -159,3 +159,12 @@ def test_serializer_for() -> None:
         serializer_for("pickle")
     with pytest.raises(SerializationError):
         serializer_for(42)
+
+
+def test_time_in_a_zone_without_fixed_offset_is_refused() -> None:
+    from zoneinfo import ZoneInfo
+
+    value = time(9, 30, tzinfo=ZoneInfo("Europe/Paris"))
+    assert value.utcoffset() is None  # what makes it impossible to keep
+    with pytest.raises(SerializationError, match="'meeting'"):
+        MsgPackSerializer().dumps({"data": {"meeting": value}})
