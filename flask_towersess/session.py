@@ -416,7 +416,7 @@ class ServerSession(SessionMixin):
         if expiry is _MISSING:
             expiry = self._current_expiry()
         if not isinstance(expiry, datetime):
-            return expiry or int(self.lifetime.total_seconds())
+            return self._inactivity_age(expiry)
         delta = expiry - (modification or utcnow())
         return delta.days * 86400 + delta.seconds
 
@@ -428,8 +428,13 @@ class ServerSession(SessionMixin):
             expiry = self._current_expiry()
         if isinstance(expiry, datetime):
             return expiry
-        age = expiry or int(self.lifetime.total_seconds())
+        age = self._inactivity_age(expiry)
         return (modification or utcnow()) + timedelta(seconds=age)
+
+    def _inactivity_age(self, expiry: int | None) -> int:
+        """Seconds of inactivity a session lives: its own setting, or the
+        app's lifetime for ``None`` and ``0`` (browser close)."""
+        return expiry or int(self.lifetime.total_seconds())
 
     def get_expire_at_browser_close(self) -> bool:
         """Whether the cookie is a browser-session cookie."""
@@ -656,7 +661,7 @@ class ServerSession(SessionMixin):
         expiry = self._expiry
         if stored_expires_at is None or isinstance(expiry, datetime):
             return False
-        age = expiry or self.lifetime.total_seconds()
+        age = self._inactivity_age(expiry)
         # Plain timestamps: most reads find no touch due, and building
         # datetimes for that answer would cost more than the rest of it.
         due_by = time.time() + age - stored_expires_at.timestamp()
