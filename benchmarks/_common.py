@@ -7,6 +7,18 @@ import os
 import platform
 import typing as t
 
+#: The servers the benchmarks use, as the test suite finds them.
+SERVER_URLS = {
+    "postgresql": os.environ.get(
+        "TOWERSESS_POSTGRESQL_URL",
+        "postgresql+psycopg2://postgres:postgres@127.0.0.1:5432/test",
+    ),
+    "mariadb": os.environ.get(
+        "TOWERSESS_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test"
+    ),
+    "redis": os.environ.get("TOWERSESS_REDIS_URL", "redis://127.0.0.1:6379/0"),
+}
+
 
 def machine() -> str:
     """The machine, as the report's first line names it."""

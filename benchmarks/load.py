@@ -39,6 +39,7 @@ from pathlib import Path
 
 from flask_towersess.stores import store_from_url
 
+from ._common import SERVER_URLS
 from ._common import emit
 from ._common import machine as _machine
 
@@ -51,14 +52,9 @@ COOKIE_NAME = "session"  # Flask's default SESSION_COOKIE_NAME
 DEFAULT_URLS = {
     "bare": "bare",
     "sqlite": None,  # a file in a temporary folder, filled in at run time
-    "postgresql": os.environ.get(
-        "TOWERSESS_POSTGRESQL_URL",
-        "postgresql+psycopg2://postgres:postgres@127.0.0.1:5432/test",
-    ),
-    "mariadb": os.environ.get(
-        "TOWERSESS_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test"
-    ),
-    "redis": os.environ.get("TOWERSESS_REDIS_URL", "redis://127.0.0.1:6379/0"),
+    "postgresql": SERVER_URLS["postgresql"],
+    "mariadb": SERVER_URLS["mariadb"],
+    "redis": SERVER_URLS["redis"],
 }
 
 # Per process, so two runs at once (or a test suite) cannot collide.

@@ -45,6 +45,7 @@ from flask_towersess.serializers import MsgPackSerializer
 from flask_towersess.stores.sqlalchemy import SQLAlchemyStore
 from flask_towersess.stores.sqlalchemy import create_engine
 
+from ._common import SERVER_URLS
 from ._common import emit
 from ._common import machine as _machine
 
@@ -56,13 +57,8 @@ TARGETS: dict[str, int | None] = {
 }
 
 DEFAULT_URLS = {
-    "postgresql": os.environ.get(
-        "TOWERSESS_POSTGRESQL_URL",
-        "postgresql+psycopg2://postgres:postgres@127.0.0.1:5432/test",
-    ),
-    "mariadb": os.environ.get(
-        "TOWERSESS_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test"
-    ),
+    "postgresql": SERVER_URLS["postgresql"],
+    "mariadb": SERVER_URLS["mariadb"],
     "sqlite": None,  # a file in a temporary folder, filled in at run time
 }
 

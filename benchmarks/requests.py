@@ -30,7 +30,6 @@ Targets: idle <= 1.10 x bare Flask; read <= 1.15 x the raw read; write <=
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -52,6 +51,7 @@ from flask_towersess import SessionExt
 from flask_towersess.stores import store_from_url
 from flask_towersess.stores.base import SessionStore
 
+from ._common import SERVER_URLS
 from ._common import emit
 from ._common import machine as _machine
 
@@ -60,14 +60,9 @@ TARGETS = {"idle": 1.10, "read": 1.15, "write": 1.15}
 DEFAULT_URLS = {
     "memory": "memory://",
     "sqlite": None,  # a file in a temporary folder, filled in at run time
-    "postgresql": os.environ.get(
-        "TOWERSESS_POSTGRESQL_URL",
-        "postgresql+psycopg2://postgres:postgres@127.0.0.1:5432/test",
-    ),
-    "mariadb": os.environ.get(
-        "TOWERSESS_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test"
-    ),
-    "redis": os.environ.get("TOWERSESS_REDIS_URL", "redis://127.0.0.1:6379/0"),
+    "postgresql": SERVER_URLS["postgresql"],
+    "mariadb": SERVER_URLS["mariadb"],
+    "redis": SERVER_URLS["redis"],
 }
 
 BENCH_TABLE = "towersess_bench"
