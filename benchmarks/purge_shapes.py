@@ -101,7 +101,7 @@ def run_shape(
     sqlite = engine.dialect.name == "sqlite"
     statement: t.Any
     if shape.sql is None:
-        statement = store._purge_statement(batch_size)
+        statement = store._purge_statement(batch_size).core
         params: t.Any = {"now": now}
     else:
         statement = shape.sql.format(table=TABLE, n=batch_size)

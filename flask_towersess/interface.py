@@ -12,6 +12,7 @@ cookie carries only the session key, signed with ``SECRET_KEY``.
 from __future__ import annotations
 
 import base64
+import collections
 import hashlib
 import hmac
 import logging
@@ -24,6 +25,7 @@ from flask import request
 from flask.sessions import SessionInterface
 from itsdangerous import Signer
 from werkzeug.exceptions import HTTPException
+from werkzeug.sansio.request import Request as SansIORequest
 
 from .errors import SessionInterrupted
 from .errors import UpdateError
@@ -100,6 +102,10 @@ _COOKIE_PATTERN = re.compile(r"[A-Za-z0-9_\-.]+")
 
 DEFAULT_MAX_PAYLOAD_SIZE = 256 * 1024
 
+#: How many verified cookies each worker remembers (about 150 bytes each);
+#: the cache is emptied when it is full.
+VERIFIED_COOKIES_CACHED = 4096
+
 
 class ServerSessionInterface(SessionInterface):
     """Server-side sessions for a Flask app.
@@ -140,6 +146,14 @@ class ServerSessionInterface(SessionInterface):
         self._warned_insecure = False
         # Signers are built once per set of secret keys, not per request.
         self._signers: dict[tuple[t.Any, ...], tuple[_Signer, _Signer | None]] = {}
+        # Cookies whose signature checked out, per set of signers: a user's
+        # cookie is the same on each of their requests, and a dict lookup
+        # costs a tenth of a signature check. Only verified cookies go in,
+        # so what a client sends cannot fill it; a new SECRET_KEY gets new
+        # signers, and with them an empty cache.
+        self._verified: collections.defaultdict[
+            tuple[_Signer, _Signer | None], dict[str, tuple[str, bool]]
+        ] = collections.defaultdict(dict)
 
     # -- configuration getters (read each request, like Flask's own) ----------
 
@@ -186,11 +200,17 @@ class ServerSessionInterface(SessionInterface):
 
     def _key_from_cookie(self, app: Flask, cookie: str) -> tuple[str | None, bool]:
         """Return the session key in ``cookie`` and whether to re-sign it."""
+        if not self.get_use_signer(app):
+            if len(cookie) <= MAX_COOKIE_LENGTH and is_valid_session_key(cookie):
+                return cookie, False
+            return None, False
+        current, fallbacks = signers = self._get_signers(app)
+        verified = self._verified[signers]
+        found = verified.get(cookie)
+        if found is not None:
+            return found
         if len(cookie) > MAX_COOKIE_LENGTH or not _COOKIE_PATTERN.fullmatch(cookie):
             return None, False
-        if not self.get_use_signer(app):
-            return (cookie if is_valid_session_key(cookie) else None), False
-        current, fallbacks = self._get_signers(app)
         resign = False
         key = current.unsign_key(cookie)
         if key is None and fallbacks is not None:
@@ -198,7 +218,10 @@ class ServerSessionInterface(SessionInterface):
             resign = True
         if key is None or not is_valid_session_key(key):
             return None, False
-        return key, resign
+        if len(verified) >= VERIFIED_COOKIES_CACHED:
+            verified.clear()
+        verified[cookie] = found = (key, resign)
+        return found
 
     def _cookie_value(self, app: Flask, key: str) -> str:
         if not self.get_use_signer(app):
@@ -268,7 +291,7 @@ class ServerSessionInterface(SessionInterface):
     def _key_from_request(
         self, app: Flask, request: Request
     ) -> tuple[str | None, bool]:
-        cookie = request.cookies.get(self.get_cookie_name(app))
+        cookie = request_cookie(request, self.get_cookie_name(app))
         if not cookie:
             return None, False
         return self._key_from_cookie(app, cookie)
@@ -402,6 +425,42 @@ class MongoDBSessionInterface(_StoreInterface):
     """
 
     store_class_name = "MongoDBStore"
+
+
+# One part of a Cookie header: a name, and optionally "=" and a value;
+# blanks around either are ignored (werkzeug's rules for unquoted values).
+_COOKIE_PART = re.compile(r"[ \t]*([^ \t=\";]+)(?:[ \t]*=[ \t]*([^ \t\";]*))?[ \t]*")
+
+# werkzeug's Request.cookies, the property request_cookie() stands in for.
+_WERKZEUG_COOKIES = SansIORequest.__dict__["cookies"]
+
+
+def request_cookie(request: Request, name: str) -> str | None:
+    """``request.cookies.get(name)``, without parsing every cookie.
+
+    werkzeug splits the whole Cookie header into a MultiDict on first use of
+    ``request.cookies``, which costs more than verifying the session cookie;
+    the session needs one value. This finds the first cookie called ``name``
+    in the header by the same rules. A header with quoted values, or a
+    request class with its own ``cookies``, goes through ``request.cookies``.
+    """
+    if type(request).cookies is not _WERKZEUG_COOKIES:
+        return request.cookies.get(name)
+    parsed = request.__dict__.get("cookies")  # where cached_property keeps it
+    if parsed is not None:
+        return parsed.get(name)  # type: ignore[no-any-return]
+    header = request.environ.get("HTTP_COOKIE")
+    if not header or name not in header:
+        return None
+    if '"' in header:
+        # A quoted value may hold ";": only the full parser splits it right.
+        return request.cookies.get(name)
+    for part in header.split(";"):
+        if name in part:
+            match = _COOKIE_PART.fullmatch(part)
+            if match is not None and match[1] == name:
+                return match[2] or ""
+    return None
 
 
 def _vary_on_cookie(response: Response) -> None:

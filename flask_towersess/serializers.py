@@ -285,6 +285,8 @@ class JSONSerializer:
 
 
 _CONTAINERS = frozenset({list, tuple, set, frozenset})
+# Types with nothing inside to look at: most session values.
+_SCALARS = frozenset({str, int, float, bool, type(None), bytes})
 
 
 def _refuse_bytes_like(value: t.Any) -> None:
@@ -294,18 +296,30 @@ def _refuse_bytes_like(value: t.Any) -> None:
     would come back as ``bytes``: a silent change of type, where any other
     unsupported type fails the save. Only the exact container types are
     walked; an app type's encoded form is the app's to choose.
+
+    It runs on every save: scalars are passed over where they are found
+    instead of going through the stack (an explicit stack, not recursion,
+    so deep nesting cannot exhaust Python's).
     """
     stack = [value]
+    push = stack.append
     while stack:
         item = stack.pop()
         cls = type(item)
         if cls is dict:
-            stack.extend(item.keys())
-            stack.extend(item.values())
+            for member in item:
+                if type(member) not in _SCALARS:
+                    push(member)
+            members: t.Iterable[t.Any] = item.values()
         elif cls in _CONTAINERS:
-            stack.extend(item)
+            members = item
         elif cls is bytearray or cls is memoryview:
             raise TypeError(item)
+        else:
+            continue
+        for member in members:
+            if type(member) not in _SCALARS:
+                push(member)
 
 
 def _check_size(payload: bytes, max_size: int | None) -> None:

@@ -199,6 +199,18 @@ class ServerSession(SessionMixin):
             self._key  # noqa: B018 - record which key the cookie carried first
         self._key_value = value
 
+    @property
+    def lifetime(self) -> timedelta:
+        """How long the session lives without use, unless :meth:`set_expiry`
+        says otherwise."""
+        return self._lifetime
+
+    @lifetime.setter
+    def lifetime(self, value: timedelta) -> None:
+        self._lifetime = value
+        # In seconds once, not at every expiry computation.
+        self._lifetime_seconds = int(value.total_seconds())
+
     # -- the key and the flags -------------------------------------------------
 
     @property
@@ -428,13 +440,13 @@ class ServerSession(SessionMixin):
             expiry = self._current_expiry()
         if isinstance(expiry, datetime):
             return expiry
-        age = self._inactivity_age(expiry)
+        age = expiry or self._lifetime_seconds  # as _inactivity_age()
         return (modification or utcnow()) + timedelta(seconds=age)
 
     def _inactivity_age(self, expiry: int | None) -> int:
         """Seconds of inactivity a session lives: its own setting, or the
         app's lifetime for ``None`` and ``0`` (browser close)."""
-        return expiry or int(self.lifetime.total_seconds())
+        return expiry or self._lifetime_seconds
 
     def get_expire_at_browser_close(self) -> bool:
         """Whether the cookie is a browser-session cookie."""

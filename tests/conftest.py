@@ -21,6 +21,7 @@ pytest_plugins = [
 STORE_NAMES = [
     "memory",
     "sqlite",
+    "sqlite_core",
     "postgresql",
     "mariadb",
     "redis",

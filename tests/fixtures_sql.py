@@ -85,6 +85,24 @@ def sqlite_store(tmp_path: t.Any) -> t.Iterator[SQLAlchemyStore]:
 
 
 @pytest.fixture
+def sqlite_core_store(tmp_path: t.Any) -> t.Iterator[SQLAlchemyStore]:
+    """SQLite on an engine whose statements the store must not bypass: one
+    made by plain ``sqlalchemy.create_engine`` (transactions of its own),
+    with a statement listener. Every call goes through
+    ``Connection.execute()``; the other SQL stores take the direct path."""
+    engine = sa.create_engine(f"sqlite:///{tmp_path}/core.sqlite3")
+    sa.event.listen(engine, "before_cursor_execute", _count_statement)
+    store = SQLAlchemyStore(engine)
+    store.migrate()
+    yield store
+    engine.dispose()
+
+
+def _count_statement(conn: t.Any, *args: t.Any) -> None:
+    conn.info["statements"] = conn.info.get("statements", 0) + 1
+
+
+@pytest.fixture
 def postgresql_store(
     _server_stores: dict[str, SQLAlchemyStore | None],
 ) -> SQLAlchemyStore:

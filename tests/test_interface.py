@@ -336,6 +336,31 @@ def test_secret_key_fallbacks(app: Flask) -> None:
     assert other.get("/get/a").data == b"None"
 
 
+def test_verified_cookies_are_remembered_bounded_and_never_forged(
+    app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flask_towersess import interface
+
+    monkeypatch.setattr(interface, "VERIFIED_COOKIES_CACHED", 3)
+    session_interface = t.cast(ServerSessionInterface, app.session_interface)
+    clients = [app.test_client() for _ in range(5)]
+    for number, client in enumerate(clients):
+        client.get(f"/set/a/{number}")
+    for number, client in enumerate(clients):
+        assert client.get("/get/a").data == repr(str(number)).encode()
+    (verified,) = session_interface._verified.values()
+    assert 0 < len(verified) <= 3
+    cookie = cookie_of(clients[-1], app).value
+    assert cookie in verified  # the last one checked is remembered
+    key, _, signature = cookie.partition(".")
+    forged_cookie = f"{key}.{'B' if signature[0] == 'A' else 'A'}{signature[1:]}"
+    forged = app.test_client()
+    forged.set_cookie(app.config["SESSION_COOKIE_NAME"], forged_cookie)
+    assert forged.get("/get/a").data == b"None"
+    assert forged_cookie not in verified
+    assert all(key == c.partition(".")[0] for c, (key, _) in verified.items())
+
+
 @pytest.mark.parametrize(
     "cookie_header",
     [
@@ -388,6 +413,68 @@ def test_forged_cookie_for_real_key_is_ignored(
     attacker.set_cookie(app.config["SESSION_COOKIE_NAME"], key)
     assert attacker.get("/get/a").data == b"None"
     assert counting_store.total == 0
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{cookie}",
+        "theme=dark; {cookie}; lang=en",
+        "  {cookie}  ;x=1",
+        'quoted="a;b"; {cookie}',  # through werkzeug's own parser
+        "{name}=; {cookie}",  # werkzeug takes the first: an empty value
+    ],
+)
+def test_session_cookie_found_among_others(
+    app: Flask, client: t.Any, template: str
+) -> None:
+    client.get("/set/a/1")
+    cookie = cookie_of(client, app)
+    name = app.config["SESSION_COOKIE_NAME"]
+    header = template.format(cookie=f"{name}={cookie.value}", name=name)
+    bare = app.test_client(use_cookies=False)
+    response = bare.get("/get/a", environ_overrides={"HTTP_COOKIE": header})
+    expected = b"None" if header.startswith(f"{name}=;") else b"'1'"
+    assert response.data == expected
+
+
+def test_session_cookie_read_after_the_view_parsed_cookies(
+    app: Flask, client: t.Any
+) -> None:
+    @app.get("/cookies-first")
+    def cookies_first() -> str:
+        from flask import request
+
+        assert app.config["SESSION_COOKIE_NAME"] in request.cookies
+        return repr(session.get("a"))
+
+    client.get("/set/a/1")
+    assert client.get("/cookies-first").data == b"'1'"
+
+
+def test_request_class_with_its_own_cookies_is_asked(app: Flask) -> None:
+    # A request class may decide what the cookies are (decrypting them,
+    # say): the session cookie is then taken from it, not from the header.
+    from flask import Request
+    from werkzeug.datastructures import ImmutableMultiDict
+
+    client = app.test_client()
+    client.get("/set/a/1")
+    real = cookie_of(client, app)
+    name = app.config["SESSION_COOKIE_NAME"]
+
+    class RenamingRequest(Request):
+        @property
+        def cookies(self) -> ImmutableMultiDict[str, str]:  # type: ignore[override]
+            renamed = self.environ.get("HTTP_COOKIE", "").replace("alias=", "")
+            return ImmutableMultiDict([(name, renamed)])
+
+    app.request_class = RenamingRequest
+    bare = app.test_client(use_cookies=False)
+    response = bare.get(
+        "/get/a", environ_overrides={"HTTP_COOKIE": f"alias={real.value}"}
+    )
+    assert response.data == b"'1'"
 
 
 def test_session_transaction(client: t.Any) -> None:

@@ -143,6 +143,22 @@ def test_save_of_a_deleted_record_is_update_error_and_not_recreated(
     assert raw(rstore, record.key) is None
 
 
+def test_scripts_are_loaded_again_after_a_script_flush(rstore: RedisStore) -> None:
+    # A restarted server (or a promoted replica, or a new cluster node)
+    # knows no scripts: EVALSHA answers NOSCRIPT and the store loads them.
+    record = make_record(b"v1")
+    rstore.create(record)
+    rstore.save(Record(record.key, b"v2", record.expires_at, 2), 1)
+    t.cast(t.Any, rstore.client).script_flush()
+    saved = Record(record.key, b"v3", record.expires_at, 3)
+    rstore.save(saved, 2)
+    assert rstore.load(record.key) == saved
+    t.cast(t.Any, rstore.client).script_flush()
+    later = utcnow() + timedelta(hours=2)
+    rstore.touch(record.key, later)
+    assert rstore.load(record.key) == Record(record.key, b"v3", later, 3)
+
+
 def test_touch_moves_expiry_only(rstore: RedisStore) -> None:
     record = make_record(b"payload", seconds=60)
     rstore.create(record)

@@ -23,7 +23,6 @@ without it (``pip install 'flask-towersess[redis]'`` adds it).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import struct
 import sys
@@ -47,8 +46,6 @@ from .base import SessionStore
 from .base import utcnow
 
 if t.TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from redis import Redis
     from redis.cluster import RedisCluster
     from redis.sentinel import Sentinel
@@ -100,12 +97,14 @@ _CONFLICT = -1
 # Compare-and-set in one round trip. The script runs atomically on the
 # server, so no other client can slip a write between the check and the SET.
 # A missing key is reported, never recreated (a logout elsewhere must stick).
+# Only the header's tag and version are read: GETRANGE of a missing key is
+# the empty string, which no record is.
 _SAVE_SCRIPT = """
-local current = redis.call('GET', KEYS[1])
-if not current then
+local current = redis.call('GETRANGE', KEYS[1], 0, string.len(ARGV[1]) - 1)
+if current == '' then
   return 0
 end
-if string.sub(current, 1, string.len(ARGV[1])) ~= ARGV[1] then
+if current ~= ARGV[1] then
   return -1
 end
 redis.call('SET', KEYS[1], ARGV[2], 'PXAT', ARGV[3])
@@ -161,9 +160,8 @@ def _pxat(micros: int) -> int:
 
 
 class _Script(t.Protocol):
-    def __call__(
-        self, keys: list[str], args: list[bytes | int]
-    ) -> t.Any: ...  # pragma: no cover
+    script: str
+    sha: str
 
 
 class _Commands(t.Protocol):
@@ -186,6 +184,10 @@ class _Commands(t.Protocol):
     def ping(self) -> t.Any: ...  # pragma: no cover
 
     def register_script(self, script: str) -> _Script: ...  # pragma: no cover
+
+    def script_load(self, script: str) -> str: ...  # pragma: no cover
+
+    def execute_command(self, *args: t.Any) -> t.Any: ...  # pragma: no cover
 
 
 class RedisStore(SessionStore):
@@ -233,6 +235,10 @@ class RedisStore(SessionStore):
         self._save_script = self._commands.register_script(_SAVE_SCRIPT)
         self._touch_script = self._commands.register_script(_TOUCH_SCRIPT)
         self._auth_errors, self._unavailable_errors = _error_classes()
+        self._redis_errors = self._auth_errors + self._unavailable_errors
+        from redis.exceptions import NoScriptError
+
+        self._no_script_error = NoScriptError
         # What close() calls: only closers of what from_url built. A client
         # the caller passed in is theirs to close.
         self._owned: list[t.Callable[[], None]] = []
@@ -326,24 +332,35 @@ class RedisStore(SessionStore):
     def _key(self, key: str) -> str:
         return self.key_prefix + key
 
-    @contextlib.contextmanager
-    def _errors(self) -> Iterator[None]:
-        try:
-            yield
-        except self._auth_errors as exc:
-            raise ConfigurationError(
+    def _error(self, exc: BaseException) -> Exception:
+        """What to raise for a redis-py error (every call catches
+        ``self._redis_errors``: a try block costs nothing until it fails,
+        where a context manager costs on every call)."""
+        if isinstance(exc, self._auth_errors):
+            return ConfigurationError(
                 f"Redis refused the session store's credentials or commands"
                 f" ({self._where}): {exc}. Check the username, password and"
                 f" ACL (GET, SET, DEL, EXISTS, EVALSHA, SCRIPT LOAD)."
-            ) from exc
-        except self._unavailable_errors as exc:
-            # No message: StoreUnavailable's text is the public 503 page,
-            # and the redis-py error (hosts, ports) stays in __cause__.
-            raise StoreUnavailable() from exc
+            )
+        # No message: StoreUnavailable's text is the public 503 page, and
+        # the redis-py error (hosts, ports) stays in __cause__.
+        return StoreUnavailable()
+
+    def _run_script(self, script: _Script, key: str, *args: bytes | int) -> t.Any:
+        """EVALSHA the script on ``key``; load it first if the server lacks it
+        (a restart, a failover, a new cluster node)."""
+        run = self._commands.execute_command
+        try:
+            return run("EVALSHA", script.sha, 1, key, *args)
+        except self._no_script_error:
+            script.sha = self._commands.script_load(script.script)
+            return run("EVALSHA", script.sha, 1, key, *args)
 
     def load(self, key: str) -> Record | None:
-        with self._errors():
-            value = self._commands.get(self._key(key))
+        try:
+            value = self._commands.get(self.key_prefix + key)
+        except self._redis_errors as exc:
+            raise self._error(exc) from exc
         if value is None:
             return None
         if len(value) < _HEADER.size or value[0] != _TAG:
@@ -353,12 +370,12 @@ class RedisStore(SessionStore):
             )
             return None
         _, version, micros = _HEADER.unpack_from(value)
-        expires_at = _EPOCH + micros * _MICROSECOND
+        expires_at = _EPOCH + timedelta(microseconds=micros)
         # Redis drops the key at the same moment (rounded down to the ms), so
         # this only matters when the app's clock runs ahead of Redis's.
         if expires_at <= utcnow():
             return None
-        return Record(key, bytes(value[_HEADER.size :]), expires_at, version)
+        return Record(key, value[_HEADER.size :], expires_at, version)
 
     def create(self, record: Record) -> None:
         micros = _to_micros(record.expires_at)
@@ -366,25 +383,30 @@ class RedisStore(SessionStore):
         # NX makes the existence check and the write one atomic step; the
         # expiry is in the same command so no key ever lives without a TTL.
         # An expiry already past stores nothing live: Redis drops the key.
-        with self._errors():
+        try:
             created = self._commands.set(
                 self._key(record.key), value, nx=True, pxat=_pxat(micros)
             )
+        except self._redis_errors as exc:
+            raise self._error(exc) from exc
         if not created:
             raise CreateError(f"a session with key {record.key[:6]}... exists")
 
     def save(self, record: Record, expected_version: int) -> None:
         micros = _to_micros(record.expires_at)
         value = _HEADER.pack(_TAG, record.version, micros) + record.payload
-        with self._errors():
-            result = self._save_script(
-                keys=[self._key(record.key)],
-                args=[
-                    _VERSION_PREFIX.pack(_TAG, expected_version),
-                    value,
-                    _pxat(micros),
-                ],
+        try:
+            result = self._run_script(
+                self._save_script,
+                self.key_prefix + record.key,
+                _VERSION_PREFIX.pack(_TAG, expected_version),
+                value,
+                _pxat(micros),
             )
+        except self._redis_errors as exc:
+            raise self._error(exc) from exc
+        if result == _SAVED:
+            return
         if result == _MISSING:
             raise UpdateError("the session no longer exists")
         if result == _CONFLICT:
@@ -392,38 +414,44 @@ class RedisStore(SessionStore):
                 f"expected version {expected_version}; the session was saved"
                 f" by another request meanwhile"
             )
-        if result != _SAVED:  # pragma: no cover - the script has no other reply
-            raise RuntimeError(f"unexpected reply from the save script: {result!r}")
+        raise RuntimeError(f"unexpected reply from the save script: {result!r}")
 
     def touch(self, key: str, expires_at: datetime) -> None:
         micros = _to_micros(expires_at)
-        with self._errors():
-            self._touch_script(
-                keys=[self._key(key)],
-                args=[
-                    bytes([_TAG]),
-                    _HEADER.size,
-                    _EXPIRY_OFFSET,
-                    _EXPIRY.pack(micros),
-                    _pxat(micros),
-                ],
+        try:
+            self._run_script(
+                self._touch_script,
+                self._key(key),
+                bytes([_TAG]),
+                _HEADER.size,
+                _EXPIRY_OFFSET,
+                _EXPIRY.pack(micros),
+                _pxat(micros),
             )
+        except self._redis_errors as exc:
+            raise self._error(exc) from exc
 
     def delete(self, key: str) -> None:
-        with self._errors():
+        try:
             self._commands.delete(self._key(key))
+        except self._redis_errors as exc:
+            raise self._error(exc) from exc
 
     def exists(self, key: str) -> bool:
         # EXISTS sends no payload back. Redis's TTL is rounded down from the
         # record's expiry, so a key that exists is a record that is live.
-        with self._errors():
+        try:
             return bool(self._commands.exists(self._key(key)))
+        except self._redis_errors as exc:
+            raise self._error(exc) from exc
 
     def _ping(self) -> None:
         # Nothing to count or purge, but a cron job must still learn that
         # Redis is unreachable (a non-zero exit), not read "0 purged".
-        with self._errors():
+        try:
             self._commands.ping()
+        except self._redis_errors as exc:
+            raise self._error(exc) from exc
 
     def count_expired(self) -> int:
         self._ping()

@@ -32,6 +32,13 @@ from ..errors import CreateError
 from ..errors import StoreUnavailable
 from ..errors import UpdateError
 from ..errors import VersionConflict
+from ._statements import CoreExecutor
+from ._statements import DBAPIExecutor
+from ._statements import Executor
+from ._statements import Statement
+from ._statements import connect_error
+from ._statements import has_statement_observers
+from ._statements import runs_directly
 from .base import BatchCallback
 from .base import Record
 from .base import SessionStore
@@ -39,7 +46,15 @@ from .base import utcnow
 
 logger = logging.getLogger(__name__)
 
-_Connection = sa.engine.Connection
+_T = t.TypeVar("_T")
+
+
+class _NotConnected(Exception):
+    """No connection could be opened; ``error`` says why (never retried)."""
+
+    def __init__(self, error: sa_exc.DBAPIError) -> None:
+        super().__init__(error)
+        self.error = error
 
 
 def _naive_utc(moment: datetime) -> datetime:
@@ -126,6 +141,9 @@ class SQLAlchemyStore(SessionStore):
         # unless the store migrates itself on first use.
         self._migrated = not auto_migrate
         self._migrate_lock = threading.Lock()
+        # Per engine (Flask-SQLAlchemy has one per app): may the statements
+        # skip Connection.execute()? See _statements.runs_directly.
+        self._runs_directly: dict[sa.engine.Engine, bool] = {}
         self._build_statements()
 
     @classmethod
@@ -179,25 +197,26 @@ class SQLAlchemyStore(SessionStore):
         return f"SQLAlchemyStore {url} table {self.table.fullname}"
 
     def _build_statements(self) -> None:
-        # Built once with bound parameters, so SQLAlchemy's compiled cache
-        # serves every call and no request pays for statement construction.
+        # Built once with bound parameters: compiled once per dialect for
+        # the direct path, and served from SQLAlchemy's compiled cache on the
+        # Connection path, so no request pays for statement construction.
         c = self.table.c
         key: sa.BindParameter[str] = sa.bindparam("key")
         now: sa.BindParameter[datetime] = sa.bindparam("now")
         # Reads look the key up alone and check the expiry in Python: an
         # expiry bound costs PostgreSQL a timestamp parameter and more
         # planning on every read, for a row the primary key finds anyway.
-        self._select = sa.select(c.payload, c.expires_at, c.version).where(
-            c.session_key == key
+        self._select = Statement(
+            sa.select(c.payload, c.expires_at, c.version).where(c.session_key == key)
         )
-        self._select_version = sa.select(c.version).where(
-            c.session_key == key, c.expires_at > now
+        self._select_version = Statement(
+            sa.select(c.version).where(c.session_key == key, c.expires_at > now)
         )
-        self._insert = self.table.insert()
-        self._delete_expired_key = self.table.delete().where(
-            c.session_key == key, c.expires_at <= now
+        self._insert = Statement(self.table.insert())
+        self._delete_expired_key = Statement(
+            self.table.delete().where(c.session_key == key, c.expires_at <= now)
         )
-        self._update = (
+        self._update = Statement(
             self.table.update()
             .where(
                 c.session_key == key,
@@ -210,13 +229,13 @@ class SQLAlchemyStore(SessionStore):
                 version=sa.bindparam("new_version"),
             )
         )
-        self._touch = (
+        self._touch = Statement(
             self.table.update()
             .where(c.session_key == key, c.expires_at > now)
             .values(expires_at=sa.bindparam("new_expires_at"))
         )
-        self._delete = self.table.delete().where(c.session_key == key)
-        self._count_expired = (
+        self._delete = Statement(self.table.delete().where(c.session_key == key))
+        self._count_expired = Statement(
             sa.select(sa.func.count())
             .select_from(self.table)
             .where(c.expires_at <= now)
@@ -262,35 +281,33 @@ class SQLAlchemyStore(SessionStore):
             )
         return None
 
-    def _run(self, work: t.Callable[[_Connection], t.Any]) -> t.Any:
+    def _run(self, work: t.Callable[[Executor], _T]) -> _T:
         """Run ``work`` on a pooled connection, with errors translated."""
         if not self._migrated:
             self._ensure_migrated()
-        engine = self._statement_engine()
+        engine = self.engine
+        direct = self._runs_directly.get(engine)
+        if direct is None:
+            direct = self._runs_directly[engine] = runs_directly(engine)
+        if direct and not has_statement_observers(engine):
+            run = self._run_on_dbapi_connection
+        else:
+            run = self._run_on_connection
         for attempt in (1, 2):
-            connected = False
-            watch = None
             try:
-                with engine.connect() as conn:
-                    connected = True
-                    watch = self._watch(conn)
-                    try:
-                        return work(conn)
-                    finally:
-                        if watch is not None and _watchdog.done(watch):
-                            # The socket is shut down: the connection must
-                            # not go back to the pool, whoever owns it.
-                            conn.invalidate()
-                            raise _unavailable(
-                                f"no answer within read_timeout={self.read_timeout} s"
-                            )
+                return run(engine, work)
+            except _NotConnected as exc:
+                raise self._translate(exc.error) from exc.error
             except sa_exc.DBAPIError as exc:
-                if connected and exc.connection_invalidated and attempt == 1:
+                if exc.connection_invalidated and attempt == 1:
                     # A pooled connection the server had dropped (a restart,
                     # an idle timeout): retry once on a fresh one, instead of
                     # pinging before every statement. A failure to connect is
                     # not retried: that would only double the wait.
                     continue
+                # The parameters hold session keys: keep them out of the
+                # message, whatever the engine's hide_parameters says.
+                exc.hide_parameters = True
                 if isinstance(exc, sa_exc.IntegrityError):
                     raise
                 raise self._translate(exc) from exc
@@ -298,12 +315,54 @@ class SQLAlchemyStore(SessionStore):
                 raise _unavailable(exc) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _watch(self, conn: _Connection) -> int | None:
-        """Put the statement about to run under the watchdog, if needed."""
-        if self.read_timeout is None or conn.dialect.driver not in _NEEDS_WATCHDOG:
+    def _run_on_connection(
+        self, engine: sa.engine.Engine, work: t.Callable[[Executor], _T]
+    ) -> _T:
+        try:
+            conn = self._statement_engine().connect()
+        except sa_exc.DBAPIError as exc:
+            raise _NotConnected(exc) from exc
+        with conn:
+            watch = self._watch(conn.connection.dbapi_connection)
+            try:
+                return work(CoreExecutor(conn))
+            finally:
+                self._end_watch(watch, conn.invalidate)
+
+    def _run_on_dbapi_connection(
+        self, engine: sa.engine.Engine, work: t.Callable[[Executor], _T]
+    ) -> _T:
+        dialect = engine.dialect
+        try:
+            conn = engine.raw_connection()
+        except dialect.loaded_dbapi.Error as exc:
+            raise _NotConnected(connect_error(exc, dialect)) from exc
+        try:
+            watch = self._watch(conn.dbapi_connection)
+            try:
+                return work(DBAPIExecutor(conn, dialect))
+            finally:
+                # The executor has invalidated the connection already if the
+                # driver noticed the cut.
+                self._end_watch(watch, lambda: _invalidate_once(conn))
+        finally:
+            conn.close()  # back to the pool
+
+    def _watch(self, dbapi_connection: t.Any) -> int | None:
+        """Put the statements about to run under the watchdog, if needed."""
+        if (
+            self.read_timeout is None
+            or self.engine.dialect.driver not in _NEEDS_WATCHDOG
+        ):
             return None
-        fileno = conn.connection.dbapi_connection.fileno()  # type: ignore[union-attr]
-        return _watchdog.watch(fileno, self.read_timeout)
+        return _watchdog.watch(dbapi_connection.fileno(), self.read_timeout)
+
+    def _end_watch(self, watch: int | None, invalidate: t.Callable[[], None]) -> None:
+        if watch is not None and _watchdog.done(watch):
+            # The socket is shut down: the connection must not go back to
+            # the pool, whoever owns it.
+            invalidate()
+            raise _unavailable(f"no answer within read_timeout={self.read_timeout} s")
 
     def _ensure_migrated(self) -> None:
         if not self._auto_migrate or self._migrated:
@@ -316,16 +375,14 @@ class SQLAlchemyStore(SessionStore):
     # -- the contract ----------------------------------------------------------
 
     def load(self, key: str) -> Record | None:
-        def work(conn: _Connection) -> Record | None:
-            return conn.execute(self._select, {"key": key}).first()  # type: ignore[return-value]
-
-        row = self._run(work)
+        row = self._run(lambda run: run.first(self._select, {"key": key}))
         if row is None:
             return None
-        expires_at = _aware_utc(row.expires_at)
+        payload, expires_at, version = row
+        expires_at = _aware_utc(expires_at)
         if expires_at <= utcnow():  # expired, not yet purged: gone
             return None
-        return Record(key, bytes(row.payload), expires_at, row.version)
+        return Record(key, bytes(payload), expires_at, version)
 
     def create(self, record: Record) -> None:
         params = {
@@ -335,21 +392,21 @@ class SQLAlchemyStore(SessionStore):
             "version": record.version,
         }
         try:
-            self._run(lambda conn: conn.execute(self._insert, params))
+            self._run(lambda run: run.rowcount(self._insert, params))
             return
         except sa_exc.IntegrityError:
             pass
 
         # The key is taken. Only an expired record may be replaced: it no
         # longer exists as far as the session layer is concerned.
-        def replace_expired(conn: _Connection) -> None:
+        def replace_expired(run: Executor) -> None:
             now = _naive_utc(utcnow())
-            deleted = conn.execute(
+            deleted = run.rowcount(
                 self._delete_expired_key, {"key": record.key, "now": now}
             )
-            if deleted.rowcount != 1:
+            if deleted != 1:
                 raise CreateError(f"a session with key {record.key[:6]}... exists")
-            conn.execute(self._insert, params)
+            run.rowcount(self._insert, params)
 
         try:
             self._run(replace_expired)
@@ -358,72 +415,53 @@ class SQLAlchemyStore(SessionStore):
 
     def save(self, record: Record, expected_version: int) -> None:
         now = _naive_utc(utcnow())
+        values = {
+            "key": record.key,
+            "now": now,
+            "expected_version": expected_version,
+            "new_payload": record.payload,
+            "new_expires_at": _naive_utc(record.expires_at),
+            "new_version": record.version,
+        }
 
-        def work(conn: _Connection) -> None:
-            result = conn.execute(
-                self._update,
-                {
-                    "key": record.key,
-                    "now": now,
-                    "expected_version": expected_version,
-                    "new_payload": record.payload,
-                    "new_expires_at": _naive_utc(record.expires_at),
-                    "new_version": record.version,
-                },
-            )
-            if result.rowcount == 1:
+        def work(run: Executor) -> None:
+            if run.rowcount(self._update, values) == 1:
                 return
             # Only on failure: tell a deleted record from a concurrent save.
-            current = conn.execute(
-                self._select_version, {"key": record.key, "now": now}
-            ).first()
+            current = run.first(self._select_version, {"key": record.key, "now": now})
             if current is None:
                 raise UpdateError("the session no longer exists")
             raise VersionConflict(
-                f"expected version {expected_version}, found {current.version}"
+                f"expected version {expected_version}, found {current[0]}"
             )
 
         self._run(work)
 
     def touch(self, key: str, expires_at: datetime) -> None:
-        self._run(
-            lambda conn: conn.execute(
-                self._touch,
-                {
-                    "key": key,
-                    "now": _naive_utc(utcnow()),
-                    "new_expires_at": _naive_utc(expires_at),
-                },
-            )
-        )
+        values = {
+            "key": key,
+            "now": _naive_utc(utcnow()),
+            "new_expires_at": _naive_utc(expires_at),
+        }
+        self._run(lambda run: run.rowcount(self._touch, values))
 
     def delete(self, key: str) -> None:
-        self._run(lambda conn: conn.execute(self._delete, {"key": key}))
+        self._run(lambda run: run.rowcount(self._delete, {"key": key}))
 
     def exists(self, key: str) -> bool:
-        return bool(
-            self._run(
-                lambda conn: (
-                    conn.execute(
-                        self._select_version, {"key": key, "now": _naive_utc(utcnow())}
-                    ).first()
-                    is not None
-                )
-            )
+        values = {"key": key, "now": _naive_utc(utcnow())}
+        return (
+            self._run(lambda run: run.first(self._select_version, values)) is not None
         )
 
     def count_expired(self) -> int:
-        return int(
-            self._run(
-                lambda conn: conn.execute(
-                    self._count_expired, {"now": _naive_utc(utcnow())}
-                ).scalar_one()
-            )
-        )
+        values = {"now": _naive_utc(utcnow())}
+        row = self._run(lambda run: run.first(self._count_expired, values))
+        return int(row[0]) if row is not None else 0
 
-    def _purge_statement(self, batch_size: int) -> sa.Delete:
+    def _purge_statement(self, batch_size: int) -> Statement:
         build = _PURGE_STATEMENTS.get(self.engine.dialect.name, _purge_by_key)
-        return build(self.table, batch_size)
+        return Statement(build(self.table, batch_size))
 
     def purge_expired(
         self, batch_size: int = 1000, *, on_batch: BatchCallback | None = None
@@ -436,9 +474,7 @@ class SQLAlchemyStore(SessionStore):
             # One short transaction per batch: no lock is held longer than
             # one batch takes, and rows never travel to Python.
             deleted = self._run(
-                lambda conn: (
-                    conn.execute(statement, {"now": _naive_utc(utcnow())}).rowcount
-                )
+                lambda run: run.rowcount(statement, {"now": _naive_utc(utcnow())})
             )
             if deleted <= 0:
                 return total
@@ -537,6 +573,11 @@ def create_engine(url: str, **options: t.Any) -> sa.engine.Engine:
     # no transaction to roll back when a connection returns to the pool.
     options.setdefault("isolation_level", "AUTOCOMMIT")
     options.setdefault("pool_reset_on_return", None)
+    if backend in ("mysql", "mariadb"):
+        # PyMySQL sends a ROLLBACK to the server even in autocommit, and
+        # SQLAlchemy calls it when a Connection closes: a round trip per
+        # statement on the Connection path, for nothing.
+        options.setdefault("skip_autocommit_rollback", True)
     if options.get("poolclass") in (None, sa.pool.QueuePool):
         # Queue-pool options; NullPool (behind PgBouncer, say) rejects them.
         options.setdefault("pool_timeout", 10)
@@ -631,6 +672,11 @@ _PURGE_STATEMENTS: dict[str, t.Callable[[sa.Table, int], sa.Delete]] = {
     "mysql": _purge_by_limit,
     "mariadb": _purge_by_limit,
 }
+
+
+def _invalidate_once(conn: t.Any) -> None:
+    if conn.is_valid:
+        conn.invalidate()
 
 
 def _unavailable(reason: object) -> StoreUnavailable:

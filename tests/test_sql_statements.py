@@ -1,0 +1,134 @@
+"""Which way SQLAlchemyStore runs its statements, and that both ways agree.
+
+On an engine made by the store's ``create_engine`` (autocommit from the
+start, nothing listening) the per-request statements run on a pooled DBAPI
+connection; anything that wants to see them (event listeners, statement
+logging, execution options) gets them through ``Connection.execute()``. The
+shared store contract runs on both: ``sqlite`` takes the direct path,
+``sqlite_core`` the Connection path.
+"""
+
+from __future__ import annotations
+
+import logging
+import typing as t
+from datetime import timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from flask_towersess.session import new_session_key
+from flask_towersess.stores._statements import runs_directly
+from flask_towersess.stores.base import Record
+from flask_towersess.stores.base import utcnow
+from flask_towersess.stores.sqlalchemy import SQLAlchemyStore
+from flask_towersess.stores.sqlalchemy import create_engine
+
+
+def a_record(payload: bytes = b"data") -> Record:
+    return Record(new_session_key(), payload, utcnow() + timedelta(minutes=10))
+
+
+@pytest.fixture
+def own_store(sql_store: SQLAlchemyStore) -> t.Iterator[SQLAlchemyStore]:
+    """A store on the same table with an engine of its own: a listener
+    stays on an engine for good, and must not change the shared one's path."""
+    url = sql_store.engine.url.render_as_string(hide_password=False)
+    store = SQLAlchemyStore(create_engine(url), table=sql_store.table.name)
+    yield store
+    store.engine.dispose()
+
+
+def test_store_engines_take_the_direct_path(sql_store: SQLAlchemyStore) -> None:
+    assert runs_directly(sql_store.engine)
+
+
+def test_engines_that_must_see_statements_do_not(tmp_path: t.Any) -> None:
+    url = f"sqlite:///{tmp_path}/paths.sqlite3"
+    plain = sa.create_engine(url)  # transactions of its own
+    assert not runs_directly(plain)
+    with_options = create_engine(url).execution_options(schema_translate_map={})
+    assert not runs_directly(with_options)
+    echoing = create_engine(url, echo=True)
+    assert not runs_directly(echoing)
+    for engine in (plain, with_options, echoing):
+        engine.dispose()
+
+
+def test_the_same_rows_either_way(sql_store: SQLAlchemyStore) -> None:
+    # Written on one path, read on the other: the dialect's own type
+    # processors convert on both, so the stored values are the same.
+    engine = sql_store.engine
+    core = SQLAlchemyStore(
+        engine.execution_options(logging_token="core"), table=sql_store.table.name
+    )
+    assert not runs_directly(core.engine)
+    record = a_record(b"\x00\x01 payload")
+    sql_store.create(record)
+    assert core.load(record.key) == record
+    saved = Record(record.key, b"v2", record.expires_at + timedelta(seconds=1), 2)
+    core.save(saved, 1)
+    assert sql_store.load(record.key) == saved
+    with engine.connect() as conn:
+        stored = conn.execute(
+            sa.select(sql_store.table).where(
+                sql_store.table.c.session_key == record.key
+            )
+        ).one()
+    assert bytes(stored.payload) == b"v2"
+    assert stored.expires_at == saved.expires_at.replace(tzinfo=None)
+    assert stored.version == 2
+
+
+def test_a_listener_added_later_sees_the_statements(
+    own_store: SQLAlchemyStore,
+) -> None:
+    seen: list[str] = []
+    record = a_record()
+    own_store.create(record)
+
+    def listener(conn: t.Any, cursor: t.Any, statement: str, *args: t.Any) -> None:
+        seen.append(statement)
+
+    sa.event.listen(own_store.engine, "before_cursor_execute", listener)
+    assert own_store.load(record.key) == record
+    assert any(statement.lstrip().upper().startswith("SELECT") for statement in seen)
+
+
+def test_statement_logging_sees_the_statements(
+    sql_store: SQLAlchemyStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    record = a_record()
+    sql_store.create(record)
+    with caplog.at_level(logging.INFO, logger="sqlalchemy.engine.Engine"):
+        sql_store.load(record.key)
+    assert any(sql_store.table.name in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("listened", [False, True], ids=["direct", "connection"])
+def test_driver_errors_keep_session_keys_out_of_messages(
+    own_store: SQLAlchemyStore, listened: bool
+) -> None:
+    # A value the column cannot take makes the driver fail; on either path
+    # the error must not carry the parameters (session keys).
+    if listened:
+        sa.event.listen(own_store.engine, "before_cursor_execute", lambda *a: None)
+    record = a_record()
+    own_store.create(record)
+    bad = Record(record.key, b"x", record.expires_at, 2**70)
+    # (SQLite's driver refuses it before the statement: an OverflowError.)
+    with pytest.raises((sa.exc.StatementError, OverflowError)) as raised:
+        own_store.save(bad, 1)
+    assert record.key not in str(raised.value)
+    assert own_store.load(record.key) == record
+
+
+def test_a_dropped_connection_is_replaced(sql_store: SQLAlchemyStore) -> None:
+    # Every pooled connection is invalidated behind the store's back (a
+    # database restart): the next call retries once on a fresh one.
+    record = a_record()
+    sql_store.create(record)
+    with sql_store.engine.connect() as conn:
+        conn.invalidate()
+    sql_store.engine.pool.dispose()
+    assert sql_store.load(record.key) == record
