@@ -2,18 +2,22 @@
 #   make demo   run the example app on the embedded SQLite store (http://127.0.0.1:5000)
 #   make test   install everything (venv, PostgreSQL, MariaDB, Redis, Chromium) and run the tests
 #   make docs   build the HTML docs and run every example in them (warnings are errors)
+#   make bench  run the benchmarks (ARGS="purge", ARGS="load", ARGS="serializer")
 # ARGS are passed on: make test ARGS="-x -k redis", make demo ARGS="--port 8000"
 
 VENV := .venv
 ARGS ?=
 
-.PHONY: demo test lint docs browser services venv clean distclean
+.PHONY: demo test bench lint docs browser services venv clean distclean
 
 demo:
 	scripts/demo.sh $(ARGS)
 
 test:
 	scripts/test.sh $(ARGS)
+
+bench:
+	scripts/bench.sh $(ARGS)
 
 lint:
 	scripts/_venv.sh lint,redis,mongodb
@@ -33,7 +37,7 @@ services:
 	scripts/services.sh
 
 venv:
-	scripts/_venv.sh test,browser,demo,docs,lint,redis,postgres,mysql,mongodb
+	scripts/_venv.sh test,browser,demo,docs,lint,bench,redis,postgres,mysql,mongodb
 
 clean:
 	rm -rf build dist *.egg-info docs/_build .pytest_cache .mypy_cache .ruff_cache .tox .hypothesis

@@ -440,7 +440,7 @@ class ServerSession(SessionMixin):
             expiry = self._current_expiry()
         if isinstance(expiry, datetime):
             return expiry
-        age = expiry or self._lifetime_seconds  # as _inactivity_age()
+        age = self._inactivity_age(expiry)
         return (modification or utcnow()) + timedelta(seconds=age)
 
     def _inactivity_age(self, expiry: int | None) -> int:
