@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -36,3 +37,15 @@ def emit(result: dict[str, t.Any], text: str, ok: bool, json_path: str | None) -
         with open(json_path, "w") as f:
             json.dump(result, f, indent=2)
     return 0 if ok else 1
+
+
+def store_names(
+    parser: argparse.ArgumentParser, text: str, known: t.Iterable[str]
+) -> list[str]:
+    """The comma-separated ``--stores`` value as a list; an unknown name is
+    a usage error."""
+    stores = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = set(stores) - set(known)
+    if unknown:
+        parser.error(f"unknown stores: {', '.join(sorted(unknown))}")
+    return stores

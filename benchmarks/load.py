@@ -42,6 +42,7 @@ from flask_towersess.stores import store_from_url
 from ._common import SERVER_URLS
 from ._common import emit
 from ._common import machine as _machine
+from ._common import store_names
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -611,10 +612,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args(argv)
-    stores = [s.strip() for s in args.stores.split(",") if s.strip()]
-    unknown = set(stores) - set(DEFAULT_URLS)
-    if unknown:
-        parser.error(f"unknown stores: {', '.join(sorted(unknown))}")
+    stores = store_names(parser, args.stores, DEFAULT_URLS)
     if not 1 <= args.rounds <= 20:
         parser.error("--rounds must be 1 to 20")
     if not 1 <= args.duration <= 600:

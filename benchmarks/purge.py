@@ -48,6 +48,7 @@ from flask_towersess.stores.sqlalchemy import create_engine
 from ._common import SERVER_URLS
 from ._common import emit
 from ._common import machine as _machine
+from ._common import store_names
 
 #: Rows per second the purge must reach, per store (None: no target).
 TARGETS: dict[str, int | None] = {
@@ -581,10 +582,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args(argv)
-    stores = [s.strip() for s in args.stores.split(",") if s.strip()]
-    unknown = set(stores) - set(DEFAULT_URLS)
-    if unknown:
-        parser.error(f"unknown stores: {', '.join(sorted(unknown))}")
+    stores = store_names(parser, args.stores, DEFAULT_URLS)
     try:
         batch_sizes = [int(b) for b in args.batch_size.split(",") if b.strip()]
     except ValueError:

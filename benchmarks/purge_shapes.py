@@ -31,6 +31,7 @@ import sqlalchemy as sa
 from flask_towersess.stores.sqlalchemy import SQLAlchemyStore
 from flask_towersess.stores.sqlalchemy import create_engine
 
+from ._common import store_names
 from .purge import DEFAULT_URLS
 from .purge import EXPIRY_ORDERS
 from .purge import _machine
@@ -163,10 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--time-limit", type=float, default=120.0, metavar="SECONDS")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args(argv)
-    stores = [s.strip() for s in args.stores.split(",") if s.strip()]
-    unknown = set(stores) - set(SHAPES)
-    if unknown:
-        parser.error(f"unknown stores: {', '.join(sorted(unknown))}")
+    stores = store_names(parser, args.stores, SHAPES)
     if args.batch_size < 1 or args.expired < 1 or args.live < 0:
         parser.error("--batch-size and --expired must be at least 1")
     results: list[dict[str, t.Any]] = []

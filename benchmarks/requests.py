@@ -54,6 +54,7 @@ from flask_towersess.stores.base import SessionStore
 from ._common import SERVER_URLS
 from ._common import emit
 from ._common import machine as _machine
+from ._common import store_names
 
 TARGETS = {"idle": 1.10, "read": 1.15, "write": 1.15}
 
@@ -405,10 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args(argv)
-    stores = [s.strip() for s in args.stores.split(",") if s.strip()]
-    unknown = set(stores) - set(DEFAULT_URLS)
-    if unknown:
-        parser.error(f"unknown stores: {', '.join(sorted(unknown))}")
+    stores = store_names(parser, args.stores, DEFAULT_URLS)
     result = run(
         stores, repeats=args.repeats, requests=args.requests, warmup=args.warmup
     )
