@@ -46,8 +46,11 @@ class _Compiled:
         )
         self.sql = compiled.string
         self.positional = bool(compiled.positional)
-        names = list(compiled.positiontup or ()) if self.positional else []
-        names = names or list(compiled.binds)
+        names = (
+            list(compiled.positiontup or ())
+            if self.positional
+            else list(compiled.binds)
+        )
         self.binds: list[tuple[str, _Processor]] = [
             (name, _bind_processor(compiled.binds[name], dialect)) for name in names
         ]
@@ -200,7 +203,7 @@ def connect_error(exc: Exception, dialect: sa.Dialect) -> sa_exc.DBAPIError:
 
 
 def runs_directly(engine: sa.engine.Engine) -> bool:
-    """Whether the store may bypass ``Connection.execute()`` on ``engine``.
+    """Whether the store bypasses ``Connection.execute()`` on ``engine`` now.
 
     Only for a plain engine whose connections are in autocommit from the
     moment they connect (what :func:`~flask_towersess.stores.sqlalchemy.create_engine`
@@ -208,6 +211,12 @@ def runs_directly(engine: sa.engine.Engine) -> bool:
     no execution options (``schema_translate_map``, say), no event listeners
     on the engine, no statement logging.
     """
+    return can_run_directly(engine) and not has_statement_observers(engine)
+
+
+def can_run_directly(engine: sa.engine.Engine) -> bool:
+    """The part of :func:`runs_directly` fixed for the engine's lifetime
+    (the store computes it once per engine)."""
     dialect = engine.dialect
     return (
         dialect.driver in DIRECT_DRIVERS
@@ -215,7 +224,6 @@ def runs_directly(engine: sa.engine.Engine) -> bool:
         # getattr with a default that means "no".
         and getattr(dialect, "_on_connect_isolation_level", None) == "AUTOCOMMIT"
         and not engine.get_execution_options()
-        and not has_statement_observers(engine)
     )
 
 

@@ -358,7 +358,7 @@ class RedisStore(SessionStore):
 
     def load(self, key: str) -> Record | None:
         try:
-            value = self._commands.get(self.key_prefix + key)
+            value = self._commands.get(self._key(key))
         except self._redis_errors as exc:
             raise self._error(exc) from exc
         if value is None:
@@ -370,7 +370,7 @@ class RedisStore(SessionStore):
             )
             return None
         _, version, micros = _HEADER.unpack_from(value)
-        expires_at = _EPOCH + timedelta(microseconds=micros)
+        expires_at = _EPOCH + micros * _MICROSECOND
         # Redis drops the key at the same moment (rounded down to the ms), so
         # this only matters when the app's clock runs ahead of Redis's.
         if expires_at <= utcnow():
@@ -398,7 +398,7 @@ class RedisStore(SessionStore):
         try:
             result = self._run_script(
                 self._save_script,
-                self.key_prefix + record.key,
+                self._key(record.key),
                 _VERSION_PREFIX.pack(_TAG, expected_version),
                 value,
                 _pxat(micros),

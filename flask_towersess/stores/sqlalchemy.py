@@ -36,9 +36,9 @@ from ._statements import CoreExecutor
 from ._statements import DBAPIExecutor
 from ._statements import Executor
 from ._statements import Statement
+from ._statements import can_run_directly
 from ._statements import connect_error
 from ._statements import has_statement_observers
-from ._statements import runs_directly
 from .base import BatchCallback
 from .base import Record
 from .base import SessionStore
@@ -142,8 +142,9 @@ class SQLAlchemyStore(SessionStore):
         self._migrated = not auto_migrate
         self._migrate_lock = threading.Lock()
         # Per engine (Flask-SQLAlchemy has one per app): may the statements
-        # skip Connection.execute()? See _statements.runs_directly.
-        self._runs_directly: dict[sa.engine.Engine, bool] = {}
+        # skip Connection.execute()? Listeners and logging are checked per
+        # call; see _statements.runs_directly.
+        self._can_run_directly: dict[sa.engine.Engine, bool] = {}
         self._build_statements()
 
     @classmethod
@@ -174,21 +175,18 @@ class SQLAlchemyStore(SessionStore):
             return self._engine
         return self._db.engine  # type: ignore[union-attr,no-any-return]
 
-    def _statement_engine(self) -> sa.engine.Engine:
-        """The engine that runs the session statements, in autocommit.
+    def _statement_engine(self, engine: sa.engine.Engine) -> sa.engine.Engine:
+        """``engine``, or a view of it that runs statements in autocommit.
 
         Every operation is one statement, atomic on its own: a transaction
         around it would only add BEGIN and COMMIT round trips.
         """
-        engine = self.engine
         autocommit = self._autocommit_engines.get(engine)
-        if autocommit is not None:
-            return autocommit
-        if _is_autocommit(engine):
-            self._autocommit_engines[engine] = engine
-            return engine
         if autocommit is None:
-            autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+            if _is_autocommit(engine):
+                autocommit = engine
+            else:
+                autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
             self._autocommit_engines[engine] = autocommit
         return autocommit
 
@@ -286,9 +284,9 @@ class SQLAlchemyStore(SessionStore):
         if not self._migrated:
             self._ensure_migrated()
         engine = self.engine
-        direct = self._runs_directly.get(engine)
+        direct = self._can_run_directly.get(engine)
         if direct is None:
-            direct = self._runs_directly[engine] = runs_directly(engine)
+            direct = self._can_run_directly[engine] = can_run_directly(engine)
         if direct and not has_statement_observers(engine):
             run = self._run_on_dbapi_connection
         else:
@@ -319,11 +317,11 @@ class SQLAlchemyStore(SessionStore):
         self, engine: sa.engine.Engine, work: t.Callable[[Executor], _T]
     ) -> _T:
         try:
-            conn = self._statement_engine().connect()
+            conn = self._statement_engine(engine).connect()
         except sa_exc.DBAPIError as exc:
             raise _NotConnected(exc) from exc
         with conn:
-            watch = self._watch(conn.connection.dbapi_connection)
+            watch = self._watch(conn.connection.dbapi_connection, engine.dialect)
             try:
                 return work(CoreExecutor(conn))
             finally:
@@ -338,7 +336,7 @@ class SQLAlchemyStore(SessionStore):
         except dialect.loaded_dbapi.Error as exc:
             raise _NotConnected(connect_error(exc, dialect)) from exc
         try:
-            watch = self._watch(conn.dbapi_connection)
+            watch = self._watch(conn.dbapi_connection, dialect)
             try:
                 return work(DBAPIExecutor(conn, dialect))
             finally:
@@ -348,12 +346,9 @@ class SQLAlchemyStore(SessionStore):
         finally:
             conn.close()  # back to the pool
 
-    def _watch(self, dbapi_connection: t.Any) -> int | None:
+    def _watch(self, dbapi_connection: t.Any, dialect: sa.Dialect) -> int | None:
         """Put the statements about to run under the watchdog, if needed."""
-        if (
-            self.read_timeout is None
-            or self.engine.dialect.driver not in _NEEDS_WATCHDOG
-        ):
+        if self.read_timeout is None or dialect.driver not in _NEEDS_WATCHDOG:
             return None
         return _watchdog.watch(dbapi_connection.fileno(), self.read_timeout)
 
