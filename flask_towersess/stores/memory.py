@@ -8,6 +8,8 @@ sessions, and they are gone when the process ends.
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
 import typing as t
 from datetime import datetime
@@ -15,10 +17,13 @@ from datetime import datetime
 from ..errors import CreateError
 from ..errors import UpdateError
 from ..errors import VersionConflict
+from ._fork import ProcessGuard
 from .base import BatchCallback
 from .base import Record
 from .base import SessionStore
 from .base import utcnow
+
+logger = logging.getLogger("flask_towersess.stores")
 
 
 class MemoryStore(SessionStore):
@@ -33,7 +38,25 @@ class MemoryStore(SessionStore):
         self._records: dict[str, Record] = {}
         # One lock for the dict: every operation is a few dict steps, so a
         # finer scheme would cost more than it saves.
-        self._lock = threading.Lock()
+        self._mutex = threading.Lock()
+        self._process = ProcessGuard(self._reset_after_fork, "MemoryStore")
+
+    @property
+    def _lock(self) -> threading.Lock:
+        self._process.check()
+        return self._mutex
+
+    def _reset_after_fork(self) -> None:
+        # Another thread may have held the lock at the fork: in the child
+        # nobody would ever release it.
+        self._mutex = threading.Lock()
+        logger.warning(
+            "a MemoryStore is in use in forked worker process %d: every worker"
+            " process keeps its own sessions (and, as SESSION_CACHE, its own"
+            " cache that other workers' writes never invalidate). With several"
+            " worker processes use a shared store: SQLite, Redis, a database.",
+            os.getpid(),
+        )
 
     @classmethod
     def from_url(cls, url: str, **options: t.Any) -> MemoryStore:

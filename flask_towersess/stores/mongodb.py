@@ -33,6 +33,7 @@ from ..errors import CreateError
 from ..errors import StoreUnavailable
 from ..errors import UpdateError
 from ..errors import VersionConflict
+from ._fork import ProcessGuard
 from .base import BatchCallback
 from .base import Record
 from .base import SessionStore
@@ -150,6 +151,10 @@ class MongoDBStore(SessionStore):
         self.collection = collection
         self._owns_client = owns_client
         self._where = collection.full_name
+        # How to open the collection again on a client of its own, for a
+        # forked child: set by from_url, which knows how the client was made.
+        self._reopen: t.Callable[[], Collection[t.Any]] | None = None
+        self._process = ProcessGuard(self._reset_after_fork, "MongoDBStore")
 
     # -- construction ----------------------------------------------------------
 
@@ -210,6 +215,9 @@ class MongoDBStore(SessionStore):
             client.close()
             raise ConfigurationError(f"Invalid MongoDB name: {exc}") from exc
         store = cls(coll, owns_client=True)
+        store._reopen = lambda: pymongo.MongoClient(url, **options)[database][
+            collection
+        ]
         host = parts.netloc.rpartition("@")[2]  # never show the password
         store._where = f"{parts.scheme}://{host}/{coll.full_name}"
         return store
@@ -228,8 +236,19 @@ class MongoDBStore(SessionStore):
 
     # -- helpers -----------------------------------------------------------------
 
+    def _reset_after_fork(self) -> None:
+        # pymongo's clients are not fork-safe (its documentation: create
+        # clients after forking): its monitor threads stay in the parent. A
+        # client the store made is made again in the child; the parent's is
+        # left alone, never closed, since its sockets are the parent's too. A
+        # collection the app passed in is the app's to reopen (pymongo warns
+        # when one made before the fork is used); see docs/deploying.rst.
+        if self._reopen is not None:
+            self.collection = self._reopen()
+
     @contextlib.contextmanager
     def _unavailable_as_store_error(self) -> t.Iterator[None]:
+        self._process.check()
         errors = _driver_errors()
         try:
             yield

@@ -14,6 +14,7 @@ import importlib.util
 import itertools
 import logging
 import os
+import random
 import socket
 import threading
 import time
@@ -32,6 +33,7 @@ from ..errors import CreateError
 from ..errors import StoreUnavailable
 from ..errors import UpdateError
 from ..errors import VersionConflict
+from ._fork import ProcessGuard
 from ._statements import CoreExecutor
 from ._statements import DBAPIExecutor
 from ._statements import Executor
@@ -145,6 +147,10 @@ class SQLAlchemyStore(SessionStore):
         # skip Connection.execute()? Listeners and logging are checked per
         # call; see _statements.runs_directly.
         self._can_run_directly: dict[sa.engine.Engine, bool] = {}
+        # Every engine this store has connected through (one, or one per app
+        # with Flask-SQLAlchemy): what a forked child must start afresh.
+        self._engines_used: set[sa.engine.Engine] = set()
+        self._process = ProcessGuard(self._reset_after_fork, "SQLAlchemyStore")
         self._build_statements()
 
     @classmethod
@@ -168,6 +174,27 @@ class SQLAlchemyStore(SessionStore):
     @classmethod
     def accepts(cls, obj: object) -> bool:
         return isinstance(obj, sa.engine.Engine) or _is_flask_sqlalchemy(obj)
+
+    def _reset_after_fork(self) -> None:
+        # dispose(close=False): the child gets an empty pool of its own and
+        # never closes (or uses) a socket the parent still has. Done for an
+        # engine the app passed in as well: SQLAlchemy asks the same for any
+        # engine that crosses a fork, and the store shares its pool.
+        engines = set(self._engines_used)
+        if self._engine is not None:
+            engines.add(self._engine)
+        for engine in engines:
+            engine.dispose(close=False)
+        # A lock another thread held at the fork stays held in the child.
+        self._migrate_lock = threading.Lock()
+
+    def _use_engine(self) -> sa.engine.Engine:
+        """The engine for the next statements, in this process."""
+        self._process.check()
+        engine = self.engine
+        if engine not in self._engines_used:
+            self._engines_used.add(engine)
+        return engine
 
     @property
     def engine(self) -> sa.engine.Engine:
@@ -283,7 +310,7 @@ class SQLAlchemyStore(SessionStore):
         """Run ``work`` on a pooled connection, with errors translated."""
         if not self._migrated:
             self._ensure_migrated()
-        engine = self.engine
+        engine = self._use_engine()
         direct = self._can_run_directly.get(engine)
         if direct is None:
             direct = self._can_run_directly[engine] = can_run_directly(engine)
@@ -480,41 +507,61 @@ class SQLAlchemyStore(SessionStore):
     # -- migrations ------------------------------------------------------------
 
     def _migrate(self) -> list[str]:
-        database = self.engine.url.database
-        if self.engine.dialect.name == "sqlite" and database not in (
-            None,
-            "",
-            ":memory:",
-        ):
+        engine = self._use_engine()
+        database = engine.url.database
+        if engine.dialect.name == "sqlite" and database not in (None, "", ":memory:"):
             # SQLite creates the file but not its folder (a fresh instance
             # folder, for one).
             os.makedirs(os.path.dirname(os.path.abspath(database)), exist_ok=True)
+        for attempt in range(1, _MIGRATE_ATTEMPTS + 1):
+            try:
+                done = self._create_missing(engine)
+                break
+            except sa_exc.DBAPIError as exc:
+                if attempt == _MIGRATE_ATTEMPTS or not _lost_creation_race(exc):
+                    raise
+                # Another process (a second worker starting, a second deploy
+                # host) created the same thing at the same moment: look
+                # again, and create only what is still missing.
+                logger.info("session table: concurrent migration, trying again")
+                time.sleep(random.uniform(0.05, 0.25) * attempt)
+        if engine.dialect.name == "sqlite":
+            with engine.connect() as conn:
+                _use_wal(conn.connection.dbapi_connection, engine.dialect)
+        return done or [f"table {self.table.fullname} is up to date; nothing to do"]
+
+    def _create_missing(self, engine: sa.engine.Engine) -> list[str]:
+        """Create the table and indexes that do not exist; say what was done.
+
+        ``IF NOT EXISTS`` where the dialect has it, so that two processes
+        migrating at once both succeed; where it has not (indexes on MySQL),
+        the loser's error is caught by :meth:`_migrate`, which looks again.
+        """
         done: list[str] = []
         name = self.table.fullname
-        with self.engine.begin() as conn:
+        dialect = engine.dialect
+        index_if_not_exists = not (
+            dialect.name == "mysql" and not getattr(dialect, "is_mariadb", False)
+        )
+        with engine.begin() as conn:
             inspector = sa.inspect(conn)
             if not inspector.has_table(self.table.name, schema=self.table.schema):
-                self.table.create(conn)
-                done.append(f"created table {name} with its indexes")
-            else:
-                problem = self._table_problem(inspector)
-                if problem is not None:
-                    raise problem
-                schema = self.table.schema
-                existing = {
-                    ix["name"] for ix in inspector.get_indexes(self.table.name, schema)
-                }
+                conn.execute(CreateTable(self.table, if_not_exists=True))
                 for index in self.table.indexes:
-                    if index.name not in existing:
-                        index.create(conn)
-                        done.append(f"created index {index.name} on {name}")
-        if self.engine.dialect.name == "sqlite":
-            self._set_sqlite_wal()
-        return done or [f"table {name} is up to date; nothing to do"]
-
-    def _set_sqlite_wal(self) -> None:
-        with self.engine.connect() as conn:
-            conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+                    conn.execute(CreateIndex(index, if_not_exists=index_if_not_exists))
+                return [f"created table {name} with its indexes"]
+            problem = self._table_problem(inspector)
+            if problem is not None:
+                raise problem
+            existing = {
+                ix["name"]
+                for ix in inspector.get_indexes(self.table.name, self.table.schema)
+            }
+            for index in self.table.indexes:
+                if index.name not in existing:
+                    conn.execute(CreateIndex(index, if_not_exists=index_if_not_exists))
+                    done.append(f"created index {index.name} on {name}")
+        return done
 
     def migrate(self) -> list[str]:
         try:
@@ -551,14 +598,17 @@ def create_engine(url: str, **options: t.Any) -> sa.engine.Engine:
         connect_args.setdefault("timeout", 30)
         options.setdefault("isolation_level", "AUTOCOMMIT")
         options.setdefault("pool_reset_on_return", None)
+        if options.get("poolclass") is None and _is_sqlite_file(sa_url):
+            # A file database gets a QueuePool, sized as for a server.
+            _size_pool(options)
         engine = sa.create_engine(sa_url, **options)
 
         @sa.event.listens_for(engine, "connect")
         def _on_connect(dbapi_conn: t.Any, record: t.Any) -> None:
+            _use_wal(dbapi_conn, engine.dialect)
+            # NORMAL sync is durable across application crashes, which is
+            # what sessions need; it is per connection and takes no lock.
             cursor = dbapi_conn.cursor()
-            # WAL lets readers and one writer work at once; NORMAL sync is
-            # durable across application crashes, which is what sessions need.
-            cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.close()
 
@@ -575,6 +625,7 @@ def create_engine(url: str, **options: t.Any) -> sa.engine.Engine:
         options.setdefault("skip_autocommit_rollback", True)
     if options.get("poolclass") in (None, sa.pool.QueuePool):
         # Queue-pool options; NullPool (behind PgBouncer, say) rejects them.
+        _size_pool(options)
         options.setdefault("pool_timeout", 10)
         # Below MySQL's default wait_timeout of 8 hours, with a wide margin.
         options.setdefault("pool_recycle", 3600)
@@ -582,6 +633,84 @@ def create_engine(url: str, **options: t.Any) -> sa.engine.Engine:
     for name, value in _CONNECT_TIMEOUTS.get(backend, {}).items():
         connect_args.setdefault(name, value)
     return sa.create_engine(sa_url, **options)
+
+
+#: Connections a store keeps open per process, and how many more it may
+#: open at busy moments (closed again when returned). A request holds a
+#: connection for one statement, so a process needs about one per thread
+#: serving requests at once: SQLAlchemy's default of 5 made a server with 8
+#: threads open and close a connection on most statements. Set ``pool_size``
+#: and ``max_overflow`` in ``SESSION_STORE_OPTIONS`` to change them.
+DEFAULT_POOL_SIZE = 10
+DEFAULT_MAX_OVERFLOW = 20
+
+
+def _size_pool(options: dict[str, t.Any]) -> None:
+    options.setdefault("pool_size", DEFAULT_POOL_SIZE)
+    options.setdefault("max_overflow", DEFAULT_MAX_OVERFLOW)
+
+
+def _is_sqlite_file(url: sa.engine.URL) -> bool:
+    database = url.database or ""
+    return (
+        database not in ("", ":memory:")
+        and not database.startswith("file::memory:")
+        and url.query.get("mode") != "memory"
+    )
+
+
+#: How many times a migration that lost a race to another process's looks
+#: again before it gives up.
+_MIGRATE_ATTEMPTS = 5
+
+#: Seconds a connection keeps trying to switch a new SQLite file to WAL
+#: while other processes hold it (the switch takes a lock SQLite does not
+#: wait for by itself).
+_WAL_TIMEOUT = 30.0
+
+
+def _use_wal(dbapi_conn: t.Any, dialect: sa.Dialect) -> None:
+    """Put an SQLite file in WAL mode: readers and one writer work at once.
+
+    The mode is kept in the file, so only a connection to a new file has to
+    change it; asking first spares every other connection the exclusive lock
+    the change takes. Several worker processes opening a new file at once
+    race for that lock, and SQLite reports "database is locked" at once
+    instead of calling its busy handler, so the loser tries again.
+    """
+    deadline = time.monotonic() + _WAL_TIMEOUT
+    delay = 0.01
+    while True:
+        cursor = dbapi_conn.cursor()
+        try:
+            cursor.execute("PRAGMA journal_mode")
+            mode = str(cursor.fetchone()[0]).lower()
+            if mode not in ("wal", "memory"):  # an in-memory database has no WAL
+                cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except dialect.loaded_dbapi.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        finally:
+            cursor.close()
+        time.sleep(delay * random.uniform(0.5, 1.5))
+        delay = min(delay * 2, 0.25)
+
+
+#: Driver error codes and messages of a migration that lost a race: the
+#: table or index exists already (MySQL 1050, 1061; PostgreSQL 42P07, and
+#: 23505 from its catalog when two CREATE TABLE IF NOT EXISTS run at once),
+#: or a deadlock between the two (1213, 40P01).
+_RACE_CODES = {1050, 1061, 1213, "42P07", "23505", "40P01"}
+
+
+def _lost_creation_race(exc: sa_exc.DBAPIError) -> bool:
+    text = str(exc.orig)
+    return (
+        _error_code(exc) in _RACE_CODES
+        or "already exists" in text
+        or "database is locked" in text
+    )
 
 
 #: For URLs that name no driver (``postgresql://``, ``mysql://``): the
@@ -703,19 +832,26 @@ class _Watchdog:
     interval = 0.2
 
     def __init__(self) -> None:
+        self._tokens = itertools.count()
+        self._start()
+        self._process = ProcessGuard(self._start, "SQLAlchemyStore watchdog")
+
+    def _start(self) -> None:
+        # Also run in a forked child: it inherits neither the patrol thread
+        # nor a usable lock (the patrol may have held it at the fork), and
+        # the parent's statements are not its own.
         self._lock = threading.Lock()
         self._watched: dict[int, tuple[float, int]] = {}
         self._fired: set[int] = set()
-        self._tokens = itertools.count()
-        self._thread_pid: int | None = None
+        self._running = False
 
     def watch(self, fileno: int, timeout: float) -> int:
+        self._process.check()
         with self._lock:
             token = next(self._tokens)
             self._watched[token] = (time.monotonic() + timeout, fileno)
-            # Forked workers inherit the flag but not the thread.
-            if self._thread_pid != os.getpid():
-                self._thread_pid = os.getpid()
+            if not self._running:
+                self._running = True
                 threading.Thread(
                     target=self._patrol, name="flask-towersess-watchdog", daemon=True
                 ).start()
@@ -770,10 +906,15 @@ def _may_be_schema_error(exc: sa_exc.DBAPIError) -> bool:
     that cannot be reached must cost one connection attempt, not two.
     """
     orig = exc.orig
-    code = getattr(orig, "pgcode", None) or next(iter(getattr(orig, "args", ())), None)
-    if code in _SCHEMA_ERROR_CODES:
+    if _error_code(exc) in _SCHEMA_ERROR_CODES:
         return True
     return "no such table" in str(orig) or "no such column" in str(orig)
+
+
+def _error_code(exc: sa_exc.DBAPIError) -> object:
+    """The driver's error code: a SQLSTATE on PostgreSQL, a number on MySQL."""
+    orig = exc.orig
+    return getattr(orig, "pgcode", None) or next(iter(getattr(orig, "args", ())), None)
 
 
 def _is_flask_sqlalchemy(obj: object) -> bool:
