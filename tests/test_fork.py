@@ -119,3 +119,45 @@ def test_child_opens_its_own_connections(
             assert child != parent
     # ... and never closed it: the parent carries on with the same one.
     assert report["parent_after"] == report["parent_before"]
+
+
+#: A MemoryStore whose lock another thread holds at the moment of the fork.
+MEMORY_FORK = """
+import logging, os, sys, threading, time
+from datetime import timedelta
+from flask_towersess.stores import MemoryStore, Record
+from flask_towersess.stores.base import utcnow
+
+logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+store = MemoryStore()
+held, release = threading.Event(), threading.Event()
+
+def hold():
+    with store._lock:
+        held.set()
+        release.wait()
+
+threading.Thread(target=hold, daemon=True).start()
+held.wait()
+pid = os.fork()
+if pid == 0:
+    record = Record("k" * 43, b"child", utcnow() + timedelta(minutes=1))
+    store.create(record)
+    os._exit(0 if store.load("k" * 43).payload == b"child" else 3)
+release.set()
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_memory_store_usable_in_a_child_forked_while_its_lock_was_held() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", MEMORY_FORK],
+        capture_output=True,
+        text=True,
+        timeout=30,  # a child stuck on the inherited lock never exits
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert done.returncode == 0, done.stderr
+    # Each worker process has its own sessions: the operator is told so.
+    assert "MemoryStore is in use in forked worker process" in done.stderr
