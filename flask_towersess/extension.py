@@ -19,6 +19,7 @@ from .interface import DEFAULT_MAX_PAYLOAD_SIZE
 from .interface import ServerSessionInterface
 from .serializers import Serializer
 from .serializers import serializer_for
+from .session import DEFAULT_SAVE_TIMEOUT
 from .session import ServerSession
 from .stores import store_for
 from .stores.base import SessionStore
@@ -47,7 +48,11 @@ CONFIG_DEFAULTS: dict[str, t.Any] = {
     "SESSION_USE_SIGNER": True,
     "SESSION_PERMANENT": False,
     "SESSION_TOUCH_INTERVAL": timedelta(seconds=60),
-    "SESSION_SAVE_RETRIES": 5,
+    # How long a save that meets concurrent saves keeps merging and retrying
+    # (with random, growing pauses), and the most retries (None: no limit
+    # but the time).
+    "SESSION_SAVE_TIMEOUT": DEFAULT_SAVE_TIMEOUT,
+    "SESSION_SAVE_RETRIES": None,
     # Encrypt payloads at rest (AES-GCM): a key, or a list of keys, newest
     # first. See flask_towersess.crypto.generate_key().
     "SESSION_ENCRYPTION_KEY": None,

@@ -31,6 +31,7 @@ from .errors import SessionInterrupted
 from .errors import UpdateError
 from .serializers import MsgPackSerializer
 from .serializers import Serializer
+from .session import DEFAULT_SAVE_TIMEOUT
 from .session import ServerSession
 from .session import is_valid_session_key
 from .stores import store_for
@@ -178,9 +179,26 @@ class ServerSessionInterface(SessionInterface):
         that a request used without modifying it."""
         return bool(app.config.get("SESSION_REFRESH_EACH_REQUEST", True))
 
-    def get_save_retries(self, app: Flask) -> int:
-        """``SESSION_SAVE_RETRIES``: merges tried on concurrent saves."""
-        return int(app.config.get("SESSION_SAVE_RETRIES", 5))
+    def get_save_timeout(self, app: Flask) -> timedelta:
+        """``SESSION_SAVE_TIMEOUT``: how long a save that meets concurrent
+        saves keeps retrying (seconds or a ``timedelta``).
+
+        .. versionadded:: 0.2
+        """
+        value = app.config.get("SESSION_SAVE_TIMEOUT", DEFAULT_SAVE_TIMEOUT)
+        if isinstance(value, timedelta):
+            return value
+        return timedelta(seconds=value)
+
+    def get_save_retries(self, app: Flask) -> int | None:
+        """``SESSION_SAVE_RETRIES``: the most retries of a save that meets
+        concurrent saves, or ``None`` for as many as the timeout allows.
+
+        .. versionchanged:: 0.2
+            ``None`` by default; :meth:`get_save_timeout` bounds retries.
+        """
+        value = app.config.get("SESSION_SAVE_RETRIES")
+        return None if value is None else int(value)
 
     # -- the cookie ----------------------------------------------------------
 
@@ -281,6 +299,7 @@ class ServerSessionInterface(SessionInterface):
             serializer=self.serializer,
             lifetime=app.permanent_session_lifetime,
             permanent=self.get_default_permanent(app),
+            save_timeout=self.get_save_timeout(app),
             save_retries=self.get_save_retries(app),
             cipher=self.cipher,
         )

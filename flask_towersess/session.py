@@ -11,6 +11,7 @@ admin tasks, tests).
 from __future__ import annotations
 
 import logging
+import random
 import re
 import secrets
 import time
@@ -49,6 +50,17 @@ _MISSING: t.Any = object()
 # random keys a second attempt never happens in practice; the bound only
 # keeps a broken store from looping forever.
 _CREATE_ATTEMPTS = 10
+
+#: The pause before the first retry of a save that lost a compare-and-set,
+#: and the most any pause may be, in seconds. Each retry may wait up to twice
+#: as long as the one before ("full jitter": a random part of that bound), so
+#: writers that collided spread out instead of colliding again, which
+#: retrying at once did: under eight writers on one session, they livelocked.
+_RETRY_FIRST_PAUSE = 0.002
+_RETRY_MAX_PAUSE = 0.05
+
+#: How long a save may keep retrying by default (``SESSION_SAVE_TIMEOUT``).
+DEFAULT_SAVE_TIMEOUT = timedelta(seconds=1)
 
 
 def new_session_key() -> str:
@@ -116,8 +128,11 @@ class ServerSession(SessionMixin):
     :param permanent: the default for :attr:`permanent` (``SESSION_PERMANENT``):
         whether the cookie outlives the browser when the session has no
         expiry of its own.
-    :param save_retries: how often a save that met a concurrent change is
-        merged and retried before :class:`SessionInterrupted` is raised.
+    :param save_timeout: how long a save that meets concurrent changes may
+        keep merging and retrying, pausing a random, growing time between
+        tries, before :class:`SessionInterrupted` is raised.
+    :param save_retries: the most retries, whatever the time; ``None`` for no
+        limit but ``save_timeout``.
     :param cipher: seals payloads before they are stored (encryption at rest,
         see ``SESSION_ENCRYPTION_KEY``); ``None`` stores them as serialized.
 
@@ -142,7 +157,8 @@ class ServerSession(SessionMixin):
         serializer: Serializer | None = None,
         lifetime: timedelta = timedelta(days=31),
         permanent: bool = False,
-        save_retries: int = 5,
+        save_timeout: timedelta = DEFAULT_SAVE_TIMEOUT,
+        save_retries: int | None = None,
         cipher: PayloadCipher | None = None,
     ) -> None:
         self.store = store
@@ -150,6 +166,7 @@ class ServerSession(SessionMixin):
         self.serializer: Serializer = serializer or MsgPackSerializer()
         self.lifetime = lifetime
         self.default_permanent = permanent
+        self.save_timeout = save_timeout
         self.save_retries = save_retries
         self._key_value = session_key if is_valid_session_key(session_key) else None
 
@@ -526,7 +543,11 @@ class ServerSession(SessionMixin):
         :raises UpdateError: the record was deleted (or expired) since it was
             loaded; it is not brought back.
         :raises SessionInterrupted: concurrent writers kept winning for
-            :attr:`save_retries` attempts.
+            :attr:`save_timeout` (or :attr:`save_retries` retries).
+
+        .. versionchanged:: 0.2
+            Retries pause for a random, growing time, and are bounded by
+            :attr:`save_timeout` rather than by a count.
         :raises SerializationError: a value cannot be serialized; nothing
             was written.
         """
@@ -557,7 +578,9 @@ class ServerSession(SessionMixin):
                 self.create()
                 return
             self._remember(record)
-        for _ in range(self.save_retries + 1):
+        retries = 0
+        deadline = 0.0
+        while True:
             assert self._version is not None
             payload = self._payload()
             record = self._record(
@@ -566,14 +589,31 @@ class ServerSession(SessionMixin):
             try:
                 self.store.save(record, expected_version=self._version)
             except VersionConflict:
+                if retries == 0:
+                    deadline = time.monotonic() + self.save_timeout.total_seconds()
+                retries += 1
+                self._pause_before_retry(retries, deadline)
                 self._merge_with_stored()
                 continue
             self._after_write(record)
             return
-        raise SessionInterrupted(
-            f"Other requests saved the session each of the {self.save_retries + 1}"
-            " times this request tried to; its changes were not saved."
-        )
+
+    def _pause_before_retry(self, retry: int, deadline: float) -> None:
+        """Wait before retry number ``retry``, or give up if it is too late."""
+        if self.save_retries is not None and retry > self.save_retries:
+            raise SessionInterrupted(
+                f"Other requests saved the session each of the {retry} times"
+                " this request tried to; its changes were not saved."
+            )
+        bound = min(_RETRY_MAX_PAUSE, _RETRY_FIRST_PAUSE * 2 ** (retry - 1))
+        pause = random.uniform(0, bound)
+        if time.monotonic() + pause >= deadline:
+            raise SessionInterrupted(
+                "Other requests kept saving the session for"
+                f" {self.save_timeout.total_seconds():g} s while this request"
+                f" tried to ({retry} times); its changes were not saved."
+            )
+        time.sleep(pause)
 
     def _create_at_current_key(self) -> None:
         assert self._key is not None

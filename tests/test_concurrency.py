@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import threading
+import time
+import types
 import typing as t
+from datetime import timedelta
 
 import pytest
 from flask import Flask
 from flask import session
 
+import flask_towersess.session as session_module
 from flask_towersess import ServerSession
 from flask_towersess import SessionExt
 from flask_towersess.errors import SessionInterrupted
@@ -175,9 +179,64 @@ def test_retries_run_out_with_a_clear_error(store: SessionStore) -> None:
     assert stored(store, first) == {"a": 1}  # nothing half-written
 
 
+def test_retries_pause_for_growing_random_times_bounded_by_the_timeout(
+    store: SessionStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writers that collided must spread out: retrying at once livelocked
+    eight writers of one session. Pauses are random, their bound doubles,
+    and the whole is bounded by the save timeout, not by a count."""
+    first, _ = two_views(store, a=1)
+    conflicts = []
+
+    class AlwaysMoving(SessionStore):
+        def load(self, key: str) -> Record | None:
+            return store.load(key)
+
+        def create(self, record: Record) -> None:
+            store.create(record)
+
+        def save(self, record: Record, expected_version: int) -> None:
+            conflicts.append(time.monotonic())
+            raise VersionConflict("someone else saved")
+
+        def touch(self, key: str, expires_at: t.Any) -> None:
+            store.touch(key, expires_at)
+
+        def delete(self, key: str) -> None:
+            store.delete(key)
+
+    pauses: list[float] = []
+    real_sleep = time.sleep
+
+    def recording_sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        real_sleep(seconds)
+
+    # Only the session's own pauses: the stores may sleep too.
+    monkeypatch.setattr(
+        session_module,
+        "time",
+        types.SimpleNamespace(monotonic=time.monotonic, sleep=recording_sleep),
+    )
+    first.store = AlwaysMoving()
+    first.save_timeout = timedelta(seconds=0.3)
+    assert first.save_retries is None  # no count limit by default
+    first["b"] = 2
+    with pytest.raises(SessionInterrupted, match=r"for 0\.3 s"):
+        first.save()
+    assert stored(store, first) == {"a": 1}  # nothing half-written
+    assert len(conflicts) == len(pauses) + 1 > 5
+    assert len(set(pauses)) == len(pauses)  # random, not a fixed schedule
+    assert all(0 <= p <= 0.002 * 2**i for i, p in enumerate(pauses))
+    assert max(pauses) <= 0.05
+    assert sum(pauses) < 0.3
+    # Retries stop at the deadline, counted from the first conflict.
+    assert conflicts[-1] - conflicts[0] < 0.3 + 0.1
+
+
 def test_threads_changing_their_own_keys_all_survive(store: SessionStore) -> None:
     app = Flask(__name__)
-    app.config.update(SECRET_KEY="s", SESSION_SAVE_RETRIES=50)
+    app.config.update(SECRET_KEY="s")
     SessionExt(app, store=store)
 
     @app.post("/bump/<name>")
