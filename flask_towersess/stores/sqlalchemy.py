@@ -15,6 +15,7 @@ import itertools
 import logging
 import os
 import random
+import signal
 import socket
 import threading
 import time
@@ -867,6 +868,11 @@ class _Watchdog:
             return False
 
     def _patrol(self) -> None:
+        # Signals go to the threads that serve requests, never here: a
+        # server's C-level handler (uWSGI's SIGTERM) run on this thread
+        # would start the interpreter's shutdown from the wrong thread, and
+        # the worker would hang until it is killed.
+        signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
         while True:
             time.sleep(self.interval)
             now = time.monotonic()
