@@ -1,4 +1,4 @@
-"""``python -m benchmarks [requests|purge|load|serializer] [options]``.
+"""``python -m benchmarks [requests|purge|load|http|serializer] [options]``.
 
 Without a benchmark name, runs ``requests`` (the per-request overhead
 benchmark). ``python -m benchmarks NAME --help`` lists a benchmark's options.
@@ -16,6 +16,7 @@ BENCHMARKS = {
     "requests": ".requests",
     "purge": ".purge",
     "load": ".load",
+    "http": ".http",
     "serializer": ".serializer",
 }
 

@@ -40,12 +40,15 @@ def emit(result: dict[str, t.Any], text: str, ok: bool, json_path: str | None) -
 
 
 def store_names(
-    parser: argparse.ArgumentParser, text: str, known: t.Iterable[str]
+    parser: argparse.ArgumentParser,
+    text: str,
+    known: t.Iterable[str],
+    what: str = "stores",
 ) -> list[str]:
-    """The comma-separated ``--stores`` value as a list; an unknown name is
-    a usage error."""
+    """The comma-separated ``--stores`` value (or another list of ``what``)
+    as a list; an unknown name is a usage error."""
     stores = [s.strip() for s in text.split(",") if s.strip()]
     unknown = set(stores) - set(known)
     if unknown:
-        parser.error(f"unknown stores: {', '.join(sorted(unknown))}")
+        parser.error(f"unknown {what}: {', '.join(sorted(unknown))}")
     return stores

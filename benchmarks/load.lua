@@ -1,9 +1,16 @@
--- wrk script of benchmarks/load.py: mixed reads and writes over many sessions.
+-- wrk script of benchmarks/load.py and benchmarks/http.py: mixed reads and
+-- writes over many sessions.
 --
 -- Arguments (after "--" on the wrk command line):
 --   1. a file of "index<TAB>cookie" lines, one per pre-created session;
 --   2. the share of writes, e.g. 0.2;
---   3. the number of wrk threads.
+--   3. the number of wrk threads;
+--   4. the path of a read (default /read), sent as PATH?i=INDEX;
+--   5. the path of a write (default /write).
+--
+-- Several indexes may share one cookie (http.py's shared-write: index i is
+-- then a key of the one session, not a session); what follows says
+-- "session" for an index.
 --
 -- Session i belongs to thread i % threads, and a thread never sends a request
 -- for a session that has one in flight: it takes sessions from a queue of
@@ -19,7 +26,8 @@
 -- thread 0's state before starting): that request is never sent, and shows
 -- up as one "in flight" request that never completes.
 --
--- done() prints machine-readable "TS ..." lines for load.py.
+-- done() prints machine-readable "TS ..." lines for load.py, among them the
+-- count of every status answered (non-2xx ones are what the benchmarks check).
 
 local threads = {}
 
@@ -33,17 +41,21 @@ local cookies = {}      -- session index -> Cookie header value
 local queue = {}        -- idle session indexes, first in first out
 local head, tail = 1, 0
 local write_share = 0.2
+local read_path, write_path = "/read", "/write"
 sent_writes = {}        -- session index -> writes sent (read by done())
 ok_writes = {}          -- session index -> writes answered 200
 pending = {}            -- session index -> "write"/"read" sent, not answered
 ok_reads = 0
 bad = 0                 -- responses with a status other than 200
+statuses = {}           -- status -> responses, every response counted
 no_idle = 0             -- requests sent as /ping because no session was idle
 
 function init(args)
    local path = args[1]
    write_share = tonumber(args[2])
    local nthreads = tonumber(args[3])
+   read_path = args[4] or read_path
+   write_path = args[5] or write_path
    math.randomseed(7919 * (tid + 1))
    local f = assert(io.open(path, "r"))
    for line in f:lines() do
@@ -68,24 +80,26 @@ function request()
    head = head + 1
    local path
    if math.random() < write_share then
-      path = "/write?i=" .. index
+      path = write_path .. "?i=" .. index
       sent_writes[index] = (sent_writes[index] or 0) + 1
       pending[index] = "write"
    else
-      path = "/read?i=" .. index
+      path = read_path .. "?i=" .. index
       pending[index] = "read"
    end
    return wrk.format("GET", path, { Cookie = cookies[index] })
 end
 
 function response(status, headers, body)
+   statuses[status] = (statuses[status] or 0) + 1
    local index = tonumber(headers["X-Idx"] or headers["x-idx"] or "")
    if index == nil or cookies[index] == nil then
       return  -- /ping
    end
+   -- What was sent for this session: it has no other request in flight.
+   local op = pending[index]
    pending[index] = nil
    if status == 200 then
-      local op = headers["X-Op"] or headers["x-op"]
       if op == "write" then
          ok_writes[index] = (ok_writes[index] or 0) + 1
       else
@@ -122,6 +136,9 @@ function done(summary, latency, requests)
       end
       for index, n in pairs(thread:get("ok_writes")) do
          io.write(string.format("TS ok_write %d %d\n", index, n))
+      end
+      for code, n in pairs(thread:get("statuses")) do
+         io.write(string.format("TS status %d %d\n", code, n))
       end
       for index, op in pairs(thread:get("pending")) do
          io.write(string.format("TS pending_%s %d 1\n", op, index))

@@ -15,6 +15,9 @@ Reported: requests/s, latency percentiles, and requests/s as a share of bare
 Flask's.
 
 Needs ``wrk`` on the PATH and gunicorn in this Python environment.
+
+``benchmarks/http.py`` builds on the pieces here (the server, the wrk run,
+its results, the counter check, the ratios to bare Flask).
 """
 
 from __future__ import annotations
@@ -82,6 +85,8 @@ class LoadRun:
     requests_per_s: float = 0.0
     latency_ms: dict[str, float] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
+    #: Every status answered -> responses (wrk's errors count only >= 400).
+    statuses: dict[int, int] = field(default_factory=dict)
     writes_sent: int = 0
     writes_ok: int = 0
     writes_in_flight_at_stop: int = 0
@@ -100,13 +105,57 @@ class LoadRun:
         return sum(self.errors.values())
 
     @property
+    def non_2xx(self) -> int:
+        return sum(n for code, n in self.statuses.items() if not 200 <= code < 300)
+
+    @property
     def ok(self) -> bool:
         return (
             self.failure is None
             and self.error_count == 0
+            and self.non_2xx == 0
             and not self.counter_mismatches
             and self.no_idle_session == 0
         )
+
+    def record(self, result: dict[str, t.Any]) -> None:
+        """Take what wrk measured (``parse_wrk()``'s result)."""
+        values = result["values"]
+        self.duration_s = values["duration_us"] / 1e6
+        self.requests = int(values["requests"])
+        self.requests_per_s = (
+            self.requests / self.duration_s if self.duration_s else 0.0
+        )
+        self.latency_ms = {
+            key[len("latency_") : -len("_us")]: value / 1000
+            for key, value in values.items()
+            if key.startswith("latency_")
+        }
+        self.errors = {
+            key[len("errors_") :]: int(value)
+            for key, value in values.items()
+            if key.startswith("errors_")
+        }
+        self.statuses = dict(sorted(result["statuses"].items()))
+        self.writes_sent = sum(result["sent"].values())
+        self.writes_ok = sum(result["ok"].values())
+        self.writes_in_flight_at_stop = sum(result["in_flight"].values())
+        self.reads_ok = int(values.get("ok_reads", 0))
+        self.no_idle_session = int(values.get("no_idle", 0))
+
+    def fail(self, exc: BaseException, server: Server | None) -> None:
+        """Record a run that could not be carried out."""
+        self.failure = failure_text(exc, server)
+
+
+#: What a run that could not be carried out raises.
+RUN_ERRORS = (LoadError, OSError, subprocess.SubprocessError)
+
+
+def failure_text(exc: BaseException, server: Server | None) -> str:
+    """Why a run failed, with the end of the server's log."""
+    text = f"{type(exc).__name__}: {exc}"
+    return text if server is None else f"{text}\n{server.log_tail()}"
 
 
 # -- the server --------------------------------------------------------------
@@ -136,12 +185,22 @@ def http_get(
 class Server:
     """gunicorn serving the load app, started and stopped by this process."""
 
-    def __init__(self, store_url: str, table: str, workers: int, log: Path) -> None:
+    def __init__(
+        self,
+        store_url: str,
+        table: str,
+        workers: int,
+        log: Path,
+        cache_url: str | None = None,
+    ) -> None:
         self.port = free_port()
         self.log = log
         env = dict(os.environ)
         env["TOWERSESS_LOAD_STORE"] = store_url
         env["TOWERSESS_LOAD_TABLE"] = table
+        env.pop("TOWERSESS_LOAD_CACHE", None)
+        if cache_url:
+            env["TOWERSESS_LOAD_CACHE"] = cache_url
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(ROOT), env.get("PYTHONPATH")) if p
         )
@@ -238,6 +297,8 @@ def run_wrk(
     connections: int,
     threads: int,
     write_share: float,
+    read_path: str = "/read",
+    write_path: str = "/write",
 ) -> dict[str, t.Any]:
     command = [
         "wrk",
@@ -253,6 +314,8 @@ def run_wrk(
         str(cookie_file),
         str(write_share),
         str(threads),
+        read_path,
+        write_path,
     ]
     done = subprocess.run(
         command, capture_output=True, text=True, timeout=duration + 60, check=False
@@ -269,6 +332,7 @@ def parse_wrk(output: str) -> dict[str, t.Any]:
         "ok_write": {},
         "pending_write": {},
         "pending_read": {},
+        "status": {},  # status code -> responses
     }
     for line in output.splitlines():
         parts = line.split()
@@ -287,6 +351,7 @@ def parse_wrk(output: str) -> dict[str, t.Any]:
         "sent": per_session["sent_write"],
         "ok": per_session["ok_write"],
         "in_flight": per_session["pending_write"],
+        "statuses": per_session["status"],
     }
 
 
@@ -295,37 +360,46 @@ def check_counters(
     cookies: dict[int, str],
     ok: dict[int, int],
     in_flight: dict[int, int],
-) -> list[dict[str, int]]:
+    *,
+    path: str = "/read",
+    before: dict[int, int] | None = None,
+) -> tuple[list[dict[str, int]], dict[int, int]]:
     """Compare each session's counter with the writes it was sent.
 
-    The counter must equal the writes answered 200, or one more when a
-    write of the session was in flight when wrk stopped. Requests in flight
-    are finished by the workers after wrk exits, so a session that disagrees
-    is read again a few times, a second apart, before it counts as a
-    mismatch.
+    The counter must have grown from ``before`` (default 0: fresh sessions)
+    by the writes answered 200, or one more when a write of the session was
+    in flight when wrk stopped. Requests in flight are finished by the
+    workers after wrk exits, so a session that disagrees is read again a
+    few times, a second apart, before it counts as a mismatch.
+
+    Returns the mismatches and the counters read (-status where the read
+    failed), the ``before`` of the session's next run.
     """
+    before = before or {}
     pending = dict(cookies)
     counters: dict[int, int] = {}
     for attempt in range(4):
         if attempt:
             time.sleep(1.0)
         for index, cookie in list(pending.items()):
-            status, _, body = http_get(port, f"/read?i={index}", cookie)
+            status, _, body = http_get(port, f"{path}?i={index}", cookie)
             counters[index] = int(body) if status == 200 else -status
-            low = ok.get(index, 0)
+            low = before.get(index, 0) + ok.get(index, 0)
             if low <= counters[index] <= low + in_flight.get(index, 0):
                 del pending[index]
         if not pending:
             break
-    return [
+    mismatches = [
         {
             "session": i,
             "counter": counters[i],
+            "before": before.get(i, 0),
             "writes_ok": ok.get(i, 0),
             "write_in_flight": in_flight.get(i, 0),
         }
         for i in sorted(pending)
     ]
+    return mismatches, counters
 
 
 def clear_sessions(port: int, cookies: dict[int, str]) -> None:
@@ -333,26 +407,45 @@ def clear_sessions(port: int, cookies: dict[int, str]) -> None:
         http_get(port, f"/clear?i={index}", cookie)
 
 
-def prepare_store(name: str, url: str) -> None:
+def prepare_store(name: str, url: str, table: str = LOAD_TABLE) -> None:
     """Create the SQL table (the deploy step the app expects to be done)."""
     if name in ("bare", "redis"):
         return
-    store = store_from_url(url, table=LOAD_TABLE)
+    store = store_from_url(url, table=table)
     try:
         store.migrate()
     finally:
         store.close()
 
 
-def drop_store(name: str, url: str) -> None:
+def drop_store(name: str, url: str, table: str = LOAD_TABLE) -> None:
     if name in ("bare", "redis"):
         return
-    store = store_from_url(url, table=LOAD_TABLE)
+    store = store_from_url(url, table=table)
     try:
-        table = store.table  # type: ignore[attr-defined]
-        table.drop(store.engine, checkfirst=True)  # type: ignore[attr-defined]
+        sql_table = store.table  # type: ignore[attr-defined]
+        sql_table.drop(store.engine, checkfirst=True)  # type: ignore[attr-defined]
     finally:
         store.close()
+
+
+def drive(
+    run: LoadRun,
+    port: int,
+    cookies: dict[int, str],
+    tmp: Path,
+    **wrk_options: t.Any,
+) -> dict[str, t.Any]:
+    """Send wrk's load (``run_wrk()``'s options) over ``cookies`` to the
+    server on ``port``; record what it measured in ``run``. Returns wrk's
+    results, whose per-session counts the counter check needs."""
+    cookie_file = tmp / f"cookies-{run.store}.tsv"
+    cookie_file.write_text("".join(f"{i}\t{cookie}\n" for i, cookie in cookies.items()))
+    run.load_average_before = os.getloadavg()
+    result = run_wrk(port, cookie_file, **wrk_options)
+    run.load_average_after = os.getloadavg()
+    run.record(result)
+    return result
 
 
 def load_run(
@@ -376,49 +469,24 @@ def load_run(
         server = Server(url, LOAD_TABLE, workers, tmp / f"gunicorn-{name}.log")
         server.wait_ready()
         cookies = create_sessions(server.port, sessions, bare)
-        cookie_file = tmp / f"cookies-{name}.tsv"
-        cookie_file.write_text(
-            "".join(f"{i}\t{cookie}\n" for i, cookie in cookies.items())
-        )
-        run.load_average_before = os.getloadavg()
-        result = run_wrk(
+        result = drive(
+            run,
             server.port,
-            cookie_file,
+            cookies,
+            tmp,
             duration=duration,
             connections=connections,
             threads=threads,
             write_share=write_share,
         )
-        run.load_average_after = os.getloadavg()
-        values = result["values"]
-        run.duration_s = values["duration_us"] / 1e6
-        run.requests = int(values["requests"])
-        run.requests_per_s = run.requests / run.duration_s if run.duration_s else 0.0
-        run.latency_ms = {
-            key[len("latency_") : -len("_us")]: value / 1000
-            for key, value in values.items()
-            if key.startswith("latency_")
-        }
-        run.errors = {
-            key[len("errors_") :]: int(value)
-            for key, value in values.items()
-            if key.startswith("errors_")
-        }
-        run.writes_sent = sum(result["sent"].values())
-        run.writes_ok = sum(result["ok"].values())
-        run.writes_in_flight_at_stop = sum(result["in_flight"].values())
-        run.reads_ok = int(values.get("ok_reads", 0))
-        run.no_idle_session = int(values.get("no_idle", 0))
         if not bare:
-            run.counter_mismatches = check_counters(
+            run.counter_mismatches, _ = check_counters(
                 server.port, cookies, result["ok"], result["in_flight"]
             )
             run.sessions_checked = len(cookies)
             clear_sessions(server.port, cookies)
-    except (LoadError, OSError, subprocess.SubprocessError) as exc:
-        run.failure = f"{type(exc).__name__}: {exc}"
-        if server is not None:
-            run.failure += f"\n{server.log_tail()}"
+    except RUN_ERRORS as exc:
+        run.fail(exc, server)
     finally:
         if server is not None:
             server.stop()
@@ -469,31 +537,62 @@ def run(
                         round_number=round_number,
                     )
                 )
-            bare = next(
-                (r for r in this_round if r.store == "bare" and r.failure is None),
-                None,
-            )
-            if bare is not None and bare.requests_per_s:
-                for r in this_round:
-                    if r.failure is None:
-                        r.ratio_to_bare = r.requests_per_s / bare.requests_per_s
+            set_ratios(this_round)
             runs.extend(this_round)
     return {
         "machine": _machine(),
         "settings": {
-            "workers": workers,
-            "worker_class": "sync",
-            "wrk": f"-t{threads} -c{connections} -d{duration}s",
+            **server_settings(
+                workers=workers,
+                threads=threads,
+                connections=connections,
+                duration=duration,
+                rounds=rounds,
+            ),
             "sessions": sessions,
             "write_share": write_share,
-            "rounds": rounds,
         },
-        "runs": [dict(asdict(r), ok=r.ok) for r in runs],
-        "medians": _medians(runs),
+        "runs": run_dicts(runs),
+        "medians": medians(runs),
     }
 
 
-def _medians(runs: list[LoadRun]) -> dict[str, dict[str, float | None]]:
+def non_2xx_detail(statuses: dict[int, int]) -> str:
+    """The responses other than 2xx, by status: ``"400 x12, 500 x1"``."""
+    return ", ".join(
+        f"{code} x{n}" for code, n in sorted(statuses.items()) if not 200 <= code < 300
+    )
+
+
+def server_settings(
+    *, workers: int, threads: int, connections: int, duration: int, rounds: int
+) -> dict[str, t.Any]:
+    """The results' settings that ``setup_lines()`` reports."""
+    return {
+        "workers": workers,
+        "worker_class": "sync",
+        "wrk": f"-t{threads} -c{connections} -d{duration}s",
+        "rounds": rounds,
+    }
+
+
+def run_dicts(runs: t.Sequence[LoadRun]) -> list[dict[str, t.Any]]:
+    """The runs as the results hold them, with what their properties say."""
+    return [dict(asdict(r), ok=r.ok, non_2xx=r.non_2xx) for r in runs]
+
+
+def set_ratios(runs: t.Sequence[LoadRun]) -> None:
+    """Each run's requests/s as a share of bare Flask's, among ``runs``: the
+    runs of one round (and one kind of traffic), so that both saw the same
+    machine."""
+    bare = next((r for r in runs if r.store == "bare" and r.failure is None), None)
+    if bare is not None and bare.requests_per_s:
+        for r in runs:
+            if r.failure is None:
+                r.ratio_to_bare = r.requests_per_s / bare.requests_per_s
+
+
+def medians(runs: t.Sequence[LoadRun]) -> dict[str, dict[str, float | None]]:
     """Per store, the median over the rounds that completed."""
     medians: dict[str, dict[str, float | None]] = {}
     for name in dict.fromkeys(r.store for r in runs):
@@ -503,18 +602,58 @@ def _medians(runs: list[LoadRun]) -> dict[str, dict[str, float | None]]:
         ratios = [r.ratio_to_bare for r in done if r.ratio_to_bare is not None]
         medians[name] = {
             "requests_per_s": statistics.median(r.requests_per_s for r in done),
+            "p50_ms": statistics.median(r.latency_ms.get("p50", 0) for r in done),
             "p99_ms": statistics.median(r.latency_ms.get("p99", 0) for r in done),
             "ratio_to_bare": statistics.median(ratios) if ratios else None,
         }
     return medians
 
 
+def setup_lines(result: dict[str, t.Any]) -> list[str]:
+    """The report's first lines: the machine, the server and wrk."""
+    s = result["settings"]
+    return [
+        f"machine: {result['machine']}",
+        f"gunicorn: {s['workers']} {s['worker_class']} workers on 127.0.0.1;"
+        f" wrk {s['wrk']} per run",
+    ]
+
+
+def run_notes(r: dict[str, t.Any], label: str) -> list[str]:
+    """What one run (as in the results) missed, one line per problem, so
+    that none goes unseen behind a summary."""
+    if r["failure"]:
+        return [f"{label}: FAILED: {r['failure']}"]
+    notes = []
+    socket = {k: v for k, v in r["errors"].items() if k != "status" and v}
+    if socket:
+        notes.append(f"{label}: socket errors: {socket}")
+    if r["non_2xx"]:
+        notes.append(
+            f"{label}: {r['non_2xx']} of {r['requests']} responses not 2xx"
+            f" ({non_2xx_detail(r['statuses'])})"
+        )
+    for m in r["counter_mismatches"][:5]:
+        notes.append(
+            f"{label}: session {m['session']} counter {m['counter']}, expected"
+            f" {m['before']} + {m['writes_ok']} writes answered"
+            + (" (+1 in flight at stop)" if m["write_in_flight"] else "")
+        )
+    if r["no_idle_session"]:
+        notes.append(
+            f"{label}: {r['no_idle_session']} requests found no idle session"
+            " (more sessions than connections are needed)"
+        )
+    if r["server_errors_logged"]:
+        notes.append(f"{label}: {r['server_errors_logged']} errors in the gunicorn log")
+    return notes
+
+
 def report(result: dict[str, t.Any]) -> tuple[str, bool]:
     s = result["settings"]
     lines = [
-        f"machine: {result['machine']}",
-        f"gunicorn: {s['workers']} {s['worker_class']} workers; wrk {s['wrk']};"
-        f" {s['sessions']} sessions, {s['write_share']:.0%} writes",
+        *setup_lines(result),
+        f"{s['sessions']} sessions, {s['write_share']:.0%} writes",
         "",
         f"{'round/store':<13} {'req/s':>8} {'x bare':>7} {'p50 ms':>7} {'p90 ms':>7}"
         f" {'p99 ms':>7} {'max ms':>7} {'requests':>9} {'writes':>7}"
@@ -525,9 +664,9 @@ def report(result: dict[str, t.Any]) -> tuple[str, bool]:
     for r in result["runs"]:
         ok &= r["ok"]
         label = f"{r['round']}/{r['store']}"
+        notes.extend(run_notes(r, f"{r['store']} round {r['round']}"))
         if r["failure"]:
             lines.append(f"{label:<13} FAILED: {r['failure'].splitlines()[0]}")
-            notes.append(f"{r['store']}: {r['failure']}")
             continue
         lat = r["latency_ms"]
         ratio = "" if r["ratio_to_bare"] is None else f"{r['ratio_to_bare']:.2f}"
@@ -546,24 +685,6 @@ def report(result: dict[str, t.Any]) -> tuple[str, bool]:
             f" {errors:>6}{' ' if errors == 0 else '!'}{counters:>10}"
             f" {r['load_average_after'][0]:>9.2f}"
         )
-        if errors:
-            detail = ", ".join(f"{k} {v}" for k, v in r["errors"].items() if v)
-            notes.append(f"{r['store']}: wrk errors: {detail}")
-        for m in r["counter_mismatches"][:5]:
-            notes.append(
-                f"{r['store']}: session {m['session']} counter {m['counter']},"
-                f" {m['writes_ok']} writes answered"
-                + (", 1 in flight at stop" if m["write_in_flight"] else "")
-            )
-        if r["no_idle_session"]:
-            notes.append(
-                f"{r['store']}: {r['no_idle_session']} requests found no idle"
-                " session (use more --sessions)"
-            )
-        if r["server_errors_logged"]:
-            notes.append(
-                f"{r['store']}: {r['server_errors_logged']} errors in the gunicorn log"
-            )
     if s["rounds"] > 1:
         lines.append("")
         lines.append(f"median of {s['rounds']} rounds:")
@@ -583,6 +704,42 @@ def report(result: dict[str, t.Any]) -> tuple[str, bool]:
     return "\n".join(lines), ok
 
 
+def add_server_options(
+    parser: argparse.ArgumentParser, *, duration: int, rounds: int
+) -> None:
+    """The options of a benchmark that drives gunicorn with wrk (this one and
+    http.py): ``server_options()`` reads them back."""
+    parser.add_argument(
+        "--duration", type=int, default=duration, help="seconds of load per run"
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=rounds,
+        help="run everything this many times, interleaved; report medians",
+    )
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads")
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+
+
+def server_options(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> dict[str, int]:
+    """``add_server_options()``'s values, checked, as ``run()``'s keywords."""
+    if not 1 <= args.rounds <= 20:
+        parser.error("--rounds must be 1 to 20")
+    if not 1 <= args.duration <= 600:
+        parser.error("--duration must be 1 to 600 seconds")
+    if args.threads < 1 or args.connections < args.threads or args.workers < 1:
+        parser.error("need threads >= 1, connections >= threads, workers >= 1")
+    if shutil.which("wrk") is None:
+        parser.error("wrk is not on the PATH (scripts/bench.sh installs it)")
+    keys = ("duration", "rounds", "connections", "threads", "workers")
+    return {key: getattr(args, key) for key in keys}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks load", description=__doc__.split("\n\n")[0]
@@ -593,47 +750,21 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated: bare, sqlite, postgresql, mariadb, redis",
     )
     parser.add_argument(
-        "--duration", type=int, default=10, help="seconds of load per store"
-    )
-    parser.add_argument("--connections", type=int, default=16)
-    parser.add_argument("--threads", type=int, default=2, help="wrk threads")
-    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers")
-    parser.add_argument(
         "--sessions", type=int, default=256, help="sessions created before the load"
     )
     parser.add_argument(
         "--write-share", type=float, default=0.2, help="share of writes (0 to 1)"
     )
-    parser.add_argument(
-        "--rounds",
-        type=int,
-        default=1,
-        help="run every store this many times, interleaved; report medians",
-    )
-    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    add_server_options(parser, duration=10, rounds=1)
     args = parser.parse_args(argv)
     stores = store_names(parser, args.stores, DEFAULT_URLS)
-    if not 1 <= args.rounds <= 20:
-        parser.error("--rounds must be 1 to 20")
-    if not 1 <= args.duration <= 600:
-        parser.error("--duration must be 1 to 600 seconds")
+    options = server_options(parser, args)
     if not 0 <= args.write_share <= 1:
         parser.error("--write-share must be between 0 and 1")
     if args.sessions < 2 * args.connections:
         parser.error("--sessions must be at least twice --connections")
-    if args.threads < 1 or args.connections < args.threads or args.workers < 1:
-        parser.error("need threads >= 1, connections >= threads, workers >= 1")
-    if shutil.which("wrk") is None:
-        parser.error("wrk is not on the PATH")
     result = run(
-        stores,
-        sessions=args.sessions,
-        duration=args.duration,
-        connections=args.connections,
-        threads=args.threads,
-        workers=args.workers,
-        write_share=args.write_share,
-        rounds=args.rounds,
+        stores, sessions=args.sessions, write_share=args.write_share, **options
     )
     return emit(result, *report(result), args.json)
 
