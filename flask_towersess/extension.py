@@ -142,31 +142,24 @@ class SessionExt:
         """Cycle the key at login and flush at logout, when Flask-Login is
         installed (its signals are sent with the app as sender)."""
         try:
-            from flask_login import user_logged_in
             from flask_login import user_logged_out
         except ImportError:
             return
-        # Bound methods, held weakly by blinker; the extension lives as long
-        # as the app, in app.extensions.
-        user_logged_in.connect(self._on_login, app)
+        # A bound method, held weakly by blinker; the extension lives as long
+        # as the app, in app.extensions. Log-ins need no signal: every way
+        # Flask-Login logs a user in writes the user id into the session,
+        # and a changed user id moves the session to a fresh key at save
+        # (ServerSession.user_id).
         user_logged_out.connect(self._on_logout, app)
-
-    def _on_login(self, app: Flask, **kwargs: t.Any) -> None:
-        session = _current_server_session()
-        if session is not None and app.config["SESSION_CYCLE_ON_LOGIN"]:
-            session.cycle_key()
 
     def _on_logout(self, app: Flask, **kwargs: t.Any) -> None:
         session = _current_server_session()
         if session is None or not app.config["SESSION_FLUSH_ON_LOGOUT"]:
             return
-        # logout_user() may ask for the remember-me cookie to be cleared
-        # through the session; that request must survive the flush, or the
-        # cookie would log the user straight back in.
-        remember = session.get("_remember")
-        session.flush()
-        if remember == "clear":
-            session["_remember"] = "clear"
+        # What logout_user() and the view wrote before it (the request to
+        # clear the remember-me cookie, a flash, Flask-Security's "fs_cc")
+        # is kept; the signed-in state is not.
+        session.end_identity()
 
     def _make_serializer(self, app: Flask) -> Serializer:
         try:

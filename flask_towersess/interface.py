@@ -190,6 +190,14 @@ class ServerSessionInterface(SessionInterface):
             return value
         return timedelta(seconds=value)
 
+    def get_cycle_on_login(self, app: Flask) -> bool:
+        """``SESSION_CYCLE_ON_LOGIN``: move the session to a fresh key when
+        its user changes (see :attr:`ServerSession.user_id`).
+
+        .. versionadded:: 0.2
+        """
+        return bool(app.config.get("SESSION_CYCLE_ON_LOGIN", True))
+
     def get_save_retries(self, app: Flask) -> int | None:
         """``SESSION_SAVE_RETRIES``: the most retries of a save that meets
         concurrent saves, or ``None`` for as many as the timeout allows.
@@ -303,6 +311,8 @@ class ServerSessionInterface(SessionInterface):
             save_retries=self.get_save_retries(app),
             cipher=self.cipher,
         )
+        if not self.get_cycle_on_login(app):
+            session.cycle_on_login = False
         # The cookie is read and verified on first use of the session only.
         session._key_resolver = lambda: self._key_from_request(app, request)
         return session

@@ -62,6 +62,27 @@ _RETRY_MAX_PAUSE = 0.05
 #: How long a save may keep retrying by default (``SESSION_SAVE_TIMEOUT``).
 DEFAULT_SAVE_TIMEOUT = timedelta(seconds=1)
 
+#: The expiry of a record :meth:`ServerSession.cycle_key` moved away from:
+#: long past, not "now", which a store's clock (Redis reads a cached one)
+#: may still see as a moment in the future.
+_RETIRED_AT = datetime(2000, 1, 1, tzinfo=timezone.utc)
+
+#: Where a session keeps who it belongs to: Flask-Login's own key, so that
+#: every way a user gets into a session (``login_user()``, the remember-me
+#: cookie, an app writing it itself) is one and the same change.
+USER_ID_KEY = "_user_id"
+#: Flask-Login's mark of a session logged in by a password just now.
+FRESH_KEY = "_fresh"
+
+#: Who a session belongs to, and whether that log-in is fresh.
+Identity = tuple[t.Optional[str], bool]
+_ANONYMOUS: Identity = (None, False)
+
+
+def _identity(data: t.Mapping[str, t.Any]) -> Identity:
+    user = data.get(USER_ID_KEY)
+    return (None if user is None else str(user), bool(data.get(FRESH_KEY)))
+
 
 def new_session_key() -> str:
     """A fresh session key: 256 random bits from :mod:`secrets`, URL-safe."""
@@ -100,7 +121,9 @@ def _normalize_expiry(value: int | float | timedelta | datetime | None) -> Expir
             raise TypeError("set_expiry() takes seconds, a timedelta or a datetime")
         return None
     if isinstance(value, timedelta):
-        return int(value.total_seconds())
+        # Django: "the session will expire at that specific date/time",
+        # counted from now. Only an int is seconds of inactivity.
+        return utcnow() + value
     if isinstance(value, datetime):
         # Naive datetimes are taken as UTC, the clock every store uses.
         if value.tzinfo is None:
@@ -187,10 +210,20 @@ class ServerSession(SessionMixin):
     # writer's: a clear() and an explicit expiry.
     _cleared = False
     _expiry_changed = False
-    # cycle_key() picks the new key at once but writes at save(); the keys
-    # whose records that save must delete.
+    # cycle_key() picks the new key at once but writes at save(); the
+    # stored record the session moves from, with the version and payload it
+    # was read at: the save retires it by compare-and-set, so a concurrent
+    # change to it is merged in, and a logout elsewhere stops the move.
     _must_create = False
-    _stale_keys: t.Sequence[str] = ()
+    _stale_key: str | None = None
+    _stale_version: int | None = None
+    _stale_payload: bytes | None = None
+    # Who the session belonged to when it was read (see user_id); a change
+    # makes the save move the session to a fresh key.
+    _loaded_identity: Identity = _ANONYMOUS
+    #: Whether a change of :attr:`user_id` (or a log-in becoming fresh)
+    #: moves the session to a fresh key at save (``SESSION_CYCLE_ON_LOGIN``).
+    cycle_on_login = True
     accessed = False
     modified = False
     # Set by the interface: reads the key from the request's cookie on first
@@ -242,6 +275,35 @@ class ServerSession(SessionMixin):
         return not self._from_store
 
     @property
+    def user_id(self) -> str | None:
+        """Who the session belongs to: ``None`` when anonymous.
+
+        Kept in the session under Flask-Login's key (``_user_id``), so
+        Flask-Login sets it at every log-in, by password or by remember-me
+        cookie; an app without Flask-Login sets it itself. Whenever it
+        changes (anonymous to a user, one user to another, a user to
+        anonymous), and whenever a log-in becomes fresh again (Flask-Login's
+        ``confirm_login()``), the next :meth:`save` moves the session to a
+        fresh key, as :meth:`cycle_key` does: a key someone planted or copied
+        before the log-in is worth nothing after it.
+
+        .. versionadded:: 0.2
+        """
+        return _identity(self._session)[0]
+
+    @user_id.setter
+    def user_id(self, value: object) -> None:
+        if value is None:
+            self.pop(USER_ID_KEY, None)
+        else:
+            self[USER_ID_KEY] = str(value)
+
+    def _identity_changed(self) -> bool:
+        user, fresh = _identity(self._data or {})
+        loaded_user, was_fresh = self._loaded_identity
+        return user != loaded_user or (user is not None and fresh and not was_fresh)
+
+    @property
     def permanent(self) -> bool:
         """Whether the cookie outlives the browser (Flask's meaning).
 
@@ -261,7 +323,7 @@ class ServerSession(SessionMixin):
         elif self.default_permanent:
             self.set_expiry(None)
         else:
-            self.set_expiry(self.lifetime)
+            self.set_expiry(self._lifetime_seconds)  # of inactivity
 
     def is_empty(self) -> bool:
         """True when the session has no key and no data (Django's meaning)."""
@@ -294,6 +356,7 @@ class ServerSession(SessionMixin):
         data, expiry = self._decode(record)
         if not self._expiry_changed:
             self._expiry = expiry
+        self._loaded_identity = _identity(data)
         return data
 
     def _remember(self, record: Record) -> None:
@@ -488,24 +551,11 @@ class ServerSession(SessionMixin):
         return Record(key, payload, expires_at, version)
 
     def _after_write(self, record: Record) -> None:
-        # The data was moved to a new key (cycle_key). Checked after the new
-        # record is written, so a logout elsewhere cannot slip in between
-        # check and write: if the old record is gone now, the session ended
-        # meanwhile and the copy must not outlive it.
-        if (
-            self._stale_keys
-            and self._from_store
-            and not any(self.store.exists(k) for k in self._stale_keys)
-        ):
-            self.store.delete(record.key)
-            raise UpdateError("the session was deleted while this request was using it")
         self._remember(record)
         self._cleared = False
         self._expiry_changed = False
         self._must_create = False
-        for stale in self._stale_keys:
-            self.store.delete(stale)
-        self._stale_keys = ()
+        self._loaded_identity = _identity(self._data or {})
 
     def create(self) -> None:
         """Store the session under a fresh key.
@@ -514,6 +564,11 @@ class ServerSession(SessionMixin):
         """
         if self._data is None:
             self._data = {}
+        record = self._insert_under_fresh_key()
+        self.modified = True
+        self._after_write(record)
+
+    def _insert_under_fresh_key(self) -> Record:
         payload = self._payload()
         expires_at = self.get_expiry_date()
         for _ in range(_CREATE_ATTEMPTS):
@@ -523,9 +578,7 @@ class ServerSession(SessionMixin):
                 self.store.create(record)
             except CreateError:
                 continue
-            self.modified = True
-            self._after_write(record)
-            return
+            return record
         raise CreateError(f"no free session key after {_CREATE_ATTEMPTS} attempts")
 
     def save(self, must_create: bool = False) -> None:
@@ -544,30 +597,38 @@ class ServerSession(SessionMixin):
             loaded; it is not brought back.
         :raises SessionInterrupted: concurrent writers kept winning for
             :attr:`save_timeout` (or :attr:`save_retries` retries).
+        :raises SerializationError: a value cannot be serialized; nothing
+            was written.
 
         .. versionchanged:: 0.2
             Retries pause for a random, growing time, and are bounded by
-            :attr:`save_timeout` rather than by a count.
-        :raises SerializationError: a value cannot be serialized; nothing
-            was written.
+            :attr:`save_timeout` rather than by a count. A change of
+            :attr:`user_id` moves the session to a fresh key. A key the
+            client sent never gets a record created under it.
         """
         if self._key is None:
             self.create()
             return
-        if must_create:
+        if must_create and not self._must_create:
             if self._data is None:
                 self._data = {}
-            self._create_at_current_key()
+            if self._key == self._cookie_key:
+                # Never a record under a key the client sent: a copied cookie
+                # of a session that ended must not work again.
+                if self.store.exists(self._key):
+                    raise CreateError(f"a session with key {self._key[:6]}... exists")
+                self.create()
+            else:
+                self._create_at_current_key()
             return
         self._load_data()
         if self._key is None:  # the stored session had gone away
             self.create()
             return
+        if self.cycle_on_login and not self._must_create and self._identity_changed():
+            self.cycle_key()
         if self._must_create:
-            try:
-                self._create_at_current_key()
-            except CreateError:
-                self.create()
+            self._move_to_current_key()
             return
         if self._version is None:
             # The data was replaced (clear()) before it was ever loaded: the
@@ -578,25 +639,38 @@ class ServerSession(SessionMixin):
                 self.create()
                 return
             self._remember(record)
+        key = self._key
+
+        def updated() -> Record:
+            assert self._version is not None
+            return self._record(
+                key, self._payload(), self.get_expiry_date(), self._version + 1
+            )
+
+        self._after_write(self._compare_and_set(updated, key))
+
+    def _compare_and_set(self, make_record: t.Callable[[], Record], key: str) -> Record:
+        """Save ``make_record()`` over the version last read of ``key``.
+
+        On a conflict, pause, merge this session's own changes into the
+        record now stored (which becomes the version to match), and try again
+        with a record made anew, until :attr:`save_timeout` runs out.
+        """
         retries = 0
         deadline = 0.0
         while True:
-            assert self._version is not None
-            payload = self._payload()
-            record = self._record(
-                self._key, payload, self.get_expiry_date(), self._version + 1
-            )
+            version = self._version if key == self._key else self._stale_version
+            assert version is not None
+            record = make_record()
             try:
-                self.store.save(record, expected_version=self._version)
+                self.store.save(record, expected_version=version)
+                return record
             except VersionConflict:
                 if retries == 0:
                     deadline = time.monotonic() + self.save_timeout.total_seconds()
                 retries += 1
                 self._pause_before_retry(retries, deadline)
-                self._merge_with_stored()
-                continue
-            self._after_write(record)
-            return
+                self._merge_with_stored(key)
 
     def _pause_before_retry(self, retry: int, deadline: float) -> None:
         """Wait before retry number ``retry``, or give up if it is too late."""
@@ -615,6 +689,55 @@ class ServerSession(SessionMixin):
             )
         time.sleep(pause)
 
+    def _move_to_current_key(self) -> None:
+        """Write the data under the key :meth:`cycle_key` chose, and retire
+        the record it came from.
+
+        The new record is written first, then the old one is ended by a
+        compare-and-set on the version this request read (it is saved with
+        an expiry of now, so no store returns it again). A concurrent change
+        to the old record makes that fail: it is merged in, the new record
+        rewritten, and the move tried again, so no change of another request
+        is undone. If the old record is gone (a logout elsewhere), the new
+        one is deleted too and :class:`UpdateError` raised: a move never
+        keeps a session alive that ended meanwhile.
+        """
+        assert self._key is not None
+        record = self._record(self._key, self._payload(), self.get_expiry_date(), 1)
+        try:
+            self.store.create(record)
+        except CreateError:
+            record = self._insert_under_fresh_key()
+        old, merged_from = self._stale_key, self._stale_version
+        if old is not None:
+            try:
+                self._compare_and_set(self._retirement, old)
+            except UpdateError:
+                self.store.delete(record.key)
+                self._key = None
+                raise UpdateError(
+                    "the session was deleted while this request was using it"
+                ) from None
+            finally:
+                merged = self._stale_version != merged_from
+                self._stale_key = self._stale_version = self._stale_payload = None
+            if merged:
+                # Another request's change was merged in before the old
+                # record could be retired: the new record must hold it too.
+                # Nobody else knows the new key, so this cannot conflict.
+                expected = record.version
+                record = self._record(
+                    record.key, self._payload(), self.get_expiry_date(), expected + 1
+                )
+                self.store.save(record, expected_version=expected)
+        self._after_write(record)
+
+    def _retirement(self) -> Record:
+        """What ends the record :meth:`cycle_key` moves from: a next version
+        that has expired already, so no store returns it again."""
+        assert self._stale_key is not None and self._stale_version is not None
+        return Record(self._stale_key, b"", _RETIRED_AT, self._stale_version + 1)
+
     def _create_at_current_key(self) -> None:
         assert self._key is not None
         record = self._record(self._key, self._payload(), self.get_expiry_date(), 1)
@@ -622,32 +745,82 @@ class ServerSession(SessionMixin):
         self.modified = True
         self._after_write(record)
 
-    def _merge_with_stored(self) -> None:
-        """Re-apply this session's changes on top of the stored record."""
-        assert self._key is not None and self._data is not None
-        record = self.store.load(self._key)
+    def _merge_with_stored(self, key: str) -> None:
+        """Re-apply this session's changes on top of the record stored under
+        ``key`` (its own key, or the one :meth:`cycle_key` moves it from)."""
+        assert self._data is not None
+        record = self.store.load(key)
         if record is None:
             raise UpdateError("the session was deleted while this request was using it")
         theirs, their_expiry = self._decode(record)
+        stale = key != self._key
+        baseline = self._stale_payload if stale else self._stored_payload
         if self._cleared:
             merged = dict(self._data)
         else:
             before: dict[str, t.Any] = {}
-            if self._stored_payload is not None:
-                stored = Record(record.key, self._stored_payload, record.expires_at)
+            if baseline is not None:
+                stored = Record(record.key, baseline, record.expires_at)
                 before = self._decode(stored)[0]
-            # Compare against what this request loaded, so in-place changes
-            # to nested values (followed by ``modified = True``) count too.
             merged = dict(theirs)
-            for key in before.keys() - self._data.keys():
-                merged.pop(key, None)
-            for key, value in self._data.items():
-                if key not in before or self._changed(before[key], value):
-                    merged[key] = value
+            for name in before.keys() - self._data.keys():
+                merged.pop(name, None)
+            merged.update(self._written_since(before))
         self._data = merged
         if not self._expiry_changed:
             self._expiry = their_expiry
-        self._remember(record)
+        if stale:
+            self._stale_version = record.version
+            self._stale_payload = record.payload
+        else:
+            self._remember(record)
+
+    def _written_since(self, before: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
+        """The keys this session set or changed since it held ``before``.
+
+        Compared by value, so in-place changes to nested values (followed by
+        ``modified = True``) count too.
+        """
+        data = self._data or {}
+        return {
+            name: value
+            for name, value in data.items()
+            if name not in before or self._changed(before[name], value)
+        }
+
+    def _own_writes(self) -> dict[str, t.Any]:
+        """What this request wrote: every key it set or changed."""
+        if self._cleared:
+            return dict(self._data or {})
+        key: str | None
+        payload: bytes | None
+        if self._stale_payload is not None:  # cycled: the record it came from
+            key, payload = self._stale_key, self._stale_payload
+        else:
+            key, payload = self._key, self._stored_payload
+        if key is None or payload is None:  # nothing was stored
+            return dict(self._data or {})
+        before = self._decode(Record(key, payload, utcnow()))[0]
+        return self._written_since(before)
+
+    def end_identity(self) -> None:
+        """Log out: end the stored session, keep what this request wrote.
+
+        The record is deleted and the key forgotten, as :meth:`flush` does;
+        what was loaded from the store (the signed-in state) is dropped, and
+        what this request wrote before (a flashed message, a flag for an
+        after-request handler) goes into a new anonymous session, under a
+        fresh key. Called at Flask-Login's ``logout_user()``.
+
+        .. versionadded:: 0.2
+        """
+        self._load_data()
+        kept = self._own_writes()
+        for name in (USER_ID_KEY, FRESH_KEY):
+            kept.pop(name, None)
+        self.flush()
+        if kept:
+            self.update(kept)
 
     def _changed(self, before: t.Any, after: t.Any) -> bool:
         # == misses a change of type only (1 -> True, "x" -> Markup("x")),
@@ -671,6 +844,7 @@ class ServerSession(SessionMixin):
         """
         self._data = {}
         self._discard()
+        self._loaded_identity = _ANONYMOUS
         self._version = None
         self._stored_payload = None
         self._stored_expires_at = None
@@ -693,7 +867,16 @@ class ServerSession(SessionMixin):
         self.accessed = True
         self._load_data()  # the data must move along, loaded or not
         if self._key is not None and not self._must_create:
-            self._stale_keys = [*self._stale_keys, self._key]
+            if self._version is None:
+                # Cleared before it was ever read: the move still needs
+                # the version it retires.
+                record = self.store.load(self._key)
+                if record is not None:
+                    self._remember(record)
+            if self._version is not None:
+                self._stale_key = self._key
+                self._stale_version = self._version
+                self._stale_payload = self._stored_payload
         self._key = new_session_key()
         self._must_create = True
         self._version = None
@@ -738,10 +921,10 @@ class ServerSession(SessionMixin):
         The current key is only deleted if it was ever written (a key from
         :meth:`cycle_key` is not until the next save).
         """
-        keys = list(self._stale_keys)
+        keys = [] if self._stale_key is None else [self._stale_key]
         if self._key is not None and not self._must_create:
             keys.append(self._key)
         for key in keys:
             self.store.delete(key)
-        self._stale_keys = ()
+        self._stale_key = self._stale_version = self._stale_payload = None
         self._key = None

@@ -9,6 +9,7 @@ afterwards.
 from __future__ import annotations
 
 import os
+import threading
 import typing as t
 import uuid
 
@@ -46,8 +47,45 @@ def mongodb_collection() -> t.Iterator[t.Any]:
     else:
         mongomock = pytest.importorskip("mongomock")
         collection = mongomock.MongoClient().towersess_test[name]
+        _apply_atomically(collection)
         yield collection
         collection.drop()
+
+
+#: The collection methods the store calls.
+_OPERATIONS = (
+    "find_one",
+    "find",
+    "replace_one",
+    "update_one",
+    "delete_one",
+    "delete_many",
+    "count_documents",
+    "create_index",
+    "index_information",
+)
+
+
+def _apply_atomically(collection: t.Any) -> None:
+    """Run each operation on a mongomock collection under one lock.
+
+    A MongoDB server applies every single-document write atomically, and a
+    compare-and-set (``update_one`` on ``version``) relies on it. mongomock
+    matches and then writes in Python, with no lock: two threads can both
+    match the same version, and a threaded test would find mongomock's lost
+    write, not the store's.
+    """
+    lock = threading.RLock()
+
+    def atomic(method: t.Callable[..., t.Any]) -> t.Callable[..., t.Any]:
+        def call(*args: t.Any, **kwargs: t.Any) -> t.Any:
+            with lock:
+                return method(*args, **kwargs)
+
+        return call
+
+    for name in _OPERATIONS:
+        setattr(collection, name, atomic(getattr(collection, name)))
 
 
 @pytest.fixture

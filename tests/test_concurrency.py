@@ -15,6 +15,7 @@ from flask import session
 import flask_towersess.session as session_module
 from flask_towersess import ServerSession
 from flask_towersess import SessionExt
+from flask_towersess.errors import CreateError
 from flask_towersess.errors import SessionInterrupted
 from flask_towersess.errors import UpdateError
 from flask_towersess.errors import VersionConflict
@@ -307,3 +308,91 @@ def test_logout_landing_during_cycle_key_is_not_undone(store: SessionStore) -> N
     assert new_key is not None
     assert not store.exists(new_key)
     assert not store.exists(old_key)
+
+
+# -- cycle_key() against a concurrent change -----------------------------------
+
+
+def test_cycle_key_does_not_undo_a_concurrent_change(store: SessionStore) -> None:
+    """Request A reads the session and moves it to a new key; request B,
+    answered meanwhile, drops ``sudo`` from the old record. The move is a
+    compare-and-set on what A read: B's change is merged in, not copied
+    over, and A's own change is kept too."""
+    first, second = two_views(store, sudo=True, cart=["book"])
+    old_key = first.session_key
+    first.cycle_key()
+    first["theme"] = "dark"
+    del second["sudo"]
+    second.save()  # B is answered 200
+    first.save()
+    assert first.session_key != old_key
+    assert stored(store, first) == {"cart": ["book"], "theme": "dark"}
+    assert store.load(old_key) is None  # type: ignore[arg-type]
+
+
+def test_cycle_key_is_stopped_by_a_concurrent_logout(store: SessionStore) -> None:
+    first, second = two_views(store, user="ann")
+    first.cycle_key()
+    new_key = first.session_key
+    second.flush()  # the other tab logs out
+    with pytest.raises(UpdateError):
+        first.save()
+    # Neither key holds the session: the move did not keep it alive.
+    assert store.load(new_key) is None  # type: ignore[arg-type]
+    assert first.session_key is None
+
+
+def test_cycle_key_after_clear_retires_the_old_record(store: SessionStore) -> None:
+    """clear() before anything was read, then cycle_key(): the old record is
+    still retired, by the version read at that moment."""
+    original = ServerSession(store)
+    original["secret"] = 1
+    original.save()
+    session = ServerSession(store, original.session_key)
+    session.clear()
+    session.cycle_key()
+    session["fresh"] = True
+    session.save()
+    assert store.load(original.session_key) is None  # type: ignore[arg-type]
+    assert stored(store, session) == {"fresh": True}
+
+
+def test_save_must_create_never_revives_a_key_the_client_sent(
+    store: SessionStore,
+) -> None:
+    """A copied cookie of a session that ended must not work again, even
+    when a view asks for the session to be created (Django's
+    ``save(must_create=True)``) before it reads anything."""
+    app = Flask(__name__)
+    app.config.update(SECRET_KEY="s", TESTING=True)
+    SessionExt(app, store=store)
+
+    @app.post("/start")
+    def start() -> str:
+        session["a"] = 1
+        return "ok"
+
+    @app.post("/create")
+    def create() -> str:
+        t.cast(ServerSession, session).save(must_create=True)
+        session["b"] = 2
+        return "ok"
+
+    client = app.test_client()
+    client.post("/start")
+    ended = client.get_cookie("session").value.partition(".")[0]
+    store.delete(ended)  # logged out elsewhere
+    client.post("/create")
+    assert store.load(ended) is None
+    issued = client.get_cookie("session").value.partition(".")[0]
+    assert issued != ended
+    assert store.load(issued) is not None
+
+    # A key whose record is alive is not created twice.
+    live = ServerSession(store)
+    live["x"] = 1
+    live.save()
+    session_from_cookie = ServerSession(store)
+    session_from_cookie._key_resolver = lambda: (live.session_key, False)
+    with pytest.raises(CreateError):
+        session_from_cookie.save(must_create=True)

@@ -559,7 +559,7 @@ EXPIRIES: dict[str, tuple[t.Any, int | None]] = {
     "policy": (None, None),
     "browser": (0, 0),
     "ten minutes": (600, 600),
-    "two hours": (timedelta(hours=2), 7200),
+    "two hours": (7200, 7200),
 }
 
 
@@ -592,7 +592,10 @@ class SessionMachine(RuleBasedStateMachine):
         self.version: int | None = None
         self.cleared = False
         self.must_create = False
-        self.stale: list[str] = []
+        # The record cycle_key() moves from, as this request read it.
+        self.stale: str | None = None
+        self.stale_version: int | None = None
+        self.stale_base: dict[str, t.Any] = {}
         self.expiry: int | None = None
         self.expiry_changed = False
         self.from_store = False  # a record was loaded for this session
@@ -624,38 +627,54 @@ class SessionMachine(RuleBasedStateMachine):
         self.versions[key] = self.versions.get(key, 0) + 1
         self.version = self.versions[key]
         self.base = dict(self.data)
-        for stale in self.stale:
-            self.forget(stale)
-        self.stale = []
+        if self.stale is not None:  # retired by the move
+            self.forget(self.stale)
+        self.stale = None
         self.cleared = self.expiry_changed = self.must_create = False
 
-    def merge(self) -> None:
-        assert self.key is not None and self.data is not None
-        theirs = self.stored[self.key]
+    def merge(
+        self, key: str | None = None, base: dict[str, t.Any] | None = None
+    ) -> None:
+        """Re-apply this request's changes over what ``key`` (default: the
+        session's own) holds now, as compared with ``base``."""
+        key = self.key if key is None else key
+        base = self.base if base is None else base
+        assert key is not None and self.data is not None
+        theirs = self.stored[key]
         if self.cleared:
             merged = dict(self.data)
         else:
             merged = dict(theirs)
-            for gone in self.base.keys() - self.data.keys():
+            for gone in base.keys() - self.data.keys():
                 merged.pop(gone, None)
             for name, value in self.data.items():
-                if name not in self.base or typed(self.base[name]) != typed(value):
+                if name not in base or typed(base[name]) != typed(value):
                     merged[name] = value
         self.data = merged
-        self.base = dict(theirs)
         if not self.expiry_changed:
-            self.expiry = self.stored_expiry[self.key]
-        self.version = self.versions[self.key]
+            self.expiry = self.stored_expiry[key]
+        if key == self.key:
+            self.base = dict(theirs)
+            self.version = self.versions[key]
 
     def expected_save(self) -> str:
         """Apply a save to the model and say how it goes: "created" under a
         fresh key, "created here" (the key cycle_key() picked), "saved" over
         the record, or "gone" (deleted elsewhere: UpdateError)."""
         if self.must_create:
-            # Moving a loaded session to a new key must not revive it if its
-            # record was deleted meanwhile (a logout in another tab).
-            if self.from_store and not any(k in self.stored for k in self.stale):
+            if self.stale is None:
+                return "created here"
+            # The move retires the old record by compare-and-set on the
+            # version read: deleted meanwhile (a logout in another tab), the
+            # move fails; changed meanwhile, the change is merged in, and the
+            # new record written again (one version more).
+            if self.stale not in self.stored:
+                self.stale = None
                 return "gone"
+            if self.versions[self.stale] != self.stale_version:
+                self.merge(self.stale, self.stale_base)
+                assert self.key is not None
+                self.versions[self.key] = 1
             return "created here"
         if self.key is not None:
             self.load()
@@ -724,8 +743,8 @@ class SessionMachine(RuleBasedStateMachine):
     @rule()
     def flush(self) -> None:
         self.session.flush()
-        for key in self.stale:
-            self.forget(key)
+        if self.stale is not None:
+            self.forget(self.stale)
         if self.key is not None and not self.must_create:
             self.forget(self.key)
         flushed = self.session
@@ -740,7 +759,14 @@ class SessionMachine(RuleBasedStateMachine):
         old = self.key
         self.session.cycle_key()
         if old is not None and not self.must_create:
-            self.stale.append(old)
+            if self.version is None and old in self.stored:
+                # Cleared before it was read: cycle_key() reads the version.
+                self.version = self.versions[old]
+                self.base = dict(self.stored[old])
+            if self.version is not None:
+                self.stale = old
+                self.stale_version = self.version
+                self.stale_base = dict(self.base)
         self.key = self.session.session_key
         assert self.key is not None and self.key != old
         self.must_create = True

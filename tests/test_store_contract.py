@@ -97,6 +97,22 @@ def test_save_of_expired_record_is_not_recreated(store: SessionStore) -> None:
     assert store.load(record.key) is None
 
 
+def test_save_with_a_past_expiry_ends_the_record(store: SessionStore) -> None:
+    """How a session that moved to a new key retires its old record: a
+    compare-and-set whose record has expired already. From then on the
+    record is gone for every call, and stays gone."""
+    record = make_record()
+    store.create(record)
+    ended = Record(record.key, b"", utcnow() - timedelta(days=1), 2)
+    store.save(ended, expected_version=1)
+    assert store.load(record.key) is None
+    assert not store.exists(record.key)
+    with pytest.raises(UpdateError):
+        store.save(Record(record.key, b"again", record.expires_at, 3), 2)
+    store.touch(record.key, utcnow() + timedelta(hours=1))
+    assert store.load(record.key) is None
+
+
 def test_expired_record_is_never_returned(store: SessionStore) -> None:
     record = make_record(seconds=-1)
     store.create(record)
