@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import re
 import typing as t
 
 from .errors import ConfigurationError
@@ -41,22 +42,54 @@ def generate_key() -> str:
     return base64.urlsafe_b64encode(os.urandom(32)).decode("ascii")
 
 
+#: Base64 text, standard or URL-safe (one alphabet, not a mix), padded or
+#: not: a key is never silently shortened by dropping what is not base64.
+_BASE64 = re.compile(r"(?:[A-Za-z0-9+/]+|[A-Za-z0-9_-]+)={0,2}")
+_KEY_SIZE = 32  # AES-256
+_HOW_TO_MAKE_ONE = (
+    'make one with: python -c "import flask_towersess.crypto as c;'
+    ' print(c.generate_key())"'
+)
+
+
 def _key_bytes(key: Key) -> bytes:
+    """The 32 bytes of one ``SESSION_ENCRYPTION_KEY``, strictly checked."""
     if isinstance(key, str):
-        try:
-            key = base64.urlsafe_b64decode(key.encode("ascii"))
-        except (binascii.Error, UnicodeEncodeError, ValueError):
+        if not _BASE64.fullmatch(key):
             raise ConfigurationError(
-                "SESSION_ENCRYPTION_KEY must be URL-safe base64 text (or raw"
-                " bytes) of a 16, 24 or 32 byte key; make one with"
-                " flask_towersess.crypto.generate_key()"
+                "SESSION_ENCRYPTION_KEY must be base64 text (standard or"
+                f" URL-safe) of a {_KEY_SIZE}-byte key, with no other"
+                f" characters; {_HOW_TO_MAKE_ONE}"
+            )
+        urlsafe = "-" in key or "_" in key
+        text = key.rstrip("=")
+        text += "=" * (-len(text) % 4)
+        try:
+            raw = base64.b64decode(
+                text, altchars=b"-_" if urlsafe else None, validate=True
+            )
+        except (binascii.Error, ValueError):
+            raise ConfigurationError(
+                f"SESSION_ENCRYPTION_KEY is not valid base64; {_HOW_TO_MAKE_ONE}"
             ) from None
-    if len(key) not in (16, 24, 32):
+    elif isinstance(key, bytes):
+        raw = key
+    else:
         raise ConfigurationError(
-            f"SESSION_ENCRYPTION_KEY must be 16, 24 or 32 bytes, not {len(key)};"
-            " make one with flask_towersess.crypto.generate_key()"
+            "SESSION_ENCRYPTION_KEY must be base64 text or bytes, not"
+            f" {type(key).__name__}; {_HOW_TO_MAKE_ONE}"
         )
-    return key
+    if len(raw) != _KEY_SIZE:
+        raise ConfigurationError(
+            f"SESSION_ENCRYPTION_KEY must be exactly {_KEY_SIZE} bytes (AES-256),"
+            f" not {len(raw)}; {_HOW_TO_MAKE_ONE}"
+        )
+    if len(set(raw)) == 1:
+        raise ConfigurationError(
+            "SESSION_ENCRYPTION_KEY has every byte the same: that is a"
+            f" placeholder, not a secret; {_HOW_TO_MAKE_ONE}"
+        )
+    return raw
 
 
 class PayloadCipher:
@@ -75,8 +108,8 @@ class PayloadCipher:
                 "SESSION_ENCRYPTION_KEY needs the cryptography package:"
                 " pip install 'flask-towersess[encryption]'"
             ) from None
-        if isinstance(keys, (str, bytes)):
-            keys = [keys]
+        if not isinstance(keys, (list, tuple)):
+            keys = [keys]  # one key; _key_bytes says what is wrong with it
         if not keys:
             raise ConfigurationError("SESSION_ENCRYPTION_KEY is an empty list")
         self._ciphers: list[AESGCM] = [AESGCM(_key_bytes(k)) for k in keys]

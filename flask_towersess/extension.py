@@ -245,7 +245,9 @@ def _check_cookie_prefix(app: Flask) -> None:
     prefix's rules; say so at start-up instead of logging nobody in."""
     name = app.config.get("SESSION_COOKIE_NAME") or ""
     secure = app.config.get("SESSION_COOKIE_SECURE")
-    if name.startswith("__Host-") and (
+    # Browsers match the prefixes case-insensitively (RFC 6265bis).
+    prefix = name[:9].lower()
+    if prefix.startswith("__host-") and (
         not secure
         or app.config.get("SESSION_COOKIE_DOMAIN")
         or (app.config.get("SESSION_COOKIE_PATH") or "/") != "/"
@@ -255,7 +257,7 @@ def _check_cookie_prefix(app: Flask) -> None:
             " accept it with SESSION_COOKIE_SECURE = True, no"
             " SESSION_COOKIE_DOMAIN and SESSION_COOKIE_PATH = '/'."
         )
-    if name.startswith("__Secure-") and not secure:
+    if prefix.startswith("__secure-") and not secure:
         raise ConfigurationError(
             f"SESSION_COOKIE_NAME {name!r} has the __Secure- prefix: browsers only"
             " accept it with SESSION_COOKIE_SECURE = True."

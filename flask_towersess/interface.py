@@ -22,6 +22,7 @@ from datetime import timedelta
 
 from flask import has_request_context
 from flask import request
+from flask.sessions import NullSession
 from flask.sessions import SessionInterface
 from itsdangerous import Signer
 from werkzeug.exceptions import HTTPException
@@ -38,6 +39,8 @@ from .stores import store_for
 from .stores.base import SessionStore
 
 if t.TYPE_CHECKING:
+    from datetime import datetime
+
     from flask import Flask
     from flask import Request
     from flask import Response
@@ -108,6 +111,38 @@ DEFAULT_MAX_PAYLOAD_SIZE = 256 * 1024
 VERIFIED_COOKIES_CACHED = 4096
 
 
+class ServerNullSession(NullSession):
+    """The session of an app without ``SECRET_KEY``: Flask's own
+    :class:`~flask.sessions.NullSession`, read-only and empty, whose
+    :class:`ServerSession` methods give Flask's "no secret key" error too.
+
+    .. versionadded:: 0.2
+    """
+
+    def _no_secret_key(self, *args: t.Any, **kwargs: t.Any) -> t.NoReturn:
+        # Flask's own message, from the method it uses for the same purpose.
+        NullSession.__setitem__(self, "", None)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    cycle_key = flush = set_expiry = save = create = load = delete = exists = (
+        end_identity
+    ) = get_expiry_age = get_expiry_date = get_expire_at_browser_close = is_empty = (
+        _no_secret_key
+    )
+
+    @property
+    def session_key(self) -> t.NoReturn:
+        self._no_secret_key()
+
+    @property
+    def user_id(self) -> t.NoReturn:
+        self._no_secret_key()
+
+    @user_id.setter
+    def user_id(self, value: object) -> t.NoReturn:
+        self._no_secret_key()
+
+
 class ServerSessionInterface(SessionInterface):
     """Server-side sessions for a Flask app.
 
@@ -129,6 +164,7 @@ class ServerSessionInterface(SessionInterface):
     """
 
     session_class = ServerSession
+    null_session_class = ServerNullSession
     #: Separates these signatures from any other use of ``SECRET_KEY``.
     salt = "flask-towersess"
 
@@ -270,7 +306,7 @@ class ServerSessionInterface(SessionInterface):
     ) -> None:
         assert session.session_key is not None
         self._warn_if_insecure(app)
-        expires = session.get_expiry_date() if session.permanent else None
+        expires = self.get_expiration_time(app, session)
         response.set_cookie(
             self.get_cookie_name(app),
             self._cookie_value(app, session.session_key),
@@ -353,25 +389,34 @@ class ServerSessionInterface(SessionInterface):
             if had_cookie:
                 self._delete_cookie(app, response)
             return
+        key_before = session._cookie_key
         if session.modified:
-            key_before = session._cookie_key
             session.save()
-            # A cookie that would come out the same (same key, no expiry to
-            # move) is not sent again.
-            if (
-                session.session_key != key_before
-                or session._resign_cookie
-                or session.permanent
-            ):
-                self._set_cookie(app, session, response)
+        elif session.session_key is None:
             return
-        if session.session_key is None:
-            return
-        refresh = self.get_refresh_each_request(app)
-        if refresh:
+        elif self.get_refresh_each_request(app):
             session._touch_if_due(self.get_touch_interval(app))
-        if session._resign_cookie or (refresh and session.permanent):
+        # Flask's rule, through Flask's hook, so an app overrides it as it
+        # would for the cookie session: sent when modified, and on every
+        # request for a permanent session with SESSION_REFRESH_EACH_REQUEST.
+        # Also when the key changed or was signed with a fallback secret.
+        if (
+            self.should_set_cookie(app, session)
+            or session._resign_cookie
+            or session.session_key != key_before
+        ):
             self._set_cookie(app, session, response)
+
+    def get_expiration_time(self, app: Flask, session: SessionMixin) -> datetime | None:
+        """When the cookie expires: the session's own expiry for a permanent
+        session (see :meth:`ServerSession.set_expiry`), ``None`` (at browser
+        close) otherwise. Flask's hook: override it as for Flask's session.
+
+        .. versionadded:: 0.2
+        """
+        if isinstance(session, ServerSession):
+            return session.get_expiry_date() if session.permanent else None
+        return super().get_expiration_time(app, session)
 
     def _respond_with_error(
         self, app: Flask, response: Response, error: HTTPException

@@ -29,6 +29,22 @@ export TOWERSESS_REDIS_URL=${TOWERSESS_REDIS_URL:-redis://127.0.0.1:6379/0}
 if [[ ${TOWERSESS_SKIP_SERVICES:-} != 1 ]]; then
     scripts/services.sh
 fi
+# Flask's own test suite, for tests/test_flask_suite.py: unpacked from the
+# sdist of the installed Flask. Not fatal here: the test reports it missing.
+flask_version=$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("flask"))')
+flask_src=.venv/flask-src
+if [[ ! -f $flask_src/flask-$flask_version/tests/test_basic.py ]]; then
+    log "fetching Flask $flask_version's test suite (its sdist)"
+    mkdir -p "$flask_src"
+    if .venv/bin/python -m pip download -q --no-deps --no-binary :all: \
+        -d "$flask_src" "flask==$flask_version" </dev/null; then
+        tar -xzf "$flask_src/flask-$flask_version.tar.gz" -C "$flask_src" ||
+            log "could not unpack Flask's sdist"
+    else
+        log "could not download Flask's sdist: tests/test_flask_suite.py will skip (or fail in CI)"
+    fi
+fi
+
 # Not fatal here: tests/test_browser.py reports a missing browser itself.
 scripts/browser.sh </dev/null || log "no Chromium: the browser tests will skip (or fail in CI)"
 

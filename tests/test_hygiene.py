@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 import typing as t
 
@@ -100,10 +101,56 @@ def test_session_outside_request_with_cipher() -> None:
     assert dict(ServerSession(store, session.session_key)) == {}  # no key: unreadable
 
 
-@pytest.mark.parametrize("bad", ["not base64!!", "c2hvcnQ=", b"short", []])
+_GOOD_KEY = bytes(range(1, 33))
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "not base64!!",
+        "c2hvcnQ=",
+        b"short",
+        [],
+        # 32 characters of text decode to 24 bytes: an AES-192 key in 0.1.
+        "a" * 32,
+        # Characters outside the alphabet were silently dropped in 0.1.
+        base64.urlsafe_b64encode(_GOOD_KEY).decode()[:20]
+        + " !"
+        + base64.urlsafe_b64encode(_GOOD_KEY).decode()[20:],
+        base64.b64encode(_GOOD_KEY).decode() + "\n",
+        # One alphabet per key, not a mix of the two.
+        "-+" + base64.b64encode(_GOOD_KEY).decode()[2:],
+        # 16 and 24 bytes: AES-128 and AES-192 are refused; 33 bytes too.
+        base64.b64encode(_GOOD_KEY[:16]).decode(),
+        base64.b64encode(_GOOD_KEY[:24]).decode(),
+        _GOOD_KEY[:24],
+        base64.b64encode(_GOOD_KEY + b"!").decode(),
+        # A placeholder is not a secret.
+        b"\x00" * 32,
+        base64.b64encode(b"k" * 32).decode(),
+        42,
+    ],
+)
 def test_bad_encryption_keys(bad: t.Any) -> None:
-    with pytest.raises(ConfigurationError, match="SESSION_ENCRYPTION_KEY"):
+    with pytest.raises(ConfigurationError, match="SESSION_ENCRYPTION_KEY") as info:
         PayloadCipher(bad)
+    if bad != []:
+        assert "generate_key()" in str(info.value)  # says how to make one
+
+
+@pytest.mark.parametrize(
+    "good",
+    [
+        base64.b64encode(_GOOD_KEY).decode(),  # standard alphabet, padded
+        base64.urlsafe_b64encode(_GOOD_KEY).decode(),  # URL-safe
+        base64.urlsafe_b64encode(_GOOD_KEY).decode().rstrip("="),  # unpadded
+        _GOOD_KEY,  # raw bytes
+    ],
+)
+def test_good_encryption_keys_are_one_and_the_same(good: t.Any) -> None:
+    sealed = PayloadCipher(_GOOD_KEY).seal(b"payload", "k" * 43)
+    assert PayloadCipher(good).open(sealed, "k" * 43) == b"payload"
+    assert PayloadCipher(generate_key()).seal(b"x", "k" * 43)
 
 
 # -- Flask-Login --------------------------------------------------------------
@@ -233,6 +280,15 @@ def test_host_prefix_accepted_when_valid() -> None:
             "SESSION_COOKIE_PATH": "/app",
         },
         {"SESSION_COOKIE_NAME": "__Secure-s"},
+        # Browsers match the prefixes case-insensitively (RFC 6265bis).
+        {"SESSION_COOKIE_NAME": "__host-s"},
+        {
+            "SESSION_COOKIE_NAME": "__HOST-s",
+            "SESSION_COOKIE_SECURE": True,
+            "SESSION_COOKIE_DOMAIN": "example.com",
+        },
+        {"SESSION_COOKIE_NAME": "__secure-s"},
+        {"SESSION_COOKIE_NAME": "__SeCuRe-s"},
     ],
 )
 def test_prefix_rules_enforced_at_start_up(config: dict[str, t.Any]) -> None:

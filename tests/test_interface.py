@@ -308,6 +308,43 @@ def test_missing_secret_key_gives_flasks_error(counting_store: CountingStore) ->
     assert counting_store.total == 0
 
 
+@pytest.mark.parametrize(
+    ("name", "args"),
+    [
+        ("cycle_key", ()),
+        ("flush", ()),
+        ("set_expiry", (60,)),
+        ("save", ()),
+        ("create", ()),
+        ("load", ()),
+        ("delete", ()),
+        ("exists", ("k" * 43,)),
+        ("end_identity", ()),
+        ("get_expiry_age", ()),
+        ("get_expiry_date", ()),
+        ("get_expire_at_browser_close", ()),
+        ("is_empty", ()),
+    ],
+)
+def test_missing_secret_key_gives_flasks_error_for_every_session_method(
+    counting_store: CountingStore, name: str, args: tuple[t.Any, ...]
+) -> None:
+    """The quickstart's own log-in view calls ``session.cycle_key()``: with no
+    SECRET_KEY that must be Flask's error, not an AttributeError."""
+    app = Flask(__name__)
+    SessionExt(app, store=counting_store)
+    with app.test_request_context():
+        with pytest.raises(RuntimeError, match="no secret key was set"):
+            getattr(session, name)(*args)
+        for attribute in ("session_key", "user_id"):
+            with pytest.raises(RuntimeError, match="no secret key was set"):
+                getattr(session, attribute)
+        with pytest.raises(RuntimeError, match="no secret key was set"):
+            session.user_id = "ann"  # type: ignore[attr-defined]
+        assert session.get("a") is None  # reading is allowed, as in Flask
+    assert counting_store.total == 0
+
+
 def test_unsigned_cookies(app: Flask) -> None:
     app.config["SESSION_USE_SIGNER"] = False
     app.secret_key = None
