@@ -108,11 +108,13 @@ class PayloadCipher:
                 "SESSION_ENCRYPTION_KEY needs the cryptography package:"
                 " pip install 'flask-towersess[encryption]'"
             ) from None
-        if not isinstance(keys, (list, tuple)):
-            keys = [keys]  # one key; _key_bytes says what is wrong with it
-        if not keys:
+        # One key, or a list of them; _key_bytes says what is wrong with a key.
+        key_list: list[t.Any] = (
+            list(keys) if isinstance(keys, (list, tuple)) else [keys]
+        )
+        if not key_list:
             raise ConfigurationError("SESSION_ENCRYPTION_KEY is an empty list")
-        self._ciphers: list[AESGCM] = [AESGCM(_key_bytes(k)) for k in keys]
+        self._ciphers: list[AESGCM] = [AESGCM(_key_bytes(k)) for k in key_list]
 
     def seal(self, payload: bytes, session_key: str) -> bytes:
         """Encrypt ``payload`` with the first key, bound to ``session_key``."""

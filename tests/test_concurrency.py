@@ -236,6 +236,22 @@ def test_retries_pause_for_growing_random_times_bounded_by_the_timeout(
 
 
 def test_threads_changing_their_own_keys_all_survive(store: SessionStore) -> None:
+    threads_writing_own_keys(store, threads=6, writes=8)
+
+
+@pytest.mark.parametrize(
+    "name", ["sqlite", "postgresql", "mariadb", "redis", "caching_redis_postgresql"]
+)
+def test_sixteen_threads_contending_all_succeed(
+    name: str, request: pytest.FixtureRequest
+) -> None:
+    """The contention target in one process: 16 threads x 25 writes of
+    their own keys of one session, default retry settings, every one 200."""
+    store = t.cast(SessionStore, request.getfixturevalue(f"{name}_store"))
+    threads_writing_own_keys(store, threads=16, writes=25)
+
+
+def threads_writing_own_keys(store: SessionStore, threads: int, writes: int) -> None:
     app = Flask(__name__)
     app.config.update(SECRET_KEY="s")
     SessionExt(app, store=store)
@@ -248,7 +264,6 @@ def test_threads_changing_their_own_keys_all_survive(store: SessionStore) -> Non
     client = app.test_client()
     client.post("/bump/start")
     cookie = client.get_cookie("session").value
-    threads, writes = 6, 8
     errors: list[BaseException] = []
 
     def worker(index: int) -> None:

@@ -1,0 +1,161 @@
+"""Helpers for testing apps that use flask-towersess.
+
+With Flask's cookie session, a test can decode the session cookie to see
+what a view stored. With server-side sessions the cookie holds only a
+signed key; the data is in the store. The helpers in the first section read
+a test client's session the way the app itself does on the client's next
+request, so such a test keeps working with one line changed::
+
+    from flask_towersess.testing import session_data
+
+    assert session_data(client)["cart"] == ["apple"]
+
+.. versionadded:: 0.2
+"""
+
+from __future__ import annotations
+
+import typing as t
+
+from .session import ServerSession
+
+if t.TYPE_CHECKING:
+    from flask import Flask
+    from flask.sessions import SessionMixin
+    from flask.testing import FlaskClient
+
+__all__ = ["session_data", "session_key"]
+
+
+# -- Reading a test client's session -------------------------------------------
+#
+# These read only: nothing is written to the store, no expiry is refreshed,
+# and the client's cookies are left as they are.
+
+
+def _open_session(client: FlaskClient, app: Flask | None) -> SessionMixin | None:
+    """Open the session ``client`` would send with its next request.
+
+    The read half of Flask's ``session_transaction()``: the cookies the
+    client would send with a request to the session cookie's path (on
+    ``SERVER_NAME``, or ``localhost``) go into a test request, and the app's
+    session interface opens the session from it, so the cookie name, the
+    signature and ``SECRET_KEY_FALLBACKS`` are handled exactly as in a
+    request. ``None`` if the interface opened no session (no
+    ``SECRET_KEY``).
+    """
+    if app is None:
+        app = client.application
+    if getattr(client, "_cookies", None) is None:
+        raise TypeError(
+            "Cookies are disabled. Create a client with 'use_cookies=True'."
+        )
+    interface = app.session_interface
+    scheme = app.config.get("PREFERRED_URL_SCHEME") or "http"
+    host = app.config.get("SERVER_NAME") or "localhost"
+    ctx = app.test_request_context(
+        interface.get_cookie_path(app), base_url=f"{scheme}://{host}/"
+    )
+    # What FlaskClient.session_transaction() does to put the client's
+    # cookies on the request.
+    client._add_cookies_to_wsgi(ctx.request.environ)
+    with ctx:
+        return interface.open_session(app, ctx.request)
+
+
+def session_data(client: FlaskClient, app: Flask | None = None) -> dict[str, t.Any]:
+    """The data of the session a test client holds, read from the store.
+
+    :param client: a Flask test client (``app.test_client()``) that keeps
+        cookies.
+    :param app: the app whose session interface reads the cookie; by
+        default the client's own app.
+    :return: a copy of the session's data, decoded as the app decodes it
+        (serializer, encryption at rest); ``{}`` when the client has no
+        session cookie, or one that names no live session (a forged or
+        expired one, or a session ended by a log-out).
+
+    This replaces decoding the cookie in tests written for Flask's cookie
+    session. It reads only: the session's expiry is not refreshed and the
+    client's cookies are not changed. It works with any session interface
+    (with Flask's own cookie session it returns what the cookie holds), so
+    a test can run on both.
+
+    >>> from flask import Flask, session
+    >>> from flask_towersess import SessionExt
+    >>> from flask_towersess.testing import session_data
+    >>> app = Flask(__name__)
+    >>> app.config.update(SECRET_KEY="change me", SESSION_STORE="memory://")
+    >>> _ = SessionExt(app)
+    >>> @app.post("/cart/<item>")
+    ... def add(item):
+    ...     session["cart"] = session.get("cart", []) + [item]
+    ...     return "added"
+    >>> client = app.test_client()
+    >>> session_data(client)
+    {}
+    >>> client.post("/cart/apple").text
+    'added'
+    >>> session_data(client)
+    {'cart': ['apple']}
+
+    .. versionadded:: 0.2
+    """
+    session = _open_session(client, app)
+    if session is None:
+        return {}
+    return dict(session)
+
+
+def session_key(client: FlaskClient, app: Flask | None = None) -> str | None:
+    """The key of the session a test client holds, from its cookie.
+
+    :param client: a Flask test client that keeps cookies.
+    :param app: the app whose session interface reads the cookie; by
+        default the client's own app.
+    :return: the session key the client's cookie carries, once its
+        signature checks out; ``None`` when the client has no session
+        cookie, or a forged or malformed one.
+    :raises TypeError: the app's session is not a flask-towersess one.
+
+    Whether the store still holds a session under the key is not checked
+    (no store call is made): ask the store (``store.exists(key)``). Use it
+    to see a session move to a fresh key, at a log-in for example, and its
+    old record go.
+
+    >>> from flask import Flask, session
+    >>> from flask_towersess import SessionExt
+    >>> from flask_towersess.testing import session_key
+    >>> app = Flask(__name__)
+    >>> app.config.update(SECRET_KEY="change me", SESSION_STORE="memory://")
+    >>> sessions = SessionExt(app)
+    >>> @app.post("/visit")
+    ... def visit():
+    ...     session["visited"] = True
+    ...     return "ok"
+    >>> @app.post("/login")
+    ... def login():
+    ...     session.cycle_key()
+    ...     return "ok"
+    >>> client = app.test_client()
+    >>> session_key(client) is None
+    True
+    >>> _ = client.post("/visit")
+    >>> before = session_key(client)
+    >>> _ = client.post("/login")
+    >>> after = session_key(client)
+    >>> store = sessions.get_store(app)
+    >>> after != before, store.exists(before), store.exists(after)
+    (True, False, True)
+
+    .. versionadded:: 0.2
+    """
+    session = _open_session(client, app)
+    if session is None:
+        return None
+    if not isinstance(session, ServerSession):
+        raise TypeError(
+            f"the app's session is a {type(session).__qualname__}, not a"
+            " flask-towersess ServerSession: set up SessionExt(app) first"
+        )
+    return session.session_key
