@@ -10,10 +10,11 @@ admin tasks, tests).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
-import re
 import secrets
+import threading
 import time
 import typing as t
 from datetime import datetime
@@ -29,6 +30,8 @@ from .errors import UpdateError
 from .errors import VersionConflict
 from .serializers import MsgPackSerializer
 from .serializers import Serializer
+from .stores._fork import ProcessGuard
+from .stores.base import KEY_PATTERN as _KEY_PATTERN
 from .stores.base import Record
 from .stores.base import SessionStore
 from .stores.base import utcnow
@@ -44,7 +47,6 @@ security_logger = logging.getLogger("flask_towersess.security")
 #: the browser closes), seconds of inactivity, or a fixed aware datetime.
 Expiry = t.Union[int, datetime, None]
 
-_KEY_PATTERN = re.compile(r"[A-Za-z0-9_-]{8,128}")
 _MISSING: t.Any = object()
 # How many fresh keys create() tries before it gives up. With 256-bit
 # random keys a second attempt never happens in practice; the bound only
@@ -84,6 +86,39 @@ def _identity(data: t.Mapping[str, t.Any]) -> Identity:
     return (None if user is None else str(user), bool(data.get(FRESH_KEY)))
 
 
+class _RetryLocks:
+    """Lets one thread of a process at a time retry saves of one session.
+
+    Threads of one process whose saves of a session collided would otherwise
+    go on colliding with each other, each merge and retry undoing the last
+    one's chance; with a lock, the process's writers retry one after another
+    and meet only other processes' writers. Striped (a fixed set of locks
+    picked by the key's hash), so there is nothing to create or clean up per
+    session; two sessions that share a stripe only wait briefly. Made afresh
+    in a forked child: a lock held at the fork would stay held there.
+    """
+
+    stripes = 64
+
+    def __init__(self) -> None:
+        self._make()
+        self._process = ProcessGuard(self._make, "session retry locks")
+
+    def _make(self) -> None:
+        self._locks = [threading.Lock() for _ in range(self.stripes)]
+
+    def acquire(self, key: str, deadline: float) -> threading.Lock | None:
+        """The lock of ``key``, held; ``None`` if not free by ``deadline``."""
+        self._process.check()
+        lock = self._locks[hash(key) % self.stripes]
+        if lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            return lock
+        return None
+
+
+_retry_locks = _RetryLocks()
+
+
 def new_session_key() -> str:
     """A fresh session key: 256 random bits from :mod:`secrets`, URL-safe."""
     return secrets.token_urlsafe(32)
@@ -102,12 +137,25 @@ def is_valid_session_key(key: object) -> bool:
 #: holds such a value.
 _MAX_EXPIRY_SECONDS = 1000 * 365 * 86400
 
+#: The fixed expiry moments a payload may carry: those a datetime can hold in
+#: UTC. 9999-12-31 23:00 at UTC-5 is in year 10000 in UTC, and converting it
+#: (for the cookie's Expires, for a store) overflowed on every request.
+_EARLIEST_EXPIRY = datetime.min.replace(tzinfo=timezone.utc)
+_LATEST_EXPIRY = datetime.max.replace(tzinfo=timezone.utc)
+
+#: What :class:`~flask_towersess.crypto.PayloadCipher` adds to a payload it
+#: seals: a format byte, a 12-byte nonce and a 16-byte tag.
+_SEALING_OVERHEAD = 1 + 12 + 16
+
 
 def _is_valid_expiry(expiry: object) -> bool:
     if expiry is None:
         return True
     if isinstance(expiry, datetime):
-        return expiry.tzinfo is not None
+        return (
+            expiry.utcoffset() is not None
+            and _EARLIEST_EXPIRY <= expiry <= _LATEST_EXPIRY
+        )
     return (
         isinstance(expiry, int)
         and not isinstance(expiry, bool)
@@ -367,6 +415,16 @@ class ServerSession(SessionMixin):
     def _decode(self, record: Record) -> tuple[dict[str, t.Any], Expiry]:
         try:
             payload = record.payload
+            # Refused before any work: a stored payload larger than a save
+            # may write (SESSION_MAX_PAYLOAD_SIZE) was not written by this app.
+            limit: int | None = getattr(self.serializer, "max_size", None)
+            if limit is not None:
+                if self.cipher is not None:
+                    limit += _SEALING_OVERHEAD
+                if len(payload) > limit:
+                    raise SerializationError(
+                        f"{len(payload)} bytes, more than SESSION_MAX_PAYLOAD_SIZE"
+                    )
             if self.cipher is not None:
                 payload = self.cipher.open(payload, record.key)
             state = self.serializer.loads(payload)
@@ -658,19 +716,31 @@ class ServerSession(SessionMixin):
         """
         retries = 0
         deadline = 0.0
-        while True:
-            version = self._version if key == self._key else self._stale_version
-            assert version is not None
-            record = make_record()
-            try:
-                self.store.save(record, expected_version=version)
-                return record
-            except VersionConflict:
-                if retries == 0:
-                    deadline = time.monotonic() + self.save_timeout.total_seconds()
-                retries += 1
-                self._pause_before_retry(retries, deadline)
-                self._merge_with_stored(key)
+        held: threading.Lock | None = None
+        try:
+            while True:
+                version = self._version if key == self._key else self._stale_version
+                assert version is not None
+                record = make_record()
+                try:
+                    self.store.save(record, expected_version=version)
+                    return record
+                except VersionConflict:
+                    if retries == 0:
+                        deadline = time.monotonic() + self.save_timeout.total_seconds()
+                        held = _retry_locks.acquire(key, deadline)
+                        if held is None:
+                            raise SessionInterrupted(
+                                "Other requests of this process kept saving the"
+                                f" session for {self.save_timeout.total_seconds():g}"
+                                " s; this request's changes were not saved."
+                            ) from None
+                    retries += 1
+                    self._pause_before_retry(retries, deadline)
+                    self._merge_with_stored(key)
+        finally:
+            if held is not None:
+                held.release()
 
     def _pause_before_retry(self, retry: int, deadline: float) -> None:
         """Wait before retry number ``retry``, or give up if it is too late."""
@@ -718,6 +788,12 @@ class ServerSession(SessionMixin):
                 raise UpdateError(
                     "the session was deleted while this request was using it"
                 ) from None
+            except BaseException:
+                # The move failed (the store went away): the new record must
+                # not outlive it, if the store still takes a delete.
+                with contextlib.suppress(Exception):
+                    self.store.delete(record.key)
+                raise
             finally:
                 merged = self._stale_version != merged_from
                 self._stale_key = self._stale_version = self._stale_payload = None

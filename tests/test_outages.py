@@ -476,7 +476,8 @@ WRITES = {
     "first write": ("create", "/set/a/1", False),
     "later write": ("save", "/set/a/2", True),
     "login (new key)": ("create", "/login", True),
-    "login (old key removed)": ("delete", "/login", True),
+    # The old record is retired by a compare-and-set (a save).
+    "login (old key retired)": ("save", "/login", True),
     "logout (flush)": ("delete", "/logout", True),
     "logout (every key popped)": ("delete", "/forget-all", True),
 }

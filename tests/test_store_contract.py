@@ -188,3 +188,36 @@ def test_migrate_is_idempotent(store: SessionStore) -> None:
     record = make_record()
     store.create(record)
     assert store.exists(record.key)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        pytest.param("a" * 8, id="8-chars"),
+        pytest.param("A-z_0-9-_", id="alphabet"),
+        pytest.param("k" * 64, id="64-chars"),
+    ],
+)
+def test_any_key_of_the_session_key_form_round_trips(
+    store: SessionStore, key: str
+) -> None:
+    record = Record(key, b"v1", utcnow() + timedelta(minutes=5))
+    store.create(record)
+    assert store.exists(key)
+    store.save(Record(key, b"v2", record.expires_at, 2), expected_version=1)
+    store.touch(key, utcnow() + timedelta(minutes=10))
+    loaded = store.load(key)
+    assert loaded is not None and (loaded.payload, loaded.version) == (b"v2", 2)
+    store.delete(key)
+    assert store.load(key) is None
+
+
+def test_the_longest_key_is_read_without_error(store: SessionStore) -> None:
+    # A cookie may carry a 128-character key; no store ever creates one (the
+    # session layer makes 43-character keys), but every read must take it.
+    key = "k" * 128
+    assert store.load(key) is None
+    assert not store.exists(key)
+    store.touch(key, utcnow() + timedelta(minutes=5))
+    store.delete(key)
+    assert store.load(key) is None

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import logging
+import re
 import typing as t
 from datetime import datetime
 from datetime import timezone
@@ -21,10 +23,106 @@ from ..errors import ConfigurationError
 #: number of records that batch deleted (used for the CLI progress bar).
 BatchCallback = t.Callable[[int], None]
 
+#: Where stores report records they refuse to return (content no store of
+#: this package wrote: tampering or corruption), next to the session
+#: layer's warnings about undecodable payloads.
+security_logger = logging.getLogger("flask_towersess.security")
+
+#: The form of a session key: 8 to 128 characters of the URL-safe base64
+#: alphabet. Keys made by this package are 43 characters long.
+KEY_PATTERN = re.compile(r"[A-Za-z0-9_-]{8,128}")
+_match_key = KEY_PATTERN.fullmatch
+
+#: The versions a store returns: a record at the top of the range could not
+#: be saved again (its next version would overflow a 32-bit column), and the
+#: bottom of the range leaves room for :class:`~.caching.CachingStore`'s
+#: negative lease versions.
+MIN_VERSION = -(2**31 - 1)
+MAX_VERSION = 2**31 - 2
+
 
 def utcnow() -> datetime:
     """The current time as an aware UTC datetime; every store's clock."""
     return datetime.now(timezone.utc)
+
+
+def check_key(key: object) -> str:
+    """Return ``key`` if it has the form of a session key; raise otherwise.
+
+    Every store calls it first in each method that takes a key (or a
+    record), so nothing else ever reaches a backend: not a query operator
+    (``{"$ne": None}``), not a glob, not a key of another prefix. The session
+    layer only ever passes valid keys; a script passing anything else gets
+    the error at once instead of a silent miss.
+
+    :raises TypeError: ``key`` is not a ``str``.
+    :raises ValueError: ``key`` is a ``str`` not of the session-key form.
+
+    .. versionadded:: 0.2
+    """
+    # One C call on the hot path: a str pattern raises TypeError for
+    # anything that is not a str (bytes included).
+    try:
+        if _match_key(key) is not None:  # type: ignore[call-overload]
+            return t.cast(str, key)
+    except TypeError:
+        raise TypeError(
+            f"a session key is a str, not {type(key).__qualname__}"
+        ) from None
+    # Never the value itself: it may be a real key with a typo (a secret),
+    # or text meant to forge log lines.
+    raise ValueError(
+        "not a session key: a session key is 8 to 128 characters of A-Z, a-z,"
+        f" 0-9, '-' and '_' (got a str of {len(t.cast(str, key))} characters)"
+    )
+
+
+def refuse_record(store: str, key: str, reason: str) -> None:
+    """Log, on the security logger, that ``store`` refused the record of
+    ``key`` for ``reason``; the store then treats it as missing.
+
+    .. versionadded:: 0.2
+    """
+    security_logger.warning(
+        "Session %s...: %s refused the stored record (%s); treating it as missing",
+        key[:6],
+        store,
+        reason,
+    )
+
+
+def checked_record(
+    store: str, key: str, payload: object, expires_at: object, version: object
+) -> Record | None:
+    """A :class:`Record` of the values a backend returned, or ``None`` (and
+    a warning, see :func:`refuse_record`) if one has a wrong type or range.
+
+    ``payload`` must be bytes-like (``bytes``, ``bytearray``,
+    ``memoryview``), ``expires_at`` an aware ``datetime``, ``version`` an
+    ``int`` from :data:`MIN_VERSION` to :data:`MAX_VERSION`. Whether the
+    record is still live is the caller's to check.
+
+    .. versionadded:: 0.2
+    """
+    if type(payload) is not bytes:
+        if not isinstance(payload, (bytes, bytearray, memoryview)):
+            refuse_record(store, key, f"payload is {type(payload).__name__}")
+            return None
+        payload = bytes(payload)
+    if not isinstance(expires_at, datetime) or expires_at.tzinfo is None:
+        refuse_record(store, key, f"expires_at is {type(expires_at).__name__}")
+        return None
+    if (
+        not isinstance(version, int)
+        or isinstance(version, bool)
+        or not MIN_VERSION <= version <= MAX_VERSION
+    ):
+        kind = type(version).__name__
+        if kind == "int":
+            kind = "an int out of range"  # never the (attacker's) number itself
+        refuse_record(store, key, f"version is {kind}")
+        return None
+    return Record(key, payload, expires_at, int(version))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -60,6 +60,8 @@ from ..errors import VersionConflict
 from .base import BatchCallback
 from .base import Record
 from .base import SessionStore
+from .base import check_key
+from .base import refuse_record
 from .base import utcnow
 
 logger = logging.getLogger("flask_towersess.stores.caching")
@@ -72,6 +74,9 @@ _HEADER = struct.Struct(">cq")
 _FORMAT_TAG = b"\x01"
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MICROSECOND = timedelta(microseconds=1)
+# The true expiries a datetime can hold; an entry outside is unreadable.
+_MIN_MICROS = (datetime.min.replace(tzinfo=timezone.utc) - _EPOCH) // _MICROSECOND
+_MAX_MICROS = (datetime.max.replace(tzinfo=timezone.utc) - _EPOCH) // _MICROSECOND
 
 
 def _short(key: str) -> str:
@@ -152,6 +157,8 @@ class CachingStore(SessionStore):
         if len(payload) < _HEADER.size or payload[:1] != _FORMAT_TAG:
             return None
         _, true_expiry = _HEADER.unpack_from(payload)
+        if not _MIN_MICROS <= true_expiry <= _MAX_MICROS:
+            return None
         return Record(
             entry.key,
             payload[_HEADER.size :],
@@ -213,10 +220,11 @@ class CachingStore(SessionStore):
             return False, None
         record = self._from_cache(entry)
         if record is None:
-            # Not written by a CachingStore (or by a future format): drop it
-            # so the next read can fill the slot properly.
-            logger.warning(
-                "session cache: unreadable entry for key %s; deleting it", _short(key)
+            # Not written by a CachingStore (or by a future format), or
+            # tampered with: drop it so the next read can fill the slot
+            # properly.
+            refuse_record(
+                "CachingStore", key, "unreadable entry in the cache; deleting it"
             )
             self._invalidate(key)
             return False, None
@@ -225,6 +233,7 @@ class CachingStore(SessionStore):
         return True, record
 
     def load(self, key: str) -> Record | None:
+        check_key(key)
         usable, record = self._cached(key)
         if record is not None:
             return record
@@ -268,6 +277,7 @@ class CachingStore(SessionStore):
         return record
 
     def exists(self, key: str) -> bool:
+        check_key(key)
         _, record = self._cached(key)
         if record is not None:
             return True
@@ -276,6 +286,7 @@ class CachingStore(SessionStore):
     # -- writes ----------------------------------------------------------------
 
     def create(self, record: Record) -> None:
+        check_key(record.key)
         self.store.create(record)
         try:
             self.cache.create(self._to_cache(record, utcnow()))
@@ -288,6 +299,7 @@ class CachingStore(SessionStore):
             self._invalidate(record.key)
 
     def save(self, record: Record, expected_version: int) -> None:
+        check_key(record.key)
         try:
             self.store.save(record, expected_version)
         except Exception:
@@ -310,6 +322,7 @@ class CachingStore(SessionStore):
             self._invalidate(record.key)
 
     def touch(self, key: str, expires_at: datetime) -> None:
+        check_key(key)
         # The cached entry carries the old expiry inside its payload, and
         # rewriting it would need its payload (a read, and a race): drop it
         # instead. Touches come at most once per refresh interval.
@@ -319,6 +332,7 @@ class CachingStore(SessionStore):
             self._invalidate(key)
 
     def delete(self, key: str) -> None:
+        check_key(key)
         try:
             self.store.delete(key)
         finally:

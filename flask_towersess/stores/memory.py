@@ -21,6 +21,7 @@ from ._fork import ProcessGuard
 from .base import BatchCallback
 from .base import Record
 from .base import SessionStore
+from .base import check_key
 from .base import utcnow
 
 logger = logging.getLogger("flask_towersess.stores")
@@ -69,16 +70,19 @@ class MemoryStore(SessionStore):
         return record
 
     def load(self, key: str) -> Record | None:
+        check_key(key)
         with self._lock:
             return self._live(key, utcnow())
 
     def create(self, record: Record) -> None:
+        check_key(record.key)
         with self._lock:
             if self._live(record.key, utcnow()) is not None:
                 raise CreateError(f"a session with key {record.key[:6]}... exists")
             self._records[record.key] = record
 
     def save(self, record: Record, expected_version: int) -> None:
+        check_key(record.key)
         with self._lock:
             current = self._live(record.key, utcnow())
             if current is None:
@@ -90,6 +94,7 @@ class MemoryStore(SessionStore):
             self._records[record.key] = record
 
     def touch(self, key: str, expires_at: datetime) -> None:
+        check_key(key)
         with self._lock:
             current = self._live(key, utcnow())
             if current is not None:
@@ -98,6 +103,7 @@ class MemoryStore(SessionStore):
                 )
 
     def delete(self, key: str) -> None:
+        check_key(key)
         with self._lock:
             self._records.pop(key, None)
 

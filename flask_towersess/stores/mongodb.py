@@ -34,9 +34,14 @@ from ..errors import StoreUnavailable
 from ..errors import UpdateError
 from ..errors import VersionConflict
 from ._fork import ProcessGuard
+from ._urls import redact_message
+from ._urls import redact_url
 from .base import BatchCallback
 from .base import Record
 from .base import SessionStore
+from .base import check_key
+from .base import checked_record
+from .base import refuse_record
 from .base import utcnow
 
 if t.TYPE_CHECKING:
@@ -76,11 +81,14 @@ class _DriverErrors:
     # whether it means "unreachable".
     base: type[Exception]
     connection_failure: tuple[type[Exception], ...]
+    # A reply the driver cannot decode (a date past year 9999).
+    invalid_document: tuple[type[Exception], ...] = ()
 
 
 @functools.cache
 def _driver_errors() -> _DriverErrors:
     try:
+        from bson.errors import InvalidBSON
         from pymongo import errors
     except ImportError:
         # A mongomock collection can be used without pymongo installed;
@@ -101,6 +109,7 @@ def _driver_errors() -> _DriverErrors:
         # ServerSelectionTimeoutError, NotPrimaryError and
         # WaitQueueTimeoutError; other timeouts are found by ``.timeout``.
         connection_failure=(errors.ConnectionFailure,),
+        invalid_document=(InvalidBSON,),
     )
 
 
@@ -183,7 +192,7 @@ class MongoDBStore(SessionStore):
             raise ConfigurationError(
                 f"The MongoDB URL must name the database, as in"
                 f" {parts.scheme or 'mongodb'}://host/dbname (got no path in"
-                f" {_redact(url)!r})."
+                f" {redact_url(url)!r})."
             )
         # pymongo option names are case-insensitive; a default must not
         # override what the URL or the caller chose.
@@ -206,9 +215,11 @@ class MongoDBStore(SessionStore):
         try:
             client: pymongo.MongoClient[t.Any] = pymongo.MongoClient(url, **options)
         except (pymongo_errors.ConfigurationError, TypeError, ValueError) as exc:
+            # Not chained: pymongo's error may quote the URL.
             raise ConfigurationError(
-                f"pymongo rejected the MongoDB URL or options: {exc}"
-            ) from exc
+                "pymongo rejected the MongoDB URL or options"
+                f" ({redact_url(url)}): {redact_message(str(exc), url)}"
+            ) from None
         try:
             coll = client[database][collection]
         except (pymongo_errors.InvalidName, TypeError) as exc:
@@ -273,22 +284,34 @@ class MongoDBStore(SessionStore):
         }
 
     @staticmethod
-    def _record(document: t.Mapping[str, t.Any]) -> Record:
-        return Record(
-            key=str(document["_id"]),
-            payload=bytes(document["payload"]),
-            expires_at=_from_bson_date(document["expires_at"]),
-            version=int(document["version"]),
+    def _record(key: str, document: t.Mapping[str, t.Any]) -> Record | None:
+        expires_at = document.get("expires_at")
+        if isinstance(expires_at, datetime):
+            expires_at = _from_bson_date(expires_at)
+        return checked_record(
+            "MongoDBStore",
+            key,
+            document.get("payload"),
+            expires_at,
+            document.get("version"),
         )
 
     # -- the store API -----------------------------------------------------------
 
     def load(self, key: str) -> Record | None:
+        check_key(key)
         with self._unavailable_as_store_error():
-            document = self.collection.find_one(self._live(key, utcnow()))
-        return None if document is None else self._record(document)
+            try:
+                document = self.collection.find_one(self._live(key, utcnow()))
+            except _driver_errors().invalid_document as exc:
+                refuse_record(
+                    "MongoDBStore", key, f"undecodable document: {exc!r:.200}"
+                )
+                return None
+        return None if document is None else self._record(key, document)
 
     def create(self, record: Record) -> None:
+        check_key(record.key)
         now = _to_bson_date(utcnow())
         # One atomic upsert: it replaces an expired document the TTL monitor
         # has not removed yet, and inserts when there is none. A live
@@ -308,6 +331,7 @@ class MongoDBStore(SessionStore):
                 ) from exc
 
     def save(self, record: Record, expected_version: int) -> None:
+        check_key(record.key)
         document = self._document(record)
         del document["_id"]
         query = self._live(record.key, utcnow())
@@ -325,10 +349,11 @@ class MongoDBStore(SessionStore):
         if current is None:
             raise UpdateError("the session no longer exists")
         raise VersionConflict(
-            f"expected version {expected_version}, found {current['version']}"
+            f"expected version {expected_version}, found {current.get('version')!r}"
         )
 
     def touch(self, key: str, expires_at: datetime) -> None:
+        check_key(key)
         with self._unavailable_as_store_error():
             self.collection.update_one(
                 self._live(key, utcnow()),
@@ -336,10 +361,12 @@ class MongoDBStore(SessionStore):
             )
 
     def delete(self, key: str) -> None:
+        check_key(key)
         with self._unavailable_as_store_error():
             self.collection.delete_one({"_id": key})
 
     def exists(self, key: str) -> bool:
+        check_key(key)
         with self._unavailable_as_store_error():
             found = self.collection.find_one(self._live(key, utcnow()), {"_id": True})
         return found is not None
@@ -437,10 +464,3 @@ class MongoDBStore(SessionStore):
 
     def describe(self) -> str:
         return f"MongoDBStore({self._where})"
-
-
-def _redact(url: str) -> str:
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]).geturl()

@@ -23,7 +23,6 @@ without it (``pip install 'flask-towersess[redis]'`` adds it).
 
 from __future__ import annotations
 
-import logging
 import struct
 import sys
 import typing as t
@@ -40,9 +39,14 @@ from ..errors import CreateError
 from ..errors import StoreUnavailable
 from ..errors import UpdateError
 from ..errors import VersionConflict
+from ._urls import redact_url
+from .base import MAX_VERSION
+from .base import MIN_VERSION
 from .base import BatchCallback
 from .base import Record
 from .base import SessionStore
+from .base import check_key
+from .base import refuse_record
 from .base import utcnow
 
 if t.TYPE_CHECKING:
@@ -56,8 +60,6 @@ if t.TYPE_CHECKING:
     RedisClient: t.TypeAlias = "Redis | RedisCluster"
 
 __all__ = ["RedisStore"]
-
-log = logging.getLogger(__name__)
 
 DEFAULT_KEY_PREFIX = "session:"
 
@@ -88,6 +90,11 @@ _EXPIRY_OFFSET = _VERSION_PREFIX.size
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MICROSECOND = timedelta(microseconds=1)
+# The expiries a datetime can hold, in the header's unit: a value outside
+# (the 8 bytes go up to year 294,000) is refused, not turned into an
+# OverflowError on every request.
+_MIN_MICROS = (datetime.min.replace(tzinfo=timezone.utc) - _EPOCH) // _MICROSECOND
+_MAX_MICROS = (datetime.max.replace(tzinfo=timezone.utc) - _EPOCH) // _MICROSECOND
 
 # Replies of the save script.
 _SAVED = 1
@@ -237,8 +244,10 @@ class RedisStore(SessionStore):
         self._auth_errors, self._unavailable_errors = _error_classes()
         self._redis_errors = self._auth_errors + self._unavailable_errors
         from redis.exceptions import NoScriptError
+        from redis.exceptions import ResponseError
 
         self._no_script_error = NoScriptError
+        self._response_error = ResponseError
         # What close() calls: only closers of what from_url built. A client
         # the caller passed in is theirs to close.
         self._owned: list[t.Callable[[], None]] = []
@@ -305,7 +314,7 @@ class RedisStore(SessionStore):
                 close()
             raise
         store._owned = owned
-        store._where = _redact_url(url)
+        store._where = redact_url(url)
         return store
 
     @classmethod
@@ -357,19 +366,34 @@ class RedisStore(SessionStore):
             return run("EVALSHA", script.sha, 1, key, *args)
 
     def load(self, key: str) -> Record | None:
+        check_key(key)
         try:
             value = self._commands.get(self._key(key))
         except self._redis_errors as exc:
             raise self._error(exc) from exc
+        except self._response_error as exc:
+            if "WRONGTYPE" not in str(exc):
+                raise
+            # A hash, list or set under the key: no session record either.
+            refuse_record("RedisStore", key, "the key holds no string value")
+            return None
         if value is None:
             return None
         if len(value) < _HEADER.size or value[0] != _TAG:
-            log.warning(
-                "Ignoring Redis key %r: not a flask-towersess session record.",
-                self.key_prefix + key[:6] + "...",
+            # Another app's value under the prefix, or a damaged one.
+            refuse_record(
+                "RedisStore",
+                key,
+                f"not a flask-towersess session record under {self.key_prefix!r}",
             )
             return None
         _, version, micros = _HEADER.unpack_from(value)
+        if not _MIN_MICROS <= micros <= _MAX_MICROS:
+            refuse_record("RedisStore", key, "expiry out of range")
+            return None
+        if not MIN_VERSION <= version <= MAX_VERSION:
+            refuse_record("RedisStore", key, "version out of range")
+            return None
         expires_at = _EPOCH + micros * _MICROSECOND
         # Redis drops the key at the same moment (rounded down to the ms), so
         # this only matters when the app's clock runs ahead of Redis's.
@@ -378,6 +402,7 @@ class RedisStore(SessionStore):
         return Record(key, value[_HEADER.size :], expires_at, version)
 
     def create(self, record: Record) -> None:
+        check_key(record.key)
         micros = _to_micros(record.expires_at)
         value = _HEADER.pack(_TAG, record.version, micros) + record.payload
         # NX makes the existence check and the write one atomic step; the
@@ -393,6 +418,7 @@ class RedisStore(SessionStore):
             raise CreateError(f"a session with key {record.key[:6]}... exists")
 
     def save(self, record: Record, expected_version: int) -> None:
+        check_key(record.key)
         micros = _to_micros(record.expires_at)
         value = _HEADER.pack(_TAG, record.version, micros) + record.payload
         try:
@@ -417,6 +443,7 @@ class RedisStore(SessionStore):
         raise RuntimeError(f"unexpected reply from the save script: {result!r}")
 
     def touch(self, key: str, expires_at: datetime) -> None:
+        check_key(key)
         micros = _to_micros(expires_at)
         try:
             self._run_script(
@@ -432,6 +459,7 @@ class RedisStore(SessionStore):
             raise self._error(exc) from exc
 
     def delete(self, key: str) -> None:
+        check_key(key)
         try:
             self._commands.delete(self._key(key))
         except self._redis_errors as exc:
@@ -440,6 +468,7 @@ class RedisStore(SessionStore):
     def exists(self, key: str) -> bool:
         # EXISTS sends no payload back. Redis's TTL is rounded down from the
         # record's expiry, so a key that exists is a record that is live.
+        check_key(key)
         try:
             return bool(self._commands.exists(self._key(key)))
         except self._redis_errors as exc:
@@ -557,7 +586,7 @@ def _client_from_url(url: str, options: dict[str, t.Any]) -> Redis:
         return Redis.from_url(url, **options)
     except (ValueError, TypeError) as exc:
         raise ConfigurationError(
-            f"Invalid Redis URL or options ({_redact_url(url)}): {exc}"
+            f"Invalid Redis URL or options ({redact_url(url)}): {exc}"
         ) from exc
 
 
@@ -569,12 +598,12 @@ def _sentinel_client(url: str, options: dict[str, t.Any]) -> tuple[Sentinel, Red
     if not parts or len(parts) > 2:
         raise ConfigurationError(
             "A redis+sentinel URL names the service: redis+sentinel://"
-            f"host:port[,host:port]/service_name[/db]; got {_redact_url(url)}."
+            f"host:port[,host:port]/service_name[/db]; got {redact_url(url)}."
         )
     service = parts[0]
     if len(parts) == 2:
         if "db" in connection:
-            raise ConfigurationError(f"The db is given twice in {_redact_url(url)}.")
+            raise ConfigurationError(f"The db is given twice in {redact_url(url)}.")
         connection["db"] = _parse_int(parts[1], "db", url)
     # As redis-py does for redis:// URLs, what the URL says wins over options.
     connection = {**options, **connection}
@@ -606,7 +635,7 @@ def _cluster_client(url: str, options: dict[str, t.Any]) -> RedisCluster:
     db = path.strip("/")
     if db and _parse_int(db, "db", url) != 0 or connection.pop("db", 0) != 0:
         raise ConfigurationError(
-            f"Redis Cluster has only database 0; got {_redact_url(url)}."
+            f"Redis Cluster has only database 0; got {redact_url(url)}."
         )
     try:
         return RedisCluster(
@@ -639,7 +668,7 @@ def _parse_multi_host_url(
     ]
     if not nodes:
         raise ConfigurationError(
-            f"No host in {_redact_url(url)}: list one or more host:port."
+            f"No host in {redact_url(url)}: list one or more host:port."
         )
     # Let redis-py read the credentials and the query string, as it does for
     # redis:// URLs, so options are spelled and typed the same everywhere.
@@ -648,7 +677,7 @@ def _parse_multi_host_url(
         connection = parse_url(urlunsplit(("redis", netloc, "", parts.query, "")))
     except ValueError as exc:
         raise ConfigurationError(
-            f"Invalid options in {_redact_url(url)}: {exc}"
+            f"Invalid options in {redact_url(url)}: {exc}"
         ) from exc
     connection.pop("host", None)
     connection.pop("port", None)
@@ -661,16 +690,16 @@ def _parse_host(item: str, default_port: int, url: str) -> tuple[str, int]:
         host, _, rest = item[1:].partition("]")
         port_text = rest[1:] if rest.startswith(":") else ""
         if rest and not rest.startswith(":"):
-            raise ConfigurationError(f"Bad host {item!r} in {_redact_url(url)}.")
+            raise ConfigurationError(f"Bad host {item!r} in {redact_url(url)}.")
     else:
         host, sep, port_text = item.rpartition(":")
         if not sep:
             host, port_text = item, ""
     if not host:
-        raise ConfigurationError(f"Bad host {item!r} in {_redact_url(url)}.")
+        raise ConfigurationError(f"Bad host {item!r} in {redact_url(url)}.")
     port = _parse_int(port_text, "port", url) if port_text else default_port
     if not 0 < port < 65536:
-        raise ConfigurationError(f"Bad port {port} in {_redact_url(url)}.")
+        raise ConfigurationError(f"Bad port {port} in {redact_url(url)}.")
     return unquote(host), port
 
 
@@ -679,7 +708,7 @@ def _parse_int(text: str, what: str, url: str) -> int:
         return int(text)
     except ValueError:
         raise ConfigurationError(
-            f"The {what} must be a number; got {text!r} in {_redact_url(url)}."
+            f"The {what} must be a number; got {text!r} in {redact_url(url)}."
         ) from None
 
 
@@ -689,20 +718,6 @@ def _split(url: str) -> SplitResult:
     except ValueError as exc:  # unbalanced IPv6 brackets, a bad port
         # The URL itself stays out of the message: it may hold a password.
         raise ConfigurationError(f"Invalid Redis URL: {exc}") from exc
-
-
-def _redact_url(url: str) -> str:
-    """The URL without its password and query string (which may hold one)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<invalid URL>"
-    userinfo, at, hostlist = parts.netloc.rpartition("@")
-    if at:
-        user, colon, _ = userinfo.partition(":")
-        hostlist = f"{user}:***@{hostlist}" if colon else f"{user}@{hostlist}"
-    # Not urlunsplit: it would turn unix:///path into unix:/path.
-    return f"{parts.scheme}://{hostlist}{parts.path}"
 
 
 def _describe_client(client: object) -> str:

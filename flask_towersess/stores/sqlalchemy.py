@@ -38,13 +38,18 @@ from ._fork import ProcessGuard
 from ._statements import CoreExecutor
 from ._statements import DBAPIExecutor
 from ._statements import Executor
+from ._statements import Row
 from ._statements import Statement
 from ._statements import can_run_directly
 from ._statements import connect_error
 from ._statements import has_statement_observers
+from ._urls import redact_url
 from .base import BatchCallback
 from .base import Record
 from .base import SessionStore
+from .base import check_key
+from .base import checked_record
+from .base import refuse_record
 from .base import utcnow
 
 logger = logging.getLogger(__name__)
@@ -218,9 +223,12 @@ class SQLAlchemyStore(SessionStore):
             self._autocommit_engines[engine] = autocommit
         return autocommit
 
+    def _url_text(self) -> str:
+        """The engine's URL, fit for messages: no password anywhere in it."""
+        return redact_url(self.engine.url.render_as_string(hide_password=True))
+
     def describe(self) -> str:
-        url = self.engine.url.render_as_string(hide_password=True)
-        return f"SQLAlchemyStore {url} table {self.table.fullname}"
+        return f"SQLAlchemyStore {self._url_text()} table {self.table.fullname}"
 
     def _build_statements(self) -> None:
         # Built once with bound parameters: compiled once per dialect for
@@ -289,7 +297,7 @@ class SQLAlchemyStore(SessionStore):
 
     def _table_problem(self, inspector: sa.Inspector) -> ConfigurationError | None:
         """Why the table cannot hold sessions, or ``None`` if it can."""
-        url = self.engine.url.render_as_string(hide_password=True)
+        url = self._url_text()
         name, schema = self.table.name, self.table.schema
         if not inspector.has_table(name, schema=schema):
             return ConfigurationError(
@@ -398,16 +406,33 @@ class SQLAlchemyStore(SessionStore):
     # -- the contract ----------------------------------------------------------
 
     def load(self, key: str) -> Record | None:
-        row = self._run(lambda run: run.first(self._select, {"key": key}))
+        check_key(key)
+
+        def read(run: Executor) -> Row | Exception | None:
+            try:
+                return run.first(self._select, {"key": key})
+            except (ValueError, TypeError, OverflowError) as exc:
+                # A value the driver cannot turn into Python (a year past
+                # 9999 on PostgreSQL, text in SQLite's DATETIME column): the
+                # statement ran, only the row is unreadable.
+                return exc
+
+        row = self._run(read)
         if row is None:
             return None
-        payload, expires_at, version = row
-        expires_at = _aware_utc(expires_at)
-        if expires_at <= utcnow():  # expired, not yet purged: gone
+        if isinstance(row, Exception):
+            refuse_record("SQLAlchemyStore", key, f"unreadable row: {row!r:.200}")
             return None
-        return Record(key, bytes(payload), expires_at, version)
+        payload, expires_at, version = row
+        if isinstance(expires_at, datetime) and expires_at.tzinfo is None:
+            expires_at = _aware_utc(expires_at)
+        record = checked_record("SQLAlchemyStore", key, payload, expires_at, version)
+        if record is None or record.expires_at <= utcnow():
+            return None  # unusable, or expired and not yet purged: gone
+        return record
 
     def create(self, record: Record) -> None:
+        check_key(record.key)
         params = {
             "session_key": record.key,
             "payload": record.payload,
@@ -437,6 +462,7 @@ class SQLAlchemyStore(SessionStore):
             raise CreateError(f"a session with key {record.key[:6]}... exists") from exc
 
     def save(self, record: Record, expected_version: int) -> None:
+        check_key(record.key)
         now = _naive_utc(utcnow())
         values = {
             "key": record.key,
@@ -461,6 +487,7 @@ class SQLAlchemyStore(SessionStore):
         self._run(work)
 
     def touch(self, key: str, expires_at: datetime) -> None:
+        check_key(key)
         values = {
             "key": key,
             "now": _naive_utc(utcnow()),
@@ -469,9 +496,11 @@ class SQLAlchemyStore(SessionStore):
         self._run(lambda run: run.rowcount(self._touch, values))
 
     def delete(self, key: str) -> None:
+        check_key(key)
         self._run(lambda run: run.rowcount(self._delete, {"key": key}))
 
     def exists(self, key: str) -> bool:
+        check_key(key)
         values = {"key": key, "now": _naive_utc(utcnow())}
         return (
             self._run(lambda run: run.first(self._select_version, values)) is not None
@@ -591,8 +620,27 @@ def create_engine(url: str, **options: t.Any) -> sa.engine.Engine:
 
     :param options: passed to :func:`sqlalchemy.create_engine`, overriding
         the defaults set here.
+    :raises ConfigurationError: the URL cannot be parsed, names an unknown
+        driver, or an option is refused; the message never holds a password.
     """
-    sa_url = _with_installed_driver(sa.engine.make_url(url))
+    try:
+        return _create_engine(sa.engine.make_url(url), options)
+    except ConfigurationError:
+        raise
+    except (sa_exc.ArgumentError, ValueError, TypeError) as exc:
+        # Not chained: a driver's or SQLAlchemy's message may quote the URL.
+        shown = redact_url(str(url))
+        reason = str(exc).replace(str(url), shown)
+        raise ConfigurationError(
+            f"The session store cannot use the database URL {shown} with its"
+            f" options (SESSION_STORE, SESSION_STORE_OPTIONS): {reason}"
+        ) from None
+
+
+def _create_engine(
+    sa_url: sa.engine.URL, options: dict[str, t.Any]
+) -> sa.engine.Engine:
+    sa_url = _with_installed_driver(sa_url)
     backend = sa_url.get_backend_name()
     if backend == "sqlite":
         connect_args = options.setdefault("connect_args", {})
