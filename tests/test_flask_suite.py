@@ -51,9 +51,14 @@ def run_flask_suite(tmp_path: Path, server_sessions: bool) -> tuple[set[str], in
     }
     done = subprocess.run(
         [
-            sys.executable, "-m", "pytest", "tests",
-            "-p", "tests.flask_suite_plugin",
-            "-p", "no:cacheprovider",
+            sys.executable,
+            "-m",
+            "pytest",
+            "tests",
+            "-p",
+            "tests.flask_suite_plugin",
+            "-p",
+            "no:cacheprovider",
             "--ignore=tests/type_check",
             f"--junitxml={report}",
             f"--basetemp={tmp_path / f'base{int(server_sessions)}'}",
