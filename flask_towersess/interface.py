@@ -26,6 +26,7 @@ from flask.sessions import NullSession
 from flask.sessions import SessionInterface
 from itsdangerous import Signer
 from werkzeug.exceptions import HTTPException
+from werkzeug.http import dump_cookie
 from werkzeug.sansio.request import Request as SansIORequest
 
 from .errors import SessionInterrupted
@@ -191,6 +192,16 @@ class ServerSessionInterface(SessionInterface):
         self._verified: collections.defaultdict[
             tuple[_Signer, _Signer | None], dict[str, tuple[str, bool]]
         ] = collections.defaultdict(dict)
+        # The other way round, for sending the cookie back (Flask's rule:
+        # after every change): the signed value of a key, from a cookie that
+        # verified with SECRET_KEY itself or from signing it once.
+        self._signed: collections.defaultdict[
+            tuple[_Signer, _Signer | None], dict[str, str]
+        ] = collections.defaultdict(dict)
+        # Whole Set-Cookie headers of browser-session cookies (no Expires):
+        # the same on each of a user's writes, and building one costs more
+        # than a store round trip to memory.
+        self._cookie_headers: dict[tuple[t.Any, ...], str] = {}
 
     # -- configuration getters (read each request, like Flask's own) ----------
 
@@ -283,12 +294,20 @@ class ServerSessionInterface(SessionInterface):
         if len(verified) >= VERIFIED_COOKIES_CACHED:
             verified.clear()
         verified[cookie] = found = (key, resign)
+        if not resign:
+            _remember(self._signed[signers], key, cookie)
         return found
 
     def _cookie_value(self, app: Flask, key: str) -> str:
         if not self.get_use_signer(app):
             return key
-        return self._get_signers(app)[0].sign(key).decode("ascii")
+        signers = self._get_signers(app)
+        signed = self._signed[signers]
+        value = signed.get(key)
+        if value is None:
+            value = signers[0].sign(key).decode("ascii")
+            _remember(signed, key, value)
+        return value
 
     def _warn_if_insecure(self, app: Flask) -> None:
         if self._warned_insecure or self.get_cookie_secure(app):
@@ -307,17 +326,46 @@ class ServerSessionInterface(SessionInterface):
         assert session.session_key is not None
         self._warn_if_insecure(app)
         expires = self.get_expiration_time(app, session)
-        response.set_cookie(
+        attributes = (
             self.get_cookie_name(app),
             self._cookie_value(app, session.session_key),
-            expires=expires,
-            httponly=self.get_cookie_httponly(app),
-            domain=self.get_cookie_domain(app),
-            path=self.get_cookie_path(app),
-            secure=self.get_cookie_secure(app),
-            partitioned=self.get_cookie_partitioned(app),
-            samesite=self.get_cookie_samesite(app),
+            self.get_cookie_httponly(app),
+            self.get_cookie_domain(app),
+            self.get_cookie_path(app),
+            self.get_cookie_secure(app),
+            self.get_cookie_partitioned(app),
+            self.get_cookie_samesite(app),
         )
+        name, value, httponly, domain, path, secure, partitioned, samesite = attributes
+        if expires is not None:
+            response.set_cookie(
+                name,
+                value,
+                expires=expires,
+                httponly=httponly,
+                domain=domain,
+                path=path,
+                secure=secure,
+                partitioned=partitioned,
+                samesite=samesite,
+            )
+        else:
+            # What response.set_cookie() adds, built once per cookie.
+            header = self._cookie_headers.get(attributes)
+            if header is None:
+                header = dump_cookie(
+                    name,
+                    value,
+                    httponly=httponly,
+                    domain=domain,
+                    path=path,
+                    secure=secure,
+                    partitioned=partitioned,
+                    samesite=samesite,
+                    max_size=response.max_cookie_size,
+                )
+                _remember(self._cookie_headers, attributes, header)
+            response.headers.add("Set-Cookie", header)
         _vary_on_cookie(response)
 
     def _delete_cookie(self, app: Flask, response: Response) -> None:
@@ -535,6 +583,13 @@ def request_cookie(request: Request, name: str) -> str | None:
             if match is not None and match[1] == name:
                 return match[2] or ""
     return None
+
+
+def _remember(cache: dict[t.Any, t.Any], key: t.Any, value: t.Any) -> None:
+    """Put ``key`` in a bounded cache (emptied when full, like the others)."""
+    if len(cache) >= VERIFIED_COOKIES_CACHED:
+        cache.clear()
+    cache[key] = value
 
 
 def _vary_on_cookie(response: Response) -> None:

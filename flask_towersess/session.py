@@ -83,7 +83,16 @@ _ANONYMOUS: Identity = (None, False)
 
 def _identity(data: t.Mapping[str, t.Any]) -> Identity:
     user = data.get(USER_ID_KEY)
-    return (None if user is None else str(user), bool(data.get(FRESH_KEY)))
+    if user is None:
+        name = None
+    elif type(user) is str or (type(user) is int):
+        name = str(user)
+    else:
+        # Not a user id an app writes (Flask-Login's are strings): never
+        # str() it, which on a hostile payload's deeply nested list would
+        # recurse level by level. Its type alone still tells a change.
+        name = f"<{type(user).__name__}>"
+    return (name, data.get(FRESH_KEY) is True)
 
 
 class _RetryLocks:

@@ -130,6 +130,10 @@ def test_size_limit(serializer_class: type[MsgPackSerializer]) -> None:
         b"\x01\x93\x01\x02\x03",
         b"\x01\xd4\x63\x00",
         b"garbage",
+        b"\x01\xc7\x03\x0a\xd4\x01\x90",  # a Markup holding a tuple
+        b"\x01\xc7\x03\x0a\x91\xa1x",  # a Markup stored as a list
+        b"\x01\xc7\x07\x01\x91\xc7\x03\x01\x91\x01\x02",  # a tuple in a tuple, a byte over
+        b"\x01\xc7\x05\x01\x91\xd5\x01\x92\x01",  # a tuple in a tuple, cut short
     ],
 )
 def test_msgpack_rejects_bad_payloads(payload: bytes) -> None:
@@ -168,3 +172,18 @@ def test_time_in_a_zone_without_fixed_offset_is_refused() -> None:
     assert value.utcoffset() is None  # what makes it impossible to keep
     with pytest.raises(SerializationError, match="'meeting'"):
         MsgPackSerializer().dumps({"data": {"meeting": value}})
+
+
+def test_nesting_limit_names_the_key() -> None:
+    """Past MAX_NESTING (counting the envelope and the data dict), the save
+    fails naming the key, like an unsupported type; see test_payload_depth.py."""
+    from flask_towersess.serializers import MAX_NESTING
+
+    value: object = 1
+    for _ in range(MAX_NESTING - 1):
+        value = [value]
+    with pytest.raises(SerializationError) as info:
+        MsgPackSerializer().dumps({"data": {"fine": [[1]], "cart": value}})
+    message = str(info.value)
+    assert f"session['cart']: it nests more than {MAX_NESTING - 2} levels" in message
+    assert "fine" not in message
