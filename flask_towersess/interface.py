@@ -326,43 +326,25 @@ class ServerSessionInterface(SessionInterface):
         assert session.session_key is not None
         self._warn_if_insecure(app)
         expires = self.get_expiration_time(app, session)
-        attributes = (
-            self.get_cookie_name(app),
-            self._cookie_value(app, session.session_key),
-            self.get_cookie_httponly(app),
-            self.get_cookie_domain(app),
-            self.get_cookie_path(app),
-            self.get_cookie_secure(app),
-            self.get_cookie_partitioned(app),
-            self.get_cookie_samesite(app),
-        )
-        name, value, httponly, domain, path, secure, partitioned, samesite = attributes
+        name = self.get_cookie_name(app)
+        value = self._cookie_value(app, session.session_key)
+        options: dict[str, t.Any] = {
+            "httponly": self.get_cookie_httponly(app),
+            "domain": self.get_cookie_domain(app),
+            "path": self.get_cookie_path(app),
+            "secure": self.get_cookie_secure(app),
+            "partitioned": self.get_cookie_partitioned(app),
+            "samesite": self.get_cookie_samesite(app),
+        }
         if expires is not None:
-            response.set_cookie(
-                name,
-                value,
-                expires=expires,
-                httponly=httponly,
-                domain=domain,
-                path=path,
-                secure=secure,
-                partitioned=partitioned,
-                samesite=samesite,
-            )
+            response.set_cookie(name, value, expires=expires, **options)
         else:
             # What response.set_cookie() adds, built once per cookie.
+            attributes = (name, value, *options.values())
             header = self._cookie_headers.get(attributes)
             if header is None:
                 header = dump_cookie(
-                    name,
-                    value,
-                    httponly=httponly,
-                    domain=domain,
-                    path=path,
-                    secure=secure,
-                    partitioned=partitioned,
-                    samesite=samesite,
-                    max_size=response.max_cookie_size,
+                    name, value, max_size=response.max_cookie_size, **options
                 )
                 _remember(self._cookie_headers, attributes, header)
             response.headers.add("Set-Cookie", header)

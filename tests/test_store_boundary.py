@@ -25,7 +25,6 @@ from datetime import timezone
 import pytest
 import sqlalchemy as sa
 from flask import Flask
-from flask import session
 
 from flask_towersess import SessionExt
 from flask_towersess.errors import ConfigurationError
@@ -40,6 +39,8 @@ from flask_towersess.stores.memory import MemoryStore
 from flask_towersess.stores.mongodb import MongoDBStore
 from flask_towersess.stores.redis import RedisStore
 from flask_towersess.stores.sqlalchemy import SQLAlchemyStore
+
+from .test_faults import make_app
 
 SECURITY = "flask_towersess.security"
 UTC = timezone.utc
@@ -217,21 +218,7 @@ def test_key_check_boundaries() -> None:
 # -- B. hostile records: helpers -------------------------------------------------
 
 
-def make_app(store: SessionStore, **config: t.Any) -> Flask:
-    app = Flask(__name__)
-    app.config.update(SECRET_KEY="s", **config)
-    SessionExt(app, store=store)
-
-    @app.get("/get")
-    def get() -> str:
-        return repr(dict(session))
-
-    @app.get("/set/<value>")
-    def set_(value: str) -> str:
-        session["value"] = value
-        return "ok"
-
-    return app
+# make_app: tests/test_faults.py's app, with /get and /set/<value>.
 
 
 def start_session(client: t.Any) -> str:
