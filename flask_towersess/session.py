@@ -87,6 +87,8 @@ def _identity(data: t.Mapping[str, t.Any]) -> Identity:
         name = None
     elif type(user) is str or (type(user) is int):
         name = str(user)
+    elif type(user) in (bytes, float, bool):  # flat: safe to show whole
+        name = f"{type(user).__name__}:{user!r}"
     else:
         # Not a user id an app writes (Flask-Login's are strings): never
         # str() it, which on a hostile payload's deeply nested list would
@@ -692,20 +694,22 @@ class ServerSession(SessionMixin):
         if self._key is None:  # the stored session had gone away
             self.create()
             return
-        if self.cycle_on_login and not self._must_create and self._identity_changed():
-            self.cycle_key()
-        if self._must_create:
-            self._move_to_current_key()
-            return
-        if self._version is None:
+        if self._version is None and not self._must_create:
             # The data was replaced (clear()) before it was ever loaded: the
-            # compare-and-set still needs the stored version.
+            # compare-and-set still needs the stored version, and the
+            # identity check whom the stored session belonged to.
             record = self.store.load(self._key)
             if record is None:
                 self._key = None
                 self.create()
                 return
             self._remember(record)
+            self._loaded_identity = _identity(self._decode(record)[0])
+        if self.cycle_on_login and not self._must_create and self._identity_changed():
+            self.cycle_key()
+        if self._must_create:
+            self._move_to_current_key()
+            return
         key = self._key
 
         def updated() -> Record:
@@ -792,20 +796,25 @@ class ServerSession(SessionMixin):
             try:
                 self._compare_and_set(self._retirement, old)
             except UpdateError:
+                # Ended elsewhere meanwhile: so is the move. The session stays
+                # at the (deleted) new key, so a second save fails the same
+                # way instead of creating it afresh.
                 self.store.delete(record.key)
-                self._key = None
+                self._must_create = False
+                self._version = record.version
+                self._stale_key = self._stale_version = self._stale_payload = None
                 raise UpdateError(
                     "the session was deleted while this request was using it"
                 ) from None
             except BaseException:
                 # The move failed (the store went away): the new record must
-                # not outlive it, if the store still takes a delete.
+                # not outlive it, if the store still takes a delete; the
+                # record to retire is kept, so a second save tries again.
                 with contextlib.suppress(Exception):
                     self.store.delete(record.key)
                 raise
-            finally:
-                merged = self._stale_version != merged_from
-                self._stale_key = self._stale_version = self._stale_payload = None
+            merged = self._stale_version != merged_from
+            self._stale_key = self._stale_version = self._stale_payload = None
             if merged:
                 # Another request's change was merged in before the old
                 # record could be retired: the new record must hold it too.

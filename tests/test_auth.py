@@ -267,3 +267,32 @@ def test_logout_with_nothing_written_ends_with_no_session(store: SessionStore) -
     client.post("/plain-logout")
     assert client.get_cookie("session") is None  # deleted
     assert store.load(logged_in) is None  # type: ignore[arg-type]
+
+
+def test_logout_by_clear_before_reading_moves_the_session(store: SessionStore) -> None:
+    """A user to anonymous is a change too, even when the view cleared the
+    session without reading it first."""
+    signed_in = ServerSession(store)
+    signed_in.user_id = "alice"
+    signed_in.save()
+    key = signed_in.session_key
+    request = ServerSession(store, key)
+    request.clear()
+    request["note"] = "signed out"
+    request.save()
+    assert request.session_key != key
+    assert store.load(key) is None  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("before", "after"), [(b"a", b"b"), (1.5, 2.5), (True, False)])
+def test_a_change_between_user_ids_of_other_types_moves_the_session(
+    store: SessionStore, before: object, after: object
+) -> None:
+    first = ServerSession(store)
+    first["_user_id"] = before
+    first.save()
+    key = first.session_key
+    second = ServerSession(store, key)
+    second["_user_id"] = after
+    second.save()
+    assert second.session_key != key

@@ -352,9 +352,55 @@ def test_cycle_key_is_stopped_by_a_concurrent_logout(store: SessionStore) -> Non
     second.flush()  # the other tab logs out
     with pytest.raises(UpdateError):
         first.save()
-    # Neither key holds the session: the move did not keep it alive.
+    # Neither key holds the session: the move did not keep it alive ...
     assert store.load(new_key) is None  # type: ignore[arg-type]
-    assert first.session_key is None
+    # ... and saving again does not create it afresh.
+    with pytest.raises(UpdateError):
+        first.save()
+    assert store.load(new_key) is None  # type: ignore[arg-type]
+
+
+def test_a_move_that_failed_on_a_store_error_retires_on_the_next_save(
+    store: SessionStore,
+) -> None:
+    """The store fails while the old record is being retired: the next save
+    must retire it, not leave the pre-log-in session alive beside the new."""
+    original = ServerSession(store)
+    original["cart"] = ["book"]
+    original.save()
+    old_key = original.session_key
+
+    class FailingOnce(SessionStore):
+        fail = False
+
+        def load(self, key: str) -> Record | None:
+            return store.load(key)
+
+        def create(self, record: Record) -> None:
+            store.create(record)
+
+        def save(self, record: Record, expected_version: int) -> None:
+            if self.fail:
+                self.fail = False
+                raise ConnectionError("store went away")
+            store.save(record, expected_version)
+
+        def touch(self, key: str, expires_at: t.Any) -> None:
+            store.touch(key, expires_at)
+
+        def delete(self, key: str) -> None:
+            store.delete(key)
+
+    flaky = FailingOnce()
+    session = ServerSession(flaky, old_key)
+    session.user_id = "alice"  # a log-in: the save moves the session
+    flaky.fail = True
+    with pytest.raises(ConnectionError):
+        session.save()
+    assert store.load(old_key) is not None  # nothing moved yet
+    session.save()
+    assert store.load(old_key) is None  # type: ignore[arg-type]
+    assert stored(store, session) == {"cart": ["book"], "_user_id": "alice"}
 
 
 def test_cycle_key_after_clear_retires_the_old_record(store: SessionStore) -> None:
