@@ -35,6 +35,7 @@ import pytest
 from .fixtures_sql import MYSQL_URL
 from .fixtures_sql import POSTGRESQL_URL
 from .fixtures_sql import _server_engine
+from .test_startup import drop_table
 
 if t.TYPE_CHECKING:
     from tests.fixtures_redis import ClusterTopology
@@ -86,20 +87,9 @@ def run_forkcheck(url: str, mode: str) -> dict[str, t.Any]:
         )
     finally:
         if "|" not in url and not url.startswith("redis"):
-            _drop_table(url, prefix)
+            drop_table(url, prefix)
     assert done.returncode == 0, done.stderr[-3000:]
     return t.cast("dict[str, t.Any]", json.loads(done.stdout.strip().splitlines()[-1]))
-
-
-def _drop_table(url: str, table: str) -> None:
-    import sqlalchemy as sa
-
-    engine = sa.create_engine(url)
-    try:
-        with engine.begin() as conn:
-            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table}")
-    finally:
-        engine.dispose()
 
 
 @pytest.mark.parametrize("mode", ["os", "libc"])
