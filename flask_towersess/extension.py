@@ -139,7 +139,7 @@ class SessionExt:
         app.cli.add_command(sessions_command)
 
     def _connect_flask_login(self, app: Flask) -> None:
-        """Cycle the key at login and flush at logout, when Flask-Login is
+        """End the session at Flask-Login's logout, when Flask-Login is
         installed (its signals are sent with the app as sender)."""
         try:
             from flask_login import user_logged_out
