@@ -36,6 +36,31 @@ def two_views(
     return first, second
 
 
+class SavingThrough(SessionStore):
+    """``store``, with every save made by ``save`` instead."""
+
+    def __init__(
+        self, store: SessionStore, save: t.Callable[[Record, int], None]
+    ) -> None:
+        self.inner = store
+        self.save_with = save
+
+    def load(self, key: str) -> Record | None:
+        return self.inner.load(key)
+
+    def create(self, record: Record) -> None:
+        self.inner.create(record)
+
+    def save(self, record: Record, expected_version: int) -> None:
+        self.save_with(record, expected_version)
+
+    def touch(self, key: str, expires_at: t.Any) -> None:
+        self.inner.touch(key, expires_at)
+
+    def delete(self, key: str) -> None:
+        self.inner.delete(key)
+
+
 def stored(store: SessionStore, session: ServerSession) -> dict[str, t.Any]:
     return dict(ServerSession(store, session.session_key))
 
@@ -156,23 +181,10 @@ def test_deleted_after_conflict_is_not_resurrected(store: SessionStore) -> None:
 def test_retries_run_out_with_a_clear_error(store: SessionStore) -> None:
     first, _ = two_views(store, a=1)
 
-    class AlwaysMoving(SessionStore):
-        def load(self, key: str) -> Record | None:
-            return store.load(key)
+    def always_moving(record: Record, expected_version: int) -> None:
+        raise VersionConflict("someone else saved")
 
-        def create(self, record: Record) -> None:
-            store.create(record)
-
-        def save(self, record: Record, expected_version: int) -> None:
-            raise VersionConflict("someone else saved")
-
-        def touch(self, key: str, expires_at: t.Any) -> None:
-            store.touch(key, expires_at)
-
-        def delete(self, key: str) -> None:
-            store.delete(key)
-
-    first.store = AlwaysMoving()
+    first.store = SavingThrough(store, always_moving)
     first.save_retries = 3
     first["b"] = 2
     with pytest.raises(SessionInterrupted, match="each of the 4 times"):
@@ -189,22 +201,9 @@ def test_retries_pause_for_growing_random_times_bounded_by_the_timeout(
     first, _ = two_views(store, a=1)
     conflicts = []
 
-    class AlwaysMoving(SessionStore):
-        def load(self, key: str) -> Record | None:
-            return store.load(key)
-
-        def create(self, record: Record) -> None:
-            store.create(record)
-
-        def save(self, record: Record, expected_version: int) -> None:
-            conflicts.append(time.monotonic())
-            raise VersionConflict("someone else saved")
-
-        def touch(self, key: str, expires_at: t.Any) -> None:
-            store.touch(key, expires_at)
-
-        def delete(self, key: str) -> None:
-            store.delete(key)
+    def always_moving(record: Record, expected_version: int) -> None:
+        conflicts.append(time.monotonic())
+        raise VersionConflict("someone else saved")
 
     pauses: list[float] = []
     real_sleep = time.sleep
@@ -219,7 +218,7 @@ def test_retries_pause_for_growing_random_times_bounded_by_the_timeout(
         "time",
         types.SimpleNamespace(monotonic=time.monotonic, sleep=recording_sleep),
     )
-    first.store = AlwaysMoving()
+    first.store = SavingThrough(store, always_moving)
     first.save_timeout = timedelta(seconds=0.3)
     assert first.save_retries is None  # no count limit by default
     first["b"] = 2
@@ -370,31 +369,18 @@ def test_a_move_that_failed_on_a_store_error_retires_on_the_next_save(
     original.save()
     old_key = original.session_key
 
-    class FailingOnce(SessionStore):
-        fail = False
+    failing = [False]
 
-        def load(self, key: str) -> Record | None:
-            return store.load(key)
+    def failing_once(record: Record, expected_version: int) -> None:
+        if failing[0]:
+            failing[0] = False
+            raise ConnectionError("store went away")
+        store.save(record, expected_version)
 
-        def create(self, record: Record) -> None:
-            store.create(record)
-
-        def save(self, record: Record, expected_version: int) -> None:
-            if self.fail:
-                self.fail = False
-                raise ConnectionError("store went away")
-            store.save(record, expected_version)
-
-        def touch(self, key: str, expires_at: t.Any) -> None:
-            store.touch(key, expires_at)
-
-        def delete(self, key: str) -> None:
-            store.delete(key)
-
-    flaky = FailingOnce()
+    flaky = SavingThrough(store, failing_once)
     session = ServerSession(flaky, old_key)
     session.user_id = "alice"  # a log-in: the save moves the session
-    flaky.fail = True
+    failing[0] = True
     with pytest.raises(ConnectionError):
         session.save()
     assert store.load(old_key) is not None  # nothing moved yet
