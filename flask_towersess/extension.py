@@ -43,6 +43,9 @@ CONFIG_DEFAULTS: dict[str, t.Any] = {
     "SESSION_CACHE": None,
     "SESSION_CACHE_OPTIONS": {},
     "SESSION_CACHE_MAX_AGE": timedelta(minutes=5),
+    # After a cache call fails, how long requests skip the cache (served by
+    # SESSION_STORE alone) before it is tried again.
+    "SESSION_CACHE_RETRY_AFTER": timedelta(seconds=2),
     "SESSION_SERIALIZER": "msgpack",
     "SESSION_MAX_PAYLOAD_SIZE": DEFAULT_MAX_PAYLOAD_SIZE,
     "SESSION_USE_SIGNER": True,
@@ -191,9 +194,14 @@ class SessionExt:
         if cache is not None:
             from .stores.caching import CachingStore
 
-            cache_store = store_for(cache, **app.config["SESSION_CACHE_OPTIONS"])
+            cache_store = store_for(
+                cache, as_cache=True, **app.config["SESSION_CACHE_OPTIONS"]
+            )
             store = CachingStore(
-                cache_store, store, max_age=app.config["SESSION_CACHE_MAX_AGE"]
+                cache_store,
+                store,
+                max_age=app.config["SESSION_CACHE_MAX_AGE"],
+                retry_after=app.config["SESSION_CACHE_RETRY_AFTER"],
             )
         return store
 

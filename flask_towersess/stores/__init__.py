@@ -66,13 +66,19 @@ def _scheme(url: str) -> str:
     return urlsplit(url).scheme.lower()
 
 
-def store_from_url(url: str, **options: t.Any) -> SessionStore:
+def store_from_url(
+    url: str, *, as_cache: bool = False, **options: t.Any
+) -> SessionStore:
     """Build a store from a URL.
 
     ``memory://``, ``sqlite:///path``, ``postgresql://...``,
     ``mysql+pymysql://...``, ``redis://``, ``rediss://``, ``unix://``,
     ``redis+sentinel://...``, ``redis+cluster://...``, ``mongodb://host/db``.
-    ``options`` go to the store class's ``from_url``.
+    ``options`` go to the store class's ``from_url``, or to its
+    ``cache_from_url`` (shorter timeouts) when ``as_cache`` is true.
+
+    .. versionchanged:: 0.2
+        Added ``as_cache``.
 
     :raises ConfigurationError: the scheme belongs to no store.
     """
@@ -81,7 +87,8 @@ def store_from_url(url: str, **options: t.Any) -> SessionStore:
     for candidate in candidates:
         for cls in _store_classes():
             if candidate in cls.url_schemes:
-                return cls.from_url(url, **options)
+                build = cls.cache_from_url if as_cache else cls.from_url
+                return build(url, **options)
     known = sorted({s for cls in _store_classes() for s in cls.url_schemes})
     raise ConfigurationError(
         f"No session store handles the URL scheme {scheme!r}. Use one of:"
@@ -89,17 +96,20 @@ def store_from_url(url: str, **options: t.Any) -> SessionStore:
     )
 
 
-def store_for(value: t.Any, **options: t.Any) -> SessionStore:
+def store_for(
+    value: t.Any, *, as_cache: bool = False, **options: t.Any
+) -> SessionStore:
     """Turn a ``SESSION_STORE`` value into a store.
 
     ``value`` is a store (returned as is), a URL, or a native client that a
     store class :meth:`~SessionStore.accepts`: an SQLAlchemy engine or a
     Flask-SQLAlchemy ``db``, a redis-py client, a pymongo collection.
+    ``as_cache`` is passed on to :func:`store_from_url` for a URL.
     """
     if isinstance(value, SessionStore):
         return value
     if isinstance(value, str):
-        return store_from_url(value, **options)
+        return store_from_url(value, as_cache=as_cache, **options)
     for cls in _store_classes():
         if cls.accepts(value):
             return cls(value, **options)  # type: ignore[call-arg]

@@ -242,6 +242,20 @@ class SessionStore(abc.ABC):
         raise ConfigurationError(f"{cls.__name__} cannot be built from a URL.")
 
     @classmethod
+    def cache_from_url(cls, url: str, **options: t.Any) -> SessionStore:
+        """Build the store from a URL as the cache of a
+        :class:`~flask_towersess.stores.CachingStore` (``SESSION_CACHE``).
+
+        A store whose calls can hang (a network server) overrides this with
+        short timeouts: a cache is worth little time, and the durable store
+        behind it answers when the cache does not. Defaults to
+        :meth:`from_url`.
+
+        .. versionadded:: 0.2
+        """
+        return cls.from_url(url, **options)
+
+    @classmethod
     def accepts(cls, obj: object) -> bool:
         """Whether ``obj`` is a native client this store can wrap.
 

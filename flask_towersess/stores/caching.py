@@ -35,6 +35,14 @@ The consistency rules (see ``docs/caching.rst`` for the reasoning):
 5. A cache failure never fails the request: it is logged on the
    ``flask_towersess.stores.caching`` logger, reads fall through to the
    durable store, and writes fall back to deleting the entry.
+6. A failing cache is left alone for a while (a circuit breaker): after a
+   cache call fails, this process serves every request from the durable
+   store for ``retry_after``, without waiting on the cache. The keys it wrote
+   meanwhile are remembered; before it reads from the cache again, it
+   deletes their entries there, so a logout or a change made while the
+   cache was away is not undone by a copy from before. More keys than it
+   can remember (:data:`MAX_OWED_DELETES`): it reads past the cache for
+   ``max_age``, the longest any entry from before can live.
 
 Cache entries use a small private format (the true expiry and the payload),
 so the cache store must be used by this :class:`CachingStore` only.
@@ -47,6 +55,8 @@ from __future__ import annotations
 import logging
 import secrets
 import struct
+import threading
+import time
 import typing as t
 from datetime import datetime
 from datetime import timedelta
@@ -57,6 +67,7 @@ from ..errors import CreateError
 from ..errors import TowerSessError
 from ..errors import UpdateError
 from ..errors import VersionConflict
+from ._fork import ProcessGuard
 from .base import BatchCallback
 from .base import Record
 from .base import SessionStore
@@ -77,6 +88,37 @@ _MICROSECOND = timedelta(microseconds=1)
 # The true expiries a datetime can hold; an entry outside is unreadable.
 _MIN_MICROS = (datetime.min.replace(tzinfo=timezone.utc) - _EPOCH) // _MICROSECOND
 _MAX_MICROS = (datetime.max.replace(tzinfo=timezone.utc) - _EPOCH) // _MICROSECOND
+
+
+#: How long a :class:`CachingStore` leaves a failing cache alone by default.
+DEFAULT_RETRY_AFTER = timedelta(seconds=2)
+#: How many keys a process remembers to delete from a cache it could not
+#: reach. Each costs one delete when the cache is back, on the request that
+#: finds it back; beyond this, reading past the cache for ``max_age`` is
+#: cheaper.
+MAX_OWED_DELETES = 200
+
+
+class _CacheHealth:
+    """What this process knows about its cache: whether to call it, and which
+    of its entries may be stale."""
+
+    __slots__ = ("skip_until", "owed", "read_past_until", "probing", "mutex")
+
+    def __init__(self) -> None:
+        #: ``time.monotonic()`` until which the cache is not called; 0 when
+        #: it is healthy (the hot path checks only this).
+        self.skip_until = 0.0
+        #: Keys written to the durable store while their cache entry could
+        #: not be deleted; ``None`` after more than MAX_OWED_DELETES.
+        self.owed: set[str] | None = set()
+        #: Reads skip the cache until then (lost track of owed deletes).
+        self.read_past_until = 0.0
+        #: One thread at a time tries a cache that is due to be tried again.
+        self.probing = threading.Lock()
+        #: Guards ``skip_until`` and ``owed`` against a key being owed just
+        #: as the cache is declared back (its delete would be lost).
+        self.mutex = threading.Lock()
 
 
 def _short(key: str) -> str:
@@ -103,11 +145,20 @@ class CachingStore(SessionStore):
         be served. ``None`` keeps entries as long as the sessions live.
     :param lease: how long a reader may take between a cache miss and filling
         the cache; a reader slower than this does not fill it.
+    :param retry_after: after a cache call fails, how long this process
+        serves requests from the durable store alone before it tries the
+        cache again.
 
     In an app, set ``SESSION_STORE`` to the durable store and
     ``SESSION_CACHE`` to the cache; there is no URL for a caching store.
+    A cache given as a URL gets short timeouts
+    (:meth:`~flask_towersess.stores.SessionStore.cache_from_url`); a cache
+    given as a client or a store keeps its own, which should be short too.
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.2
+        Added ``retry_after``: a failing cache is skipped instead of being
+        waited on by every request.
     """
 
     def __init__(
@@ -117,15 +168,26 @@ class CachingStore(SessionStore):
         *,
         max_age: timedelta | None = timedelta(minutes=5),
         lease: timedelta = timedelta(seconds=10),
+        retry_after: timedelta = DEFAULT_RETRY_AFTER,
     ) -> None:
         if max_age is not None and max_age <= timedelta(0):
             raise ConfigurationError("CachingStore max_age must be positive or None")
         if lease <= timedelta(0):
             raise ConfigurationError("CachingStore lease must be positive")
+        if retry_after <= timedelta(0):
+            raise ConfigurationError("CachingStore retry_after must be positive")
         self.cache = cache
         self.store = store
         self.max_age = max_age
         self.lease = lease
+        self.retry_after = retry_after
+        self._health = _CacheHealth()
+        self._process = ProcessGuard(self._reset_after_fork, "CachingStore")
+
+    def _reset_after_fork(self) -> None:
+        # The parent keeps its own debts to the cache; a lock held by one of
+        # its threads at the fork would be held forever here.
+        self._health = _CacheHealth()
 
     # Per instance, where the base class has a class attribute: it is the
     # durable store's.
@@ -171,33 +233,147 @@ class CachingStore(SessionStore):
         # Real records start at version 1; leases use negative versions.
         return entry.version < 1
 
-    # -- failure handling --------------------------------------------------------
+    # -- cache health (the circuit breaker) -------------------------------------
+
+    def _cache_failed(
+        self, action: str, key: str, exc: TowerSessError, *, owes_delete: bool
+    ) -> None:
+        """Stop calling the cache for ``retry_after``; remember ``key`` when
+        its entry may now be stale (a write the cache did not get)."""
+        health = self._health
+        with health.mutex:
+            was_in_use = not health.skip_until
+            health.skip_until = time.monotonic() + self.retry_after.total_seconds()
+            if owes_delete:
+                self._owe(health, key)
+        if was_in_use:
+            logger.warning(
+                "session cache: %s failed for key %s: %s; serving sessions from"
+                " the durable store alone, and trying the cache again in %s",
+                action,
+                _short(key),
+                _reason(exc),
+                self.retry_after,
+            )
+        else:
+            logger.debug(
+                "session cache: %s failed for key %s: %s",
+                action,
+                _short(key),
+                _reason(exc),
+            )
+
+    def _owe(self, health: _CacheHealth, key: str) -> None:
+        # Called with health.mutex held.
+        if health.owed is None:
+            return
+        health.owed.add(key)
+        if len(health.owed) > MAX_OWED_DELETES:
+            health.owed = None
+
+    def _skipping_cache(self) -> bool:
+        """Whether the cache is being left alone; tries it again when due."""
+        health = self._health
+        return bool(health.skip_until) and not self._try_again()
+
+    def _skipping_cache_for(self, key: str) -> bool:
+        """Like :meth:`_skipping_cache`, for a write of ``key``: when the
+        cache is skipped, its entry for ``key`` is owed a delete."""
+        if not self._skipping_cache():
+            return False
+        health = self._health
+        with health.mutex:
+            if not health.skip_until:
+                # Back in use meanwhile: the caller deletes the entry itself.
+                return False
+            self._owe(health, key)
+            return True
+
+    def _reading_past_cache(self) -> bool:
+        health = self._health
+        if self._skipping_cache():
+            return True
+        return (
+            bool(health.read_past_until) and time.monotonic() < health.read_past_until
+        )
+
+    def _try_again(self) -> bool:
+        """Try a skipped cache again if ``retry_after`` is over: pay the
+        deletes owed to it, then use it. Returns whether it is in use."""
+        if time.monotonic() < self._health.skip_until:
+            return False
+        self._process.check()
+        health = self._health
+        if not health.probing.acquire(blocking=False):
+            return False  # another thread is trying it; do not wait for it
+        try:
+            while health.skip_until:
+                with health.mutex:
+                    owed = health.owed
+                    if owed is not None and not owed:
+                        # Closed under the mutex: a write that finds the
+                        # cache skipped owes its key before this point, and
+                        # one that comes after deletes its entry itself.
+                        health.skip_until = 0.0
+                        break
+                    health.owed = set()
+                if owed is None:
+                    self._read_past_for_max_age(health)
+                    continue
+                for key in owed:
+                    try:
+                        self.cache.delete(key)
+                    except TowerSessError as exc:
+                        with health.mutex:
+                            for unpaid in owed:
+                                self._owe(health, unpaid)
+                        self._cache_failed(
+                            "deleting a stale entry", key, exc, owes_delete=True
+                        )
+                        return False
+            logger.warning("session cache: back in use")
+            return True
+        finally:
+            health.probing.release()
+
+    def _read_past_for_max_age(self, health: _CacheHealth) -> None:
+        if self.max_age is None:
+            logger.error(
+                "session cache: more than %d sessions were written while the"
+                " cache was unreachable, and without max_age their stale"
+                " copies there may be served until they expire. Set"
+                " SESSION_CACHE_MAX_AGE to bound this.",
+                MAX_OWED_DELETES,
+            )
+            return
+        # Every entry written before now is gone by then.
+        health.read_past_until = time.monotonic() + self.max_age.total_seconds()
+        logger.warning(
+            "session cache: more than %d sessions were written while the cache"
+            " was unreachable; reading past the cache for %s, until every"
+            " entry from before has expired",
+            MAX_OWED_DELETES,
+            self.max_age,
+        )
+
+    def _write_failed(self, action: str, key: str, exc: TowerSessError) -> None:
+        """A cache write failed: it may have been applied, or be applied late
+        (a command sent to a frozen server runs when it thaws). Delete the
+        entry now if the cache still answers, and owe the delete anyway."""
+        try:
+            self.cache.delete(key)
+        except TowerSessError:
+            pass
+        self._cache_failed(action, key, exc, owes_delete=True)
 
     def _invalidate(self, key: str) -> None:
-        """Delete the cache entry; on failure, log it and carry on."""
+        """Delete the cache entry; on failure, owe it and carry on."""
+        if self._skipping_cache_for(key):
+            return
         try:
             self.cache.delete(key)
         except TowerSessError as exc:
-            if self.max_age is None:
-                bound = "until it expires"
-            else:
-                bound = f"for up to {self.max_age}"
-            logger.error(
-                "session cache: could not invalidate key %s: %s; the cache may"
-                " serve a stale copy of this session %s",
-                _short(key),
-                _reason(exc),
-                bound,
-            )
-
-    @staticmethod
-    def _log_failure(action: str, key: str, exc: TowerSessError) -> None:
-        logger.warning(
-            "session cache: %s failed for key %s: %s",
-            action,
-            _short(key),
-            _reason(exc),
-        )
+            self._cache_failed("invalidating", key, exc, owes_delete=True)
 
     # -- reads -----------------------------------------------------------------
 
@@ -209,10 +385,12 @@ class CachingStore(SessionStore):
         durable store must answer and the cache be left alone (a failing
         cache, another reader's lease, an unreadable entry).
         """
+        if self._reading_past_cache():
+            return False, None
         try:
             entry = self.cache.load(key)
         except TowerSessError as exc:
-            self._log_failure("read", key, exc)
+            self._cache_failed("read", key, exc, owes_delete=False)
             return False, None
         if entry is None:
             return True, None
@@ -250,7 +428,9 @@ class CachingStore(SessionStore):
             # it: read through and leave the cache to them.
             return self.store.load(key)
         except TowerSessError as exc:
-            self._log_failure("taking the fill lease", key, exc)
+            # A lease that lands late is harmless: readers skip leases, and
+            # it runs out.
+            self._cache_failed("taking the fill lease", key, exc, owes_delete=False)
             return self.store.load(key)
         # If the durable read fails, the lease just runs out.
         record = self.store.load(key)
@@ -258,10 +438,7 @@ class CachingStore(SessionStore):
             # Give the slot back. Whatever is there now is this lease, another
             # reader's lease, or a copy a writer put there after removing the
             # lease; deleting any of those only costs a cache miss.
-            try:
-                self.cache.delete(key)
-            except TowerSessError as exc:
-                self._log_failure("releasing the fill lease", key, exc)
+            self._invalidate(key)
             return None
         try:
             self.cache.save(self._to_cache(record, utcnow()), expected_version=token)
@@ -270,10 +447,9 @@ class CachingStore(SessionStore):
             # was taken, so this copy may be stale. Leave the cache alone.
             pass
         except TowerSessError as exc:
-            self._log_failure("filling", key, exc)
-            # The fill may or may not have happened; the record is fresh,
-            # but be safe: a partial failure leaves nothing behind.
-            self._invalidate(key)
+            # The fill may or may not have happened (or may happen late); the
+            # record is fresh, but be safe: leave nothing behind.
+            self._write_failed("filling", key, exc)
         return record
 
     def exists(self, key: str) -> bool:
@@ -288,6 +464,9 @@ class CachingStore(SessionStore):
     def create(self, record: Record) -> None:
         check_key(record.key)
         self.store.create(record)
+        # A new key has nothing cached to go stale: no debt while skipping.
+        if self._skipping_cache():
+            return
         try:
             self.cache.create(self._to_cache(record, utcnow()))
         except CreateError:
@@ -295,8 +474,7 @@ class CachingStore(SessionStore):
             # either way the slot cannot be trusted, so empty it.
             self._invalidate(record.key)
         except TowerSessError as exc:
-            self._log_failure("write", record.key, exc)
-            self._invalidate(record.key)
+            self._write_failed("write", record.key, exc)
 
     def save(self, record: Record, expected_version: int) -> None:
         check_key(record.key)
@@ -308,6 +486,8 @@ class CachingStore(SessionStore):
             # the next read must go to the durable store.
             self._invalidate(record.key)
             raise
+        if self._skipping_cache_for(record.key):
+            return
         try:
             self.cache.save(self._to_cache(record, utcnow()), expected_version)
         except UpdateError:
@@ -318,8 +498,7 @@ class CachingStore(SessionStore):
             # tell which copy is newer, so it holds none.
             self._invalidate(record.key)
         except TowerSessError as exc:
-            self._log_failure("write", record.key, exc)
-            self._invalidate(record.key)
+            self._write_failed("write", record.key, exc)
 
     def touch(self, key: str, expires_at: datetime) -> None:
         check_key(key)
@@ -353,6 +532,8 @@ class CachingStore(SessionStore):
         its failure is logged, not raised.
         """
         purged = self.store.purge_expired(batch_size, on_batch=on_batch)
+        if self._skipping_cache():
+            return purged
         try:
             self.cache.purge_expired(batch_size)
         except TowerSessError as exc:

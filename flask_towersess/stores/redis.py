@@ -77,6 +77,17 @@ DEFAULT_CLIENT_OPTIONS: dict[str, t.Any] = {
     "socket_connect_timeout": 5.0,
 }
 
+#: What :meth:`RedisStore.cache_from_url` uses instead. A cache in front of a
+#: durable store must fail fast: a frozen cache would otherwise cost every
+#: request the full timeout before the durable store answers. A quarter of a
+#: second is a hundred times a loopback or same-zone round trip. A timeout
+#: is not retried (the caching store stops calling the cache for a while
+#: instead); a reset connection is, once.
+CACHE_CLIENT_OPTIONS: dict[str, t.Any] = {
+    "socket_timeout": 0.25,
+    "socket_connect_timeout": 0.25,
+}
+
 # The value header. A tag byte first, so a value this store did not write
 # (another app, Flask-Session's pickles under the same "session:" prefix) is
 # recognised and ignored instead of being misread, and so a later format can
@@ -144,14 +155,17 @@ def _require_driver() -> None:
         ) from exc
 
 
-def _default_retry() -> t.Any:
+def _default_retry(*, on_timeout: bool = True) -> t.Any:
     # One retry, quickly: enough to replace a pooled connection that a
     # server restart or a Sentinel failover closed, without multiplying the
     # socket timeout by redis-py's own default of ten attempts.
     from redis.backoff import ExponentialBackoff
+    from redis.exceptions import ConnectionError
+    from redis.exceptions import TimeoutError
     from redis.retry import Retry
 
-    return Retry(ExponentialBackoff(cap=0.5, base=0.05), 1)
+    errors = (ConnectionError, TimeoutError) if on_timeout else (ConnectionError,)
+    return Retry(ExponentialBackoff(cap=0.5, base=0.05), 1, supported_errors=errors)
 
 
 def _to_micros(moment: datetime) -> int:
@@ -287,9 +301,31 @@ class RedisStore(SessionStore):
             on first use).
         """
         _require_driver()
+        defaults = {**DEFAULT_CLIENT_OPTIONS, "retry": _default_retry()}
+        return cls._build(url, key_prefix, {**defaults, **client_options})
+
+    @classmethod
+    def cache_from_url(
+        cls,
+        url: str,
+        *,
+        key_prefix: str = DEFAULT_KEY_PREFIX,
+        **client_options: t.Any,
+    ) -> RedisStore:
+        """Like :meth:`from_url`, with the defaults of a cache in front of a
+        durable store (``SESSION_CACHE``): ``socket_timeout`` and
+        ``socket_connect_timeout`` are 0.25 s, and a timeout is not retried.
+        See :data:`CACHE_CLIENT_OPTIONS`.
+
+        .. versionadded:: 0.2
+        """
+        _require_driver()
+        defaults = {**CACHE_CLIENT_OPTIONS, "retry": _default_retry(on_timeout=False)}
+        return cls._build(url, key_prefix, {**defaults, **client_options})
+
+    @classmethod
+    def _build(cls, url: str, key_prefix: str, options: dict[str, t.Any]) -> RedisStore:
         scheme = _split(url).scheme.lower()
-        options = {**DEFAULT_CLIENT_OPTIONS, "retry": _default_retry()}
-        options.update(client_options)
         owned: list[t.Callable[[], None]] = []
         client: RedisClient
         if scheme in ("redis", "rediss", "unix"):
