@@ -398,8 +398,10 @@ class ServerSessionInterface(SessionInterface):
             # Never used: no store call, no cookie, no Vary (as Flask).
             return
         _vary_on_cookie(response)
-        if response.status_code >= 500:
-            # The request failed: keep the stored session as it was.
+        if response.status_code >= 500 or session._read_failure is not None:
+            # The request failed, or could not read the session (the app
+            # handled the StoreUnavailable): keep the stored session as it
+            # was, and the cookie too.
             return
         try:
             self._finish(app, session, response)

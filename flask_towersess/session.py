@@ -26,6 +26,7 @@ from flask.sessions import SessionMixin
 from .errors import CreateError
 from .errors import SerializationError
 from .errors import SessionInterrupted
+from .errors import StoreUnavailable
 from .errors import UpdateError
 from .errors import VersionConflict
 from .serializers import MsgPackSerializer
@@ -290,6 +291,11 @@ class ServerSession(SessionMixin):
     # the cookie. It also records the key the cookie carried and whether it
     # was signed with a fallback secret key.
     _key_resolver: t.Callable[[], tuple[str | None, bool]] | None = None
+    # The StoreUnavailable the first read raised, if it did: the rest of the
+    # request sees an empty session that is never saved, without calling the
+    # store again (an app's 503 page showing current_user must not wait for
+    # the store a second time, and fail with a 500).
+    _read_failure: StoreUnavailable | None = None
     _cookie_key: str | None = None
     _resign_cookie = False
 
@@ -402,9 +408,13 @@ class ServerSession(SessionMixin):
 
     def _read_store(self) -> dict[str, t.Any]:
         key = self._key
-        if key is None or self._must_create:
+        if key is None or self._must_create or self._read_failure is not None:
             return {}
-        record = self.store.load(key)
+        try:
+            record = self.store.load(key)
+        except StoreUnavailable as exc:
+            self._read_failure = exc
+            raise
         if record is None:
             # An unknown or expired key never becomes a session: forget it,
             # so a save issues a fresh key instead of reviving this one.
@@ -675,6 +685,10 @@ class ServerSession(SessionMixin):
             :attr:`user_id` moves the session to a fresh key. A key the
             client sent never gets a record created under it.
         """
+        if self._read_failure is not None:
+            # The data was never read: writing what is in memory now would
+            # overwrite the stored session with a partial one.
+            raise StoreUnavailable() from self._read_failure.__cause__
         if self._key is None:
             self.create()
             return

@@ -203,3 +203,42 @@ def test_503_page_does_not_show_database_details() -> None:
         )
     finally:
         store.close()
+
+
+def test_an_unreadable_session_is_never_saved_even_if_the_app_carries_on(
+    sql_store: SQLAlchemyStore,
+) -> None:
+    # The app catches the StoreUnavailable and answers 200 anyway: what it
+    # wrote into the session it could not read must not replace the stored
+    # session, and the cookie stays as it was.
+    app = make_app(sql_store)
+    calls: list[str] = []
+
+    @app.get("/carry-on")
+    def carry_on() -> str:
+        try:
+            session.get("value")
+        except StoreUnavailable:
+            calls.append("failed")
+        session["value"] = "partial"  # an empty session, not saved
+        assert dict(session) == {"value": "partial"}
+        return "ok"
+
+    client = app.test_client()
+    client.get("/set/kept")
+    record = sql_store.load(client.get_cookie("session").value.partition(".")[0])  # type: ignore[union-attr]
+    assert record is not None
+    load = sql_store.load
+
+    def unavailable(key: str) -> Record | None:
+        calls.append("load")
+        raise StoreUnavailable()
+
+    sql_store.load = unavailable  # type: ignore[method-assign]
+    response = client.get("/carry-on")
+    assert response.status_code == 200
+    assert "Set-Cookie" not in response.headers
+    assert calls == ["load", "failed"]
+    sql_store.load = load  # type: ignore[method-assign]
+    assert sql_store.load(record.key) == record
+    assert client.get("/get").text == "{'value': 'kept'}"

@@ -31,6 +31,7 @@ from urllib.parse import urlunsplit
 import pytest
 import sqlalchemy as sa
 from flask import Flask
+from flask import render_template_string
 from flask import session
 
 from flask_towersess import ServerSession
@@ -279,6 +280,61 @@ def test_outage_gives_quick_503_and_loses_nothing(outage: Outage) -> None:
     assert bob.get("/me").data == b"bob"
     assert alice.post("/set/user/alice2").status_code == 200
     assert dict(ServerSession(outage.direct, keys[0])) == {"user": "alice2"}
+
+
+def test_503_page_that_uses_the_session_stays_a_503(outage: Outage) -> None:
+    # The app's 503 handler renders a page with current_user (a navigation
+    # bar): it must neither wait for the store a second time nor turn the
+    # 503 into a 500, and nothing it does to the session is saved.
+    flask_login = pytest.importorskip("flask_login")
+
+    class User(flask_login.UserMixin):  # type: ignore[misc,name-defined]
+        def __init__(self, name: str) -> None:
+            self.id = name
+
+    app = make_app(outage.store)
+    manager = flask_login.LoginManager(app)
+    manager.user_loader(User)
+
+    @app.post("/login/<name>")
+    def login(name: str) -> str:
+        flask_login.login_user(User(name))
+        return "ok"
+
+    @app.errorhandler(503)
+    def unavailable(error: Exception) -> tuple[str, int]:
+        page = render_template_string(
+            "{{ current_user.is_authenticated }} {{ session.get('user') }}"
+        )
+        session["seen_error"] = True  # never saved
+        return page, 503
+
+    loads: list[str] = []
+    load = outage.store.load
+
+    def counting_load(key: str) -> Record | None:
+        loads.append(key)
+        return load(key)
+
+    outage.store.load = counting_load  # type: ignore[method-assign]
+    client = app.test_client()
+    assert client.post("/login/alice").status_code == 200
+    assert client.post("/set/user/alice").status_code == 200
+    key = key_of(client)
+    before = outage.direct.load(key)
+    outage.break_()
+    try:
+        loads.clear()
+        response, elapsed = timed(lambda: client.get("/me"))
+        assert response.status_code == 503
+        assert response.text == "False None"
+        assert loads == [key]  # one call, not one more from the handler
+        assert elapsed < FAIL_WITHIN
+        assert "Set-Cookie" not in response.headers
+    finally:
+        outage.repair()
+    assert outage.direct.load(key) == before
+    assert client.get("/me").text == "alice"
 
 
 #: How the store comes and goes under the stream of writes. A hung store
