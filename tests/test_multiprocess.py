@@ -313,13 +313,9 @@ def test_every_change_to_own_keys_survives(
 @pytest.mark.parametrize(
     ("backend", "workers"),
     [
-        *((name, workers) for name in BACKENDS for workers in CONTENTION_WORKERS),
-        # Each retry through the caching store costs several more round trips
-        # (durable and cache compare-and-set, a cache refill): at 16
-        # processes on two CPUs a request now and then still runs out of the
-        # default SESSION_SAVE_TIMEOUT. That needs a cross-process
-        # pessimistic path (a row or advisory lock after two lost saves).
-        ("caching", 8),
+        (name, workers)
+        for name in (*BACKENDS, "caching")
+        for workers in CONTENTION_WORKERS
     ],
     indirect=["backend"],
 )

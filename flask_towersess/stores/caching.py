@@ -52,6 +52,7 @@ so the cache store must be used by this :class:`CachingStore` only.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import struct
@@ -360,10 +361,8 @@ class CachingStore(SessionStore):
         """A cache write failed: it may have been applied, or be applied late
         (a command sent to a frozen server runs when it thaws). Delete the
         entry now if the cache still answers, and owe the delete anyway."""
-        try:
+        with contextlib.suppress(TowerSessError):
             self.cache.delete(key)
-        except TowerSessError:
-            pass
         self._cache_failed(action, key, exc, owes_delete=True)
 
     def _invalidate(self, key: str) -> None:
