@@ -192,6 +192,8 @@ class SessionExt:
             from .stores.caching import CachingStore
 
             cache_store = store_for(cache, **app.config["SESSION_CACHE_OPTIONS"])
+            # So that its errors name the setting to fix.
+            cache_store._setting = "SESSION_CACHE"
             store = CachingStore(
                 cache_store, store, max_age=app.config["SESSION_CACHE_MAX_AGE"]
             )
