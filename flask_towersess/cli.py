@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import sys
 import time
 import typing as t
@@ -40,19 +42,47 @@ def _current_store() -> SessionStore:
 
 
 def _one_line(text: str) -> str:
-    # Driver messages often span lines (psycopg2 adds "Is the server
-    # running...?" on a second one); cron mail and log scrapers want one.
+    # Cron mail and log scrapers want one line per failure.
     return " ".join(text.split())
+
+
+def _first_line(text: str) -> str:
+    # Driver messages often span lines (psycopg2 adds "Is the server
+    # running...?", SQLAlchemy the statement and a link): the first says it.
+    return next((line for line in text.splitlines() if line.strip()), "")
+
+
+@contextlib.contextmanager
+def _no_log_on_stderr() -> t.Iterator[None]:
+    """Keep the package's log records off stderr while a command runs, when
+    the app has set up no logging.
+
+    Python then prints warnings and errors to stderr itself (its "last
+    resort" handler): a store's "unavailable" warning would come before the
+    command's own one-line error, which says the same. An app that set up
+    logging gets the records where it sends them.
+    """
+    package_logger = logging.getLogger("flask_towersess")
+    if package_logger.hasHandlers():
+        yield
+        return
+    handler = logging.NullHandler()
+    package_logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        package_logger.removeHandler(handler)
 
 
 def _call(store: SessionStore, work: t.Callable[[], T]) -> T:
     """Run store work, turning store failures into a one-line CLI error."""
     try:
-        return work()
+        with _no_log_on_stderr():
+            return work()
     except StoreUnavailable as exc:
         # The driver's error (kept out of the public 503 page) is what an
         # operator needs here; the description if there is none.
-        reason = str(exc.__cause__) if exc.__cause__ else exc.description
+        reason = _first_line(str(exc.__cause__ or "")) or exc.description
         raise click.ClickException(
             _one_line(f"cannot reach the session store ({store.describe()}): {reason}")
         ) from exc

@@ -197,6 +197,8 @@ class SessionExt:
             cache_store = store_for(
                 cache, as_cache=True, **app.config["SESSION_CACHE_OPTIONS"]
             )
+            # So that its errors name the setting to fix.
+            cache_store._setting = "SESSION_CACHE"
             store = CachingStore(
                 cache_store,
                 store,

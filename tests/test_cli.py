@@ -337,6 +337,10 @@ def test_unreachable_store(backend: str, args: tuple[str, ...]) -> None:
     assert message.startswith("Error: cannot reach the session store (SQLAlchemyStore ")
     assert "127.0.0.1:1/test" in message
     assert "503" not in message
+    # The driver's first line only: not psycopg2's "Is the server running",
+    # nor SQLAlchemy's link.
+    assert "Is the server running" not in message
+    assert "Background on this error" not in message
 
 
 @pytest.mark.parametrize(
@@ -454,6 +458,82 @@ def test_flask_command_on_the_example(example_env: dict[str, str]) -> None:
         assert all(store.load(key) is not None for key in live)
     finally:
         store.close()
+
+
+#: A password found in no message by chance.
+PASSWORD = "Tw-cli-s3cret-41d0"
+
+
+def with_url(url: str, **parts: str) -> str:
+    """``url`` with ``parts`` (user name, password, database) replaced."""
+    return sa.engine.make_url(url).set(**parts).render_as_string(hide_password=False)
+
+
+#: ``SESSION_STORE`` values the commands fail on, each in one line: stores
+#: that cannot be reached, and settings the server refuses.
+FAILING_STORES = {
+    "postgresql-unreachable": UNREACHABLE_URLS["postgresql"],
+    "mariadb-unreachable": UNREACHABLE_URLS["mariadb"],
+    "redis-unreachable": "redis://127.0.0.1:1/0",
+    "postgresql-unknown-user": with_url(
+        POSTGRESQL_URL, username="towersess_nobody", password=PASSWORD
+    ),
+    "postgresql-unknown-database": with_url(
+        POSTGRESQL_URL, database="towersess_nosuchdb"
+    ),
+    "mariadb-wrong-password": with_url(MYSQL_URL, password=PASSWORD),
+    "redis-database-out-of-range": "redis://127.0.0.1:6379/99",
+}
+
+
+@pytest.mark.parametrize(
+    ("url", "command", "start"),
+    [
+        pytest.param(
+            url,
+            command,
+            # An outage, or a setting to fix, named.
+            "cannot reach the session store"
+            if "unreachable" in name
+            else "SESSION_STORE (",
+            id=f"{name}-{command}",
+        )
+        for name, url in FAILING_STORES.items()
+        for command in ("migrate", "purge-expired")
+        # Redis needs no migration: migrate does not connect.
+        if not (url.startswith("redis://") and command == "migrate")
+    ],
+)
+def test_flask_command_fails_in_one_line(
+    example_env: dict[str, str], url: str, command: str, start: str
+) -> None:
+    """What cron mail and deploy logs get from the real command: one line on
+    stderr and exit status 1; no log line before it (Python prints warnings
+    to stderr when nothing is set up), no second line of a driver's text."""
+    example_env["SESSION_STORE"] = url
+    result = run_flask(example_env, command, capture_output=True, text=True)
+    assert result.returncode == 1, result.stderr
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"Error: {start}"), result.stderr
+    assert PASSWORD not in result.stderr
+
+
+@pytest.mark.xfail(
+    reason="SessionExt(app) refuses a bad SESSION_STORE while the app module"
+    " is imported, before any command runs: Flask's CLI prints the traceback",
+)
+@pytest.mark.parametrize(
+    "url", ["nosuch://x", "postgresql://user@127.0.0.1:notaport/test"]
+)
+def test_flask_command_with_a_bad_url_fails_in_one_line(
+    example_env: dict[str, str], url: str
+) -> None:
+    example_env["SESSION_STORE"] = url
+    result = run_flask(example_env, "migrate", capture_output=True, text=True)
+    assert result.returncode == 1
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert "SESSION_STORE" in result.stderr
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pseudo-terminal")

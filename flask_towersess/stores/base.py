@@ -155,7 +155,9 @@ class SessionStore(abc.ABC):
     suit a store whose backend expires records by itself.
 
     Every method may raise :class:`~flask_towersess.errors.StoreUnavailable`
-    when the backend cannot be reached.
+    when the backend cannot be reached, and
+    :class:`~flask_towersess.errors.ConfigurationError` when it refuses the
+    store's settings (credentials, database): no retry fixes those.
     """
 
     #: True when the backend deletes expired records by itself (Redis TTL,
@@ -165,6 +167,15 @@ class SessionStore(abc.ABC):
     #: URL schemes :func:`~flask_towersess.stores.store_from_url` hands to
     #: this class's :meth:`from_url`.
     url_schemes: t.ClassVar[tuple[str, ...]] = ()
+
+    #: The setting that errors about this store's connection name:
+    #: :class:`~flask_towersess.SessionExt` sets ``"SESSION_CACHE"`` on the
+    #: store it builds from that setting.
+    _setting = "SESSION_STORE"
+
+    # The configuration problems already logged (see _misconfigured); a
+    # class-level empty default, replaced per instance on the first one.
+    _logged_problems: frozenset[str] = frozenset()
 
     @abc.abstractmethod
     def load(self, key: str) -> Record | None:
@@ -263,6 +274,27 @@ class SessionStore(abc.ABC):
         into a store without naming the backend.
         """
         return False
+
+    def _misconfigured(
+        self, where: str, problem: str, log: logging.Logger
+    ) -> ConfigurationError:
+        """The error for a connection setting the backend refused (a password,
+        a user, a database), which no retry will fix.
+
+        :param where: the store's URL or address, without secrets.
+        :param problem: what is wrong and how to fix it, without secrets.
+
+        The message is logged at ERROR the first time this store meets it,
+        not on every request: it stays wrong until someone changes the
+        setting, and a line per request would bury everything else.
+
+        .. versionadded:: 0.2
+        """
+        message = f"{self._setting} ({where}): {problem}"
+        if message not in self._logged_problems:
+            self._logged_problems = self._logged_problems | {message}
+            log.error("%s", message)
+        return ConfigurationError(message)
 
     def __repr__(self) -> str:
         return f"<{self.describe()}>"

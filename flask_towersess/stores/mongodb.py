@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import logging
 import typing as t
 from datetime import datetime
 from datetime import timezone
@@ -46,6 +47,8 @@ from .base import utcnow
 
 if t.TYPE_CHECKING:
     from pymongo.collection import Collection
+
+logger = logging.getLogger(__name__)
 
 #: Name of the TTL index :meth:`MongoDBStore.migrate` creates.
 TTL_INDEX_NAME = "expires_at_1"
@@ -83,6 +86,9 @@ class _DriverErrors:
     connection_failure: tuple[type[Exception], ...]
     # A reply the driver cannot decode (a date past year 9999).
     invalid_document: tuple[type[Exception], ...] = ()
+    # pymongo's ConfigurationError: settings it finds unusable only once it
+    # meets the server (an SRV record, a server too old for the driver).
+    configuration: tuple[type[Exception], ...] = ()
 
 
 @functools.cache
@@ -110,6 +116,7 @@ def _driver_errors() -> _DriverErrors:
         # WaitQueueTimeoutError; other timeouts are found by ``.timeout``.
         connection_failure=(errors.ConnectionFailure,),
         invalid_document=(InvalidBSON,),
+        configuration=(errors.ConfigurationError,),
     )
 
 
@@ -264,9 +271,14 @@ class MongoDBStore(SessionStore):
         try:
             yield
         except errors.base as exc:
+            problem = _misconfiguration(exc, errors)
+            if problem is not None:
+                raise self._misconfigured(self._where, problem, logger) from exc
             if isinstance(exc, errors.connection_failure) or getattr(
                 exc, "timeout", False
             ):
+                logger.warning("session store unavailable (%s): %s", self._where, exc)
+                # No message: StoreUnavailable's text is the public 503 page.
                 raise StoreUnavailable() from exc
             raise
 
@@ -464,3 +476,28 @@ class MongoDBStore(SessionStore):
 
     def describe(self) -> str:
         return f"MongoDBStore({self._where})"
+
+
+#: Server error codes of settings MongoDB refused: the credentials
+#: (AuthenticationFailed, UserNotFound), and the user's roles (Unauthorized).
+_AUTHENTICATION_CODES = frozenset({18, 11})
+_UNAUTHORIZED = 13
+
+
+def _misconfiguration(exc: Exception, errors: _DriverErrors) -> str | None:
+    """What is wrong with the store's settings, if ``exc`` says the server
+    or pymongo refused them; ``None`` for any other error."""
+    code = getattr(exc, "code", None)
+    if code in _AUTHENTICATION_CODES:
+        return (
+            "MongoDB refused the credentials; fix the user name, the password"
+            " or authSource in the URL"
+        )
+    if code == _UNAUTHORIZED:
+        return (
+            "the MongoDB user may not use the session collection; grant it the"
+            " readWrite role on the database (and createIndex for migrate)"
+        )
+    if isinstance(exc, errors.configuration):
+        return f"pymongo cannot use it: {' '.join(str(exc).split())[:300]}"
+    return None

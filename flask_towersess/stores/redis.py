@@ -23,6 +23,7 @@ without it (``pip install 'flask-towersess[redis]'`` adds it).
 
 from __future__ import annotations
 
+import logging
 import struct
 import sys
 import typing as t
@@ -60,6 +61,8 @@ if t.TYPE_CHECKING:
     RedisClient: t.TypeAlias = "Redis | RedisCluster"
 
 __all__ = ["RedisStore"]
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_KEY_PREFIX = "session:"
 
@@ -227,7 +230,8 @@ class RedisStore(SessionStore):
     PXAT`` to create, a Lua compare-and-set to save, a small Lua script to
     touch, ``DEL`` to delete. Connection failures and timeouts raise
     :class:`~flask_towersess.errors.StoreUnavailable` with the redis-py
-    error as ``__cause__``.
+    error as ``__cause__``; refused credentials, ACL permissions or database
+    number raise :class:`~flask_towersess.errors.ConfigurationError`.
 
     Needs Redis 6.2 or later (``PXAT``).
 
@@ -255,13 +259,15 @@ class RedisStore(SessionStore):
         # the key).
         self._save_script = self._commands.register_script(_SAVE_SCRIPT)
         self._touch_script = self._commands.register_script(_TOUCH_SCRIPT)
-        self._auth_errors, self._unavailable_errors = _error_classes()
-        self._redis_errors = self._auth_errors + self._unavailable_errors
         from redis.exceptions import NoScriptError
         from redis.exceptions import ResponseError
 
+        self._unavailable_errors = _unavailable_errors()
+        # Every call catches these; _fail sorts them out. ResponseError is
+        # among them for the settings the server refuses with a plain one
+        # ("DB index is out of range"); any other is raised as it was.
+        self._redis_errors = self._unavailable_errors + (ResponseError,)
         self._no_script_error = NoScriptError
-        self._response_error = ResponseError
         # What close() calls: only closers of what from_url built. A client
         # the caller passed in is theirs to close.
         self._owned: list[t.Callable[[], None]] = []
@@ -377,19 +383,22 @@ class RedisStore(SessionStore):
     def _key(self, key: str) -> str:
         return self.key_prefix + key
 
-    def _error(self, exc: BaseException) -> Exception:
-        """What to raise for a redis-py error (every call catches
-        ``self._redis_errors``: a try block costs nothing until it fails,
-        where a context manager costs on every call)."""
-        if isinstance(exc, self._auth_errors):
-            return ConfigurationError(
-                f"Redis refused the session store's credentials or commands"
-                f" ({self._where}): {exc}. Check the username, password and"
-                f" ACL (GET, SET, DEL, EXISTS, EVALSHA, SCRIPT LOAD)."
-            )
-        # No message: StoreUnavailable's text is the public 503 page, and
-        # the redis-py error (hosts, ports) stays in __cause__.
-        return StoreUnavailable()
+    def _fail(self, exc: BaseException) -> t.NoReturn:
+        """Raise what the session layer expects for a redis-py error.
+
+        Every call catches ``self._redis_errors`` and calls this: a try
+        block costs nothing until it fails, where a context manager costs on
+        every call.
+        """
+        problem = _misconfiguration(exc)
+        if problem is not None:
+            raise self._misconfigured(self._where, problem, logger) from exc
+        if isinstance(exc, self._unavailable_errors):
+            logger.warning("session store unavailable (%s): %s", self._where, exc)
+            # No message: StoreUnavailable's text is the public 503 page, and
+            # the redis-py error (hosts, ports) stays in __cause__.
+            raise StoreUnavailable() from exc
+        raise exc
 
     def _run_script(self, script: _Script, key: str, *args: bytes | int) -> t.Any:
         """EVALSHA the script on ``key``; load it first if the server lacks it
@@ -406,10 +415,8 @@ class RedisStore(SessionStore):
         try:
             value = self._commands.get(self._key(key))
         except self._redis_errors as exc:
-            raise self._error(exc) from exc
-        except self._response_error as exc:
             if "WRONGTYPE" not in str(exc):
-                raise
+                self._fail(exc)
             # A hash, list or set under the key: no session record either.
             refuse_record("RedisStore", key, "the key holds no string value")
             return None
@@ -449,7 +456,7 @@ class RedisStore(SessionStore):
                 self._key(record.key), value, nx=True, pxat=_pxat(micros)
             )
         except self._redis_errors as exc:
-            raise self._error(exc) from exc
+            self._fail(exc)
         if not created:
             raise CreateError(f"a session with key {record.key[:6]}... exists")
 
@@ -466,7 +473,7 @@ class RedisStore(SessionStore):
                 _pxat(micros),
             )
         except self._redis_errors as exc:
-            raise self._error(exc) from exc
+            self._fail(exc)
         if result == _SAVED:
             return
         if result == _MISSING:
@@ -492,14 +499,14 @@ class RedisStore(SessionStore):
                 _pxat(micros),
             )
         except self._redis_errors as exc:
-            raise self._error(exc) from exc
+            self._fail(exc)
 
     def delete(self, key: str) -> None:
         check_key(key)
         try:
             self._commands.delete(self._key(key))
         except self._redis_errors as exc:
-            raise self._error(exc) from exc
+            self._fail(exc)
 
     def exists(self, key: str) -> bool:
         # EXISTS sends no payload back. Redis's TTL is rounded down from the
@@ -508,7 +515,7 @@ class RedisStore(SessionStore):
         try:
             return bool(self._commands.exists(self._key(key)))
         except self._redis_errors as exc:
-            raise self._error(exc) from exc
+            self._fail(exc)
 
     def _ping(self) -> None:
         # Nothing to count or purge, but a cron job must still learn that
@@ -516,7 +523,7 @@ class RedisStore(SessionStore):
         try:
             self._commands.ping()
         except self._redis_errors as exc:
-            raise self._error(exc) from exc
+            self._fail(exc)
 
     def count_expired(self) -> int:
         self._ping()
@@ -548,17 +555,50 @@ class RedisStore(SessionStore):
 # -- helpers -------------------------------------------------------------
 
 
-def _error_classes() -> tuple[
-    tuple[type[BaseException], ...], tuple[type[BaseException], ...]
-]:
-    """The redis-py errors that mean "misconfigured" and "unavailable"."""
+def _misconfiguration(exc: BaseException) -> str | None:
+    """What is wrong with the store's settings, if the server refused them
+    (credentials, ACL permissions, the database number); ``None`` for any
+    other error.
+    """
     from redis import exceptions as e
 
-    auth: tuple[type[BaseException], ...] = (
-        # A ConnectionError subclass, but no retry will fix a bad password.
-        e.AuthenticationError,
-        e.NoPermissionError,
-    )
+    text = str(exc)
+    if isinstance(exc, e.AuthenticationWrongNumberOfArgsError):
+        return (
+            "this Redis server (before 6.0) has no users, only a password;"
+            " remove the user name from the URL"
+        )
+    # AuthenticationError is a ConnectionError, but no retry will fix a bad
+    # password. The texts are for replies redis-py left a plain ResponseError.
+    if isinstance(exc, e.AuthenticationError) or text.startswith(
+        ("NOAUTH", "WRONGPASS")
+    ):
+        return (
+            "Redis refused the credentials; fix the user name and password in"
+            " the URL (redis://user:password@host:port/db), or requirepass or"
+            " the ACL on the server"
+        )
+    if isinstance(exc, e.NoPermissionError):
+        # Without the command the server names: the message is logged once
+        # per store, whichever command meets the refusal first.
+        return (
+            "the Redis user may not run a command the store needs; allow it"
+            " GET, SET, DEL, EXISTS, EVALSHA, SCRIPT LOAD and PING on the key"
+            " prefix"
+        )
+    if isinstance(exc, e.ResponseError) and "DB index is out of range" in text:
+        return (
+            "Redis has no database of that number (fewer are set by the"
+            " server's `databases`); fix the database number in the URL"
+        )
+    return None
+
+
+def _unavailable_errors() -> tuple[type[BaseException], ...]:
+    """The redis-py errors that mean "unavailable" (once
+    :func:`_misconfiguration` has found none of its own among them)."""
+    from redis import exceptions as e
+
     unavailable: tuple[type[BaseException], ...] = (
         # Also covers MasterNotFoundError (Sentinel knows no master),
         # BusyLoadingError (the server is loading its data set) and
@@ -578,7 +618,7 @@ def _error_classes() -> tuple[
     out_of_memory = getattr(e, "OutOfMemoryError", None)
     if isinstance(out_of_memory, type) and issubclass(out_of_memory, BaseException):
         unavailable += (out_of_memory,)
-    return auth, unavailable
+    return unavailable
 
 
 def _check_client(client: object) -> None:
@@ -681,7 +721,13 @@ def _cluster_client(url: str, options: dict[str, t.Any]) -> RedisCluster:
     except TypeError as exc:
         raise ConfigurationError(f"Invalid Redis Cluster options: {exc}") from exc
     except (RedisClusterException, RedisError) as exc:
-        # RedisCluster asks the nodes for the slot map while it is built.
+        # RedisCluster asks the nodes for the slot map while it is built: at
+        # start-up, where the error is raised once, not per request.
+        problem = _misconfiguration(exc)
+        if problem is not None:
+            raise ConfigurationError(
+                f"SESSION_STORE ({redact_url(url)}): {problem}"
+            ) from exc
         raise StoreUnavailable() from exc
 
 

@@ -15,6 +15,7 @@ import itertools
 import logging
 import os
 import random
+import re
 import signal
 import socket
 import threading
@@ -277,8 +278,12 @@ class SQLAlchemyStore(SessionStore):
 
     # -- error handling --------------------------------------------------------
 
-    def _translate(self, exc: sa_exc.DBAPIError) -> Exception:
-        """Map a driver error to the error the session layer expects."""
+    def _translate(self, exc: sa_exc.DBAPIError, sent: int = 0) -> Exception:
+        """Map a driver error to the error the session layer expects.
+
+        :param sent: the bytes of payload the failed statement carried, to
+            tell a statement too large for MySQL from a lost server.
+        """
         if _may_be_schema_error(exc):
             # Only on failure: a missing or foreign table is a set-up mistake
             # with a fix, not an outage.
@@ -289,11 +294,39 @@ class SQLAlchemyStore(SessionStore):
                 problem = None
             if problem is not None:
                 return problem
+        setting = _misconfiguration(exc, self.engine.url)
+        if setting is None and sent and self._packet_too_large(exc, sent):
+            setting = _PACKET_TOO_LARGE
+        if setting is not None:
+            return self._misconfigured(self._url_text(), setting, logger)
         if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError)) or (
             exc.connection_invalidated
         ):
             return _unavailable(exc.orig)
         return exc
+
+    def _packet_too_large(self, exc: sa_exc.DBAPIError, sent: int) -> bool:
+        """Whether MySQL dropped the connection for a statement larger than
+        its ``max_allowed_packet``.
+
+        A server that refuses such a packet while the client is still
+        sending it resets the connection, which PyMySQL reports as "server
+        has gone away" (2006), as it would a crash. So the server is asked
+        for its limit, and only then: if it answers, it is up, and a payload
+        that may not fit in a packet is the reason.
+        """
+        if _error_code(exc) not in _LOST_CONNECTION_CODES or (
+            self.engine.dialect.name not in ("mysql", "mariadb")
+        ):
+            return False
+        try:
+            with self.engine.connect() as conn:
+                limit = conn.exec_driver_sql("SELECT @@max_allowed_packet").scalar()
+        except sa_exc.SQLAlchemyError:
+            return False  # no answer: an outage after all
+        # The payload travels escaped (up to twice its size) in the text of
+        # the statement.
+        return limit is not None and 2 * sent + _STATEMENT_OVERHEAD > int(limit)
 
     def _table_problem(self, inspector: sa.Inspector) -> ConfigurationError | None:
         """Why the table cannot hold sessions, or ``None`` if it can."""
@@ -315,8 +348,12 @@ class SQLAlchemyStore(SessionStore):
             )
         return None
 
-    def _run(self, work: t.Callable[[Executor], _T]) -> _T:
-        """Run ``work`` on a pooled connection, with errors translated."""
+    def _run(self, work: t.Callable[[Executor], _T], *, sent: int = 0) -> _T:
+        """Run ``work`` on a pooled connection, with errors translated.
+
+        :param sent: the bytes of payload ``work`` writes (see
+            :meth:`_translate`).
+        """
         if not self._migrated:
             self._ensure_migrated()
         engine = self._use_engine()
@@ -344,7 +381,7 @@ class SQLAlchemyStore(SessionStore):
                 exc.hide_parameters = True
                 if isinstance(exc, sa_exc.IntegrityError):
                     raise
-                raise self._translate(exc) from exc
+                raise self._translate(exc, sent) from exc
             except sa_exc.TimeoutError as exc:  # pool checkout timed out
                 raise _unavailable(exc) from exc
         raise AssertionError("unreachable")  # pragma: no cover
@@ -439,8 +476,9 @@ class SQLAlchemyStore(SessionStore):
             "expires_at": _naive_utc(record.expires_at),
             "version": record.version,
         }
+        sent = len(record.payload)
         try:
-            self._run(lambda run: run.rowcount(self._insert, params))
+            self._run(lambda run: run.rowcount(self._insert, params), sent=sent)
             return
         except sa_exc.IntegrityError:
             pass
@@ -457,7 +495,7 @@ class SQLAlchemyStore(SessionStore):
             run.rowcount(self._insert, params)
 
         try:
-            self._run(replace_expired)
+            self._run(replace_expired, sent=sent)
         except sa_exc.IntegrityError as exc:  # another writer took the key meanwhile
             raise CreateError(f"a session with key {record.key[:6]}... exists") from exc
 
@@ -484,7 +522,7 @@ class SQLAlchemyStore(SessionStore):
                 f"expected version {expected_version}, found {current[0]}"
             )
 
-        self._run(work)
+        self._run(work, sent=len(record.payload))
 
     def touch(self, key: str, expires_at: datetime) -> None:
         check_key(key)
@@ -596,8 +634,11 @@ class SQLAlchemyStore(SessionStore):
     def migrate(self) -> list[str]:
         try:
             lines = self._migrate()
-        except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
-            raise _unavailable(exc.orig) from exc
+        except sa_exc.DBAPIError as exc:
+            error = self._translate(exc)
+            if error is exc:
+                raise
+            raise error from exc
         self._migrated = True
         return lines
 
@@ -963,6 +1004,91 @@ def _may_be_schema_error(exc: sa_exc.DBAPIError) -> bool:
     if _error_code(exc) in _SCHEMA_ERROR_CODES:
         return True
     return "no such table" in str(orig) or "no such column" in str(orig)
+
+
+#: Bytes of a statement beyond its payload: the SQL text and the other values.
+_STATEMENT_OVERHEAD = 1024
+
+#: Error codes of a connection lost mid-statement (MySQL "server has gone
+#: away", "lost connection").
+_LOST_CONNECTION_CODES = {2006, 2013}
+
+_PACKET_TOO_LARGE = (
+    "a session is larger than the MySQL/MariaDB server takes in one statement"
+    " (its max_allowed_packet); raise max_allowed_packet on the server, or"
+    " set SESSION_MAX_PAYLOAD_SIZE well below it"
+)
+
+
+#: The SQLSTATE of a failed PostgreSQL connection, from the server's message:
+#: libpq keeps the code of a connection error to itself, so psycopg2 has no
+#: pgcode for it. English only: in another lc_messages the error is left
+#: what it was before, an outage.
+_LIBPQ_MESSAGES = (
+    (re.compile(r"password authentication failed|no password supplied"), "28P01"),
+    (
+        re.compile(
+            r'role ".*" does not exist|no pg_hba\.conf entry'
+            r"|is not permitted to log in"
+        ),
+        "28000",
+    ),
+    (re.compile(r'database ".*" does not exist'), "3D000"),
+)
+
+
+def _misconfiguration(exc: sa_exc.DBAPIError, url: sa.engine.URL) -> str | None:
+    """What is wrong with the connection settings, if ``exc`` is a server's
+    refusal of them (credentials, the database); ``None`` for anything else.
+
+    By the driver's error code: PostgreSQL's SQLSTATE, MySQL's error number.
+    """
+    backend = url.get_backend_name()
+    code = _error_code(exc)
+    text = str(exc.orig)
+    if backend == "postgresql" and not getattr(exc.orig, "pgcode", None):
+        code = next((c for found, c in _LIBPQ_MESSAGES if found.search(text)), None)
+    server = _SERVER_NAMES.get(backend, "the database server")
+    user, database = url.username, url.database
+    if code in ("28P01", 1045):
+        # MySQL says the same for an unknown user; PostgreSQL does too under
+        # password authentication.
+        return (
+            f"{server} refused the login of user {user!r}; fix the user name"
+            " or the password in the URL"
+        )
+    if code == "28000":
+        return (
+            f"{server} does not let user {user!r} in ({_server_reason(text)});"
+            " fix the user name in the URL, or let the user log in (LOGIN,"
+            " pg_hba.conf)"
+        )
+    if code == 1044:
+        return (
+            f"user {user!r} may not use database {database!r}; grant it access,"
+            " or fix the database name in the URL"
+        )
+    if code in ("3D000", 1049):
+        return (
+            f"database {database!r} does not exist on {server}; create it, or"
+            " fix the database name in the URL"
+        )
+    if code == 1153:  # the server read the whole statement before refusing it
+        return _PACKET_TOO_LARGE
+    return None
+
+
+_SERVER_NAMES = {
+    "postgresql": "PostgreSQL",
+    "mysql": "MySQL/MariaDB",
+    "mariadb": "MariaDB",
+}
+
+
+def _server_reason(text: str) -> str:
+    """The server's own words in a connection error, on one line."""
+    reason = text.rpartition("FATAL:")[2] or text
+    return " ".join(reason.split())[:200]
 
 
 def _error_code(exc: sa_exc.DBAPIError) -> object:
