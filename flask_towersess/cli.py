@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import sys
 import time
@@ -16,7 +17,7 @@ import typing as t
 
 import click
 from flask import current_app
-from flask.cli import with_appcontext
+from flask.cli import ScriptInfo
 
 from .errors import ConfigurationError
 from .errors import StoreUnavailable
@@ -90,6 +91,29 @@ def _call(store: SessionStore, work: t.Callable[[], T]) -> T:
         raise click.ClickException(_one_line(str(exc))) from exc
 
 
+def _with_app(command: t.Callable[..., T]) -> t.Callable[..., T]:
+    """Flask's ``with_appcontext``, with a one-line error for an app that
+    refuses its session settings while it loads (``SessionExt(app)`` with a
+    bad ``SESSION_STORE``), instead of the traceback of the app's import.
+
+    It can do so because the group is registered as a ``flask.commands``
+    plugin: Flask finds it without loading the app first.
+    """
+
+    @click.pass_context
+    def run(ctx: click.Context, /, *args: t.Any, **kwargs: t.Any) -> T:
+        if not current_app:
+            try:
+                with _no_log_on_stderr():
+                    app = ctx.ensure_object(ScriptInfo).load_app()
+            except ConfigurationError as exc:
+                raise click.ClickException(_one_line(str(exc))) from exc
+            ctx.with_resource(app.app_context())
+        return ctx.invoke(command, *args, **kwargs)
+
+    return functools.update_wrapper(run, command)
+
+
 def _stderr_is_terminal() -> bool:
     """Whether to draw a progress bar: only for a person at a terminal."""
     return sys.stderr.isatty()
@@ -102,7 +126,7 @@ def sessions_command() -> None:
 
 @sessions_command.command("migrate")
 @click.option("--sql", is_flag=True, help="Print the DDL instead of running it.")
-@with_appcontext
+@_with_app
 def migrate_command(sql: bool) -> None:
     """Create or upgrade what the session store needs (idempotent)."""
     store = _current_store()
@@ -123,7 +147,7 @@ def migrate_command(sql: bool) -> None:
     help="Records deleted per statement (and per transaction).",
 )
 @click.option("--dry-run", is_flag=True, help="Count expired sessions; delete nothing.")
-@with_appcontext
+@_with_app
 def purge_expired_command(batch_size: int, dry_run: bool) -> None:
     """Delete expired sessions in batches (run it from cron).
 

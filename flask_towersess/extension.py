@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import typing as t
@@ -189,14 +190,16 @@ class SessionExt:
             store = SQLAlchemyStore.from_url(f"sqlite:///{path}", **options)
             _create_folder_on_connect(store.engine, app.instance_path)
         else:
-            store = store_for(value, **options)
+            with _naming_setting("SESSION_STORE"):
+                store = store_for(value, **options)
         cache = app.config["SESSION_CACHE"]
         if cache is not None:
             from .stores.caching import CachingStore
 
-            cache_store = store_for(
-                cache, as_cache=True, **app.config["SESSION_CACHE_OPTIONS"]
-            )
+            with _naming_setting("SESSION_CACHE"):
+                cache_store = store_for(
+                    cache, as_cache=True, **app.config["SESSION_CACHE_OPTIONS"]
+                )
             # So that its errors name the setting to fix.
             cache_store._setting = "SESSION_CACHE"
             store = CachingStore(
@@ -224,6 +227,18 @@ class SessionExt:
     def get_store(self, app: Flask | None = None) -> SessionStore:
         """The store of ``app`` (default: the current app)."""
         return self.get_interface(app).store
+
+
+@contextlib.contextmanager
+def _naming_setting(setting: str) -> t.Iterator[None]:
+    """Prefix a store's refusal of its URL or options with the setting that
+    holds them, unless it names it already."""
+    try:
+        yield
+    except ConfigurationError as exc:
+        if setting in str(exc):
+            raise
+        raise ConfigurationError(f"{setting}: {exc}") from exc
 
 
 def _create_folder_on_connect(engine: sa.engine.Engine, folder: str) -> None:

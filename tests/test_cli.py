@@ -519,10 +519,6 @@ def test_flask_command_fails_in_one_line(
     assert PASSWORD not in result.stderr
 
 
-@pytest.mark.xfail(
-    reason="SessionExt(app) refuses a bad SESSION_STORE while the app module"
-    " is imported, before any command runs: Flask's CLI prints the traceback",
-)
 @pytest.mark.parametrize(
     "url", ["nosuch://x", "postgresql://user@127.0.0.1:notaport/test"]
 )
