@@ -8,9 +8,9 @@ keys and a small real payload. Then the benchmark times
 command, and reports:
 
 - rows per second and total time;
-- the number of batches and the longest single batch (each batch is one
-  statement in its own transaction, so this is the longest time any purge
-  statement holds its locks);
+- the number of batches and the longest single batch (each batch is a
+  transaction of its own, one statement or on MySQL a read and a delete, so
+  this is the longest time the purge holds its locks);
 - the process's peak RSS (``ru_maxrss``) before filling, before and after the
   purge: the purge must not load rows into Python, so it must not grow;
 - whether exactly the live records remain afterwards.

@@ -260,8 +260,10 @@ def test_purge_expired_works_in_batches(migrated_app: Flask) -> None:
         sa.event.remove(store.engine, "before_cursor_execute", on_execute)
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("purged 5 expired sessions in ")
-    # 2 + 2 + 1, then one that finds nothing left.
-    assert len(deletes) == 4
+    # 2 + 2 + 1, then one that finds nothing left; on MySQL the batch that
+    # read fewer keys than a batch ends the purge (it reads before deleting).
+    mysql = store.engine.dialect.name in ("mysql", "mariadb")
+    assert len(deletes) == (3 if mysql else 4)
     assert stored_count(store) == 2
 
 

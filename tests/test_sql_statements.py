@@ -10,13 +10,18 @@ shared store contract runs on both: ``sqlite`` takes the direct path,
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sqlite3
+import threading
+import time
 import typing as t
 from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
 
+from flask_towersess.errors import StoreUnavailable
 from flask_towersess.session import new_session_key
 from flask_towersess.stores._statements import runs_directly
 from flask_towersess.stores.base import Record
@@ -135,6 +140,145 @@ def test_a_dropped_connection_is_replaced(sql_store: SQLAlchemyStore) -> None:
         conn.invalidate()
     sql_store.engine.pool.dispose()
     assert sql_store.load(record.key) == record
+
+
+#: Per dialect: connection arguments that make a statement give up waiting
+#: for a lock soon, and how soon (seconds).
+SHORT_LOCK_WAITS: dict[str, tuple[dict[str, t.Any], float]] = {
+    "sqlite": ({"timeout": 0.1}, 0.1),
+    "postgresql": ({"options": "-c lock_timeout=200"}, 0.2),
+    # Whole seconds only.
+    "mysql": ({"init_command": "SET SESSION innodb_lock_wait_timeout=1"}, 1.0),
+}
+
+
+def impatient_store(store: SQLAlchemyStore, **options: t.Any) -> SQLAlchemyStore:
+    """A store on ``store``'s table whose statements wait little for locks."""
+    connect_args, _ = SHORT_LOCK_WAITS[store.engine.dialect.name]
+    url = store.engine.url.render_as_string(hide_password=False)
+    return SQLAlchemyStore.from_url(
+        url, table=store.table.name, connect_args=connect_args, **options
+    )
+
+
+@contextlib.contextmanager
+def locked(
+    store: SQLAlchemyStore, key: str, *, release_after: float
+) -> t.Iterator[None]:
+    """Hold a write lock on ``key``'s row (SQLite: the whole file) from
+    another connection, and let go of it ``release_after`` seconds in."""
+    if store.engine.dialect.name == "sqlite":
+        raw = sqlite3.connect(
+            store.engine.url.database or "",
+            isolation_level=None,
+            check_same_thread=False,  # released by the timer's thread
+        )
+        raw.execute("BEGIN IMMEDIATE")
+        timer = threading.Timer(release_after, raw.rollback)
+        timer.start()
+        try:
+            yield
+        finally:
+            timer.join()
+            raw.close()
+        return
+    url = store.engine.url.render_as_string(hide_password=False)
+    engine = sa.create_engine(url)  # transactions of its own
+    c = store.table.c
+    try:
+        with engine.connect() as conn:
+            row = sa.select(c.version).where(c.session_key == key)
+            conn.execute(row.with_for_update())
+            timer = threading.Timer(release_after, conn.rollback)
+            timer.start()
+            try:
+                yield
+            finally:
+                timer.join()
+    finally:
+        engine.dispose()
+
+
+def retries_logged(caplog: pytest.LogCaptureFixture) -> int:
+    return sum("race for a lock" in r.getMessage() for r in caplog.records)
+
+
+def test_a_statement_that_timed_out_on_a_lock_runs_again(
+    sql_store: SQLAlchemyStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A lock wait timeout is what a deadlock is to the store: the statement
+    # was rolled back, and is run again after a short pause.
+    store = impatient_store(sql_store)
+    _, wait = SHORT_LOCK_WAITS[store.engine.dialect.name]
+    record = a_record()
+    store.create(record)
+    later = utcnow() + timedelta(hours=1)
+    caplog.set_level(logging.DEBUG, logger="flask_towersess.stores.sqlalchemy")
+    try:
+        with locked(store, record.key, release_after=wait * 1.5):
+            started = time.monotonic()
+            store.touch(record.key, later)
+            elapsed = time.monotonic() - started
+        loaded = store.load(record.key)
+    finally:
+        store.close()
+    assert elapsed >= wait  # it waited, and lost, once
+    assert retries_logged(caplog) >= 1
+    assert loaded is not None
+    assert abs(loaded.expires_at - later) < timedelta(seconds=1)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_lock_races_are_retried_a_bounded_number_of_times(
+    backend: str, request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = impatient_store(request.getfixturevalue(f"{backend}_store"))
+    _, wait = SHORT_LOCK_WAITS[store.engine.dialect.name]
+    record = a_record()
+    store.create(record)
+    caplog.set_level(logging.DEBUG, logger="flask_towersess.stores.sqlalchemy")
+    held = wait * 3 + 1
+    try:
+        with locked(store, record.key, release_after=held):
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable):
+                store.touch(record.key, utcnow() + timedelta(hours=1))
+            elapsed = time.monotonic() - started
+    finally:
+        store.close()
+    assert retries_logged(caplog) == 2  # 3 runs in all
+    assert elapsed < held  # gave up, instead of waiting for the lock
+
+
+def test_a_purge_batch_that_timed_out_on_a_lock_runs_again(
+    mariadb_store: SQLAlchemyStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    # MySQL's purge batch is a transaction (a read, then a delete at READ
+    # COMMITTED): rolled back whole, then run again. One pooled connection,
+    # so the write after it shows the connection went back to the pool in
+    # autocommit, as the direct path needs.
+    store = impatient_store(mariadb_store, pool_size=1, max_overflow=0)
+    now = utcnow()
+    expired = [
+        Record(new_session_key(), b"old", now - timedelta(minutes=i + 1))
+        for i in range(5)
+    ]
+    live = a_record(b"live")
+    for record in [*expired, live]:
+        store.create(record)
+    caplog.set_level(logging.DEBUG, logger="flask_towersess.stores.sqlalchemy")
+    try:
+        # The oldest: in the first batch.
+        with locked(store, expired[-1].key, release_after=1.5):
+            assert store.purge_expired(2) == 5
+        assert retries_logged(caplog) >= 1
+        written = a_record(b"after the purge")
+        store.create(written)
+    finally:
+        store.close()
+    assert mariadb_store.load(written.key) == written
+    assert mariadb_store.load(live.key) == live
+    assert mariadb_store.count_expired() == 0
 
 
 @pytest.mark.parametrize("backend", ["sqlite_file", "postgresql", "mariadb"])

@@ -66,6 +66,66 @@ class _NotConnected(Exception):
         self.error = error
 
 
+class _Retry:
+    """When a statement that lost a race for a lock runs again.
+
+    :param attempts: runs in all, the first one included.
+    :param within: seconds after the first run past which no retry starts,
+        or ``None``: an error that came only after a long wait (a lock wait
+        timeout, SQLite's busy timeout) is then reported at once, not waited
+        for a second time.
+    """
+
+    def __init__(self, attempts: int, within: float | None) -> None:
+        self.attempts = attempts
+        self.within = within
+
+    def pause(self, failures: int, elapsed: float) -> float | None:
+        """Seconds to wait before the next run, or ``None``: no next run."""
+        if failures >= self.attempts:
+            return None
+        if self.within is not None and elapsed >= self.within:
+            return None
+        # Growing and jittered, so that the two sides of a deadlock do not
+        # meet again at once.
+        return random.uniform(0.5, 1.5) * _RETRY_PAUSE * 2.0 ** (failures - 1)
+
+
+#: Seconds before the first retry; each next one waits twice as long.
+_RETRY_PAUSE = 0.02
+
+#: How a session operation retries a statement that lost a race for a lock
+#: (:func:`_lost_lock_race`): 3 runs at most, none started more than 2 s
+#: after the first. A deadlock, reported as soon as it forms, is retried; so
+#: is a lock wait that timed out after a second (a MySQL server set to fail
+#: fast); a longer wait (MySQL's default 50 s, SQLite's busy timeout) is not
+#: waited out a second time. The pauses add well under 0.1 s.
+#:
+#: Every operation is safe to run again after such an error. Its statements
+#: run in autocommit, so the one that failed was a transaction of its own,
+#: rolled back whole by the database, and what ran before it has the same
+#: effect when run twice:
+#:
+#: - ``load``, ``exists``, ``count_expired``: one read;
+#: - ``create``: one insert; replacing an expired record, a delete of the
+#:   key if it is expired, then the insert: a second run deletes nothing
+#:   more, and the insert fails if the key is taken either way;
+#: - ``save``: one compare-and-set update, then, only if it matched nothing,
+#:   a read of the version: the update matches nothing again the second
+#:   time (versions only grow, expiries only pass);
+#: - ``touch`` and ``delete``: one update, one delete, of one key;
+#: - a purge batch (with :data:`_PURGE_RETRY`): one delete, or on MySQL one
+#:   transaction of a read and a delete, rolled back whole on any error; the
+#:   delete takes only rows still expired.
+_REQUEST_RETRY = _Retry(attempts=3, within=2.0)
+
+#: How a purge retries a batch that lost a race for a lock. More patient
+#: than a request: a purge runs from cron, and a batch that stops it
+#: leaves expired rows for the next run; each run is still bounded by the
+#: statement timeouts.
+_PURGE_RETRY = _Retry(attempts=5, within=None)
+
+
 def _naive_utc(moment: datetime) -> datetime:
     # The column is a timezone-less DATETIME/TIMESTAMP holding UTC on every
     # dialect, so all three compare and index it the same way.
@@ -348,15 +408,21 @@ class SQLAlchemyStore(SessionStore):
             )
         return None
 
-    def _run(self, work: t.Callable[[Executor], _T], *, sent: int = 0) -> _T:
+    def _run(
+        self,
+        work: t.Callable[[Executor], _T],
+        *,
+        retry: _Retry = _REQUEST_RETRY,
+        sent: int = 0,
+    ) -> _T:
         """Run ``work`` on a pooled connection, with errors translated.
+
+        ``work`` may run more than once: see :data:`_REQUEST_RETRY`.
 
         :param sent: the bytes of payload ``work`` writes (see
             :meth:`_translate`).
         """
-        if not self._migrated:
-            self._ensure_migrated()
-        engine = self._use_engine()
+        engine = self._engine_for_statements()
         direct = self._can_run_directly.get(engine)
         if direct is None:
             direct = self._can_run_directly[engine] = can_run_directly(engine)
@@ -364,27 +430,67 @@ class SQLAlchemyStore(SessionStore):
             run = self._run_on_dbapi_connection
         else:
             run = self._run_on_connection
-        for attempt in (1, 2):
+        return self._attempt(lambda: run(engine, work), retry, sent)
+
+    def _run_transaction(
+        self,
+        work: t.Callable[[sa.Connection], _T],
+        *,
+        isolation_level: str,
+        retry: _Retry,
+    ) -> _T:
+        """Run ``work`` in one transaction at ``isolation_level``, with errors
+        translated; the transaction is rolled back whole if ``work`` fails."""
+        engine = self._engine_for_statements()
+        return self._attempt(
+            lambda: self._run_in_transaction(engine, work, isolation_level), retry, 0
+        )
+
+    def _engine_for_statements(self) -> sa.engine.Engine:
+        if not self._migrated:
+            self._ensure_migrated()
+        return self._use_engine()
+
+    def _attempt(self, call: t.Callable[[], _T], retry: _Retry, sent: int) -> _T:
+        """``call()``, again on a fresh connection if the pooled one was dead,
+        and again after a pause if it lost a race for a lock (``retry``).
+        ``sent``: as for :meth:`_run`."""
+        reconnected = False
+        failures = 0
+        started = time.monotonic()
+        while True:
             try:
-                return run(engine, work)
+                return call()
             except _NotConnected as exc:
                 raise self._translate(exc.error) from exc.error
             except sa_exc.DBAPIError as exc:
-                if exc.connection_invalidated and attempt == 1:
+                # The parameters hold session keys: keep them out of the
+                # message, whatever the engine's hide_parameters says.
+                exc.hide_parameters = True
+                if exc.connection_invalidated and not reconnected:
                     # A pooled connection the server had dropped (a restart,
                     # an idle timeout): retry once on a fresh one, instead of
                     # pinging before every statement. A failure to connect is
                     # not retried: that would only double the wait.
+                    reconnected = True
                     continue
-                # The parameters hold session keys: keep them out of the
-                # message, whatever the engine's hide_parameters says.
-                exc.hide_parameters = True
+                if _lost_lock_race(exc):
+                    failures += 1
+                    pause = retry.pause(failures, time.monotonic() - started)
+                    if pause is not None:
+                        logger.debug(
+                            "session statement lost a race for a lock (%s);"
+                            " trying again in %.3f s",
+                            _error_code(exc),
+                            pause,
+                        )
+                        time.sleep(pause)
+                        continue
                 if isinstance(exc, sa_exc.IntegrityError):
                     raise
                 raise self._translate(exc, sent) from exc
             except sa_exc.TimeoutError as exc:  # pool checkout timed out
                 raise _unavailable(exc) from exc
-        raise AssertionError("unreachable")  # pragma: no cover
 
     def _run_on_connection(
         self, engine: sa.engine.Engine, work: t.Callable[[Executor], _T]
@@ -418,6 +524,32 @@ class SQLAlchemyStore(SessionStore):
                 self._end_watch(watch, lambda: _invalidate_once(conn))
         finally:
             conn.close()  # back to the pool
+
+    def _run_in_transaction(
+        self,
+        engine: sa.engine.Engine,
+        work: t.Callable[[sa.Connection], _T],
+        isolation_level: str,
+    ) -> _T:
+        try:
+            conn = engine.connect()
+        except sa_exc.DBAPIError as exc:
+            raise _NotConnected(exc) from exc
+        with conn:
+            conn.execution_options(isolation_level=isolation_level)
+            watch = self._watch(conn.connection.dbapi_connection, engine.dialect)
+            try:
+                with conn.begin():
+                    result = work(conn)
+            finally:
+                self._end_watch(watch, conn.invalidate)
+                if not conn.invalidated:
+                    # Back in the pool, the connection returns to autocommit,
+                    # but MySQL would keep it at this level: the statements
+                    # of the next user (the app's, on a shared engine) must
+                    # run at the level the database gives them.
+                    conn.execution_options(isolation_level=conn.default_isolation_level)
+            return result
 
     def _watch(self, dbapi_connection: t.Any, dialect: sa.Dialect) -> int | None:
         """Put the statements about to run under the watchdog, if needed."""
@@ -484,14 +616,13 @@ class SQLAlchemyStore(SessionStore):
             pass
 
         # The key is taken. Only an expired record may be replaced: it no
-        # longer exists as far as the session layer is concerned.
+        # longer exists as far as the session layer is concerned. The insert
+        # fails again if the record is live (or another writer took the key
+        # meanwhile). Not "deleted nothing, so it is live": _run may run this
+        # twice, and the second time finds the first one's deletion done.
         def replace_expired(run: Executor) -> None:
             now = _naive_utc(utcnow())
-            deleted = run.rowcount(
-                self._delete_expired_key, {"key": record.key, "now": now}
-            )
-            if deleted != 1:
-                raise CreateError(f"a session with key {record.key[:6]}... exists")
+            run.rowcount(self._delete_expired_key, {"key": record.key, "now": now})
             run.rowcount(self._insert, params)
 
         try:
@@ -550,6 +681,7 @@ class SQLAlchemyStore(SessionStore):
         return int(row[0]) if row is not None else 0
 
     def _purge_statement(self, batch_size: int) -> Statement:
+        """The statement that deletes one batch, on all dialects but MySQL."""
         build = _PURGE_STATEMENTS.get(self.engine.dialect.name, _purge_by_key)
         return Statement(build(self.table, batch_size))
 
@@ -558,19 +690,67 @@ class SQLAlchemyStore(SessionStore):
     ) -> int:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
-        statement = self._purge_statement(batch_size)
+        if self.engine.dialect.name in ("mysql", "mariadb"):
+            purge_batch = self._mysql_purge_batch(batch_size)
+        else:
+            purge_batch = self._statement_purge_batch(batch_size)
         total = 0
         while True:
-            # One short transaction per batch: no lock is held longer than
-            # one batch takes, and rows never travel to Python.
-            deleted = self._run(
-                lambda run: run.rowcount(statement, {"now": _naive_utc(utcnow())})
-            )
-            if deleted <= 0:
+            deleted, more = purge_batch()
+            if deleted > 0:
+                total += deleted
+                if on_batch is not None:
+                    on_batch(deleted)
+            if not more:
                 return total
-            total += deleted
-            if on_batch is not None:
-                on_batch(deleted)
+
+    def _statement_purge_batch(
+        self, batch_size: int
+    ) -> t.Callable[[], tuple[int, bool]]:
+        statement = self._purge_statement(batch_size)
+
+        def batch() -> tuple[int, bool]:
+            # One short statement per batch: no lock is held longer than one
+            # batch takes, and rows never travel to Python.
+            deleted = self._run(
+                lambda run: run.rowcount(statement, {"now": _naive_utc(utcnow())}),
+                retry=_PURGE_RETRY,
+            )
+            return deleted, deleted > 0
+
+        return batch
+
+    def _mysql_purge_batch(self, batch_size: int) -> t.Callable[[], tuple[int, bool]]:
+        """MySQL and MariaDB: read a batch of expired keys, delete those keys.
+
+        A delete by expiry range, under InnoDB's default REPEATABLE READ,
+        takes next-key locks on the expiry index, and on every row it scans
+        when the optimizer prefers a table scan: saves, touches and inserts
+        of live sessions then wait for the purge or deadlock with it. Here
+        the read takes no lock, and the delete, at READ COMMITTED (no gap
+        locks), locks only the rows it deletes, by primary key, in key order,
+        as a session write does: two purges, or a purge and a write, cannot
+        wait on each other in a cycle.
+        """
+        select, delete = _purge_by_selected_keys(self.table, batch_size)
+
+        def work(conn: sa.Connection) -> tuple[int, bool]:
+            now = _naive_utc(utcnow())
+            keys = sorted(conn.execute(select, {"now": now}).scalars())
+            if not keys:
+                return 0, False
+            deleted = conn.execute(delete, {"keys": keys, "now": now}).rowcount
+            # Fewer than a batch: no more were expired when it was read. A
+            # batch that deleted less than it read (another purge took rows,
+            # or a request touched them) is no reason to stop.
+            return deleted, len(keys) == batch_size
+
+        def batch() -> tuple[int, bool]:
+            return self._run_transaction(
+                work, isolation_level="READ COMMITTED", retry=_PURGE_RETRY
+            )
+
+        return batch
 
     # -- migrations ------------------------------------------------------------
 
@@ -838,12 +1018,18 @@ def _expired(table: sa.Table) -> sa.ColumnElement[bool]:
 
 def _purge_by_key(table: sa.Table, batch_size: int) -> sa.Delete:
     batch = sa.select(table.c.session_key).where(_expired(table)).limit(batch_size)
-    return table.delete().where(table.c.session_key.in_(batch.scalar_subquery()))
+    # The expiry is checked again by the delete itself: a row touched after
+    # the subquery chose it is live and must stay.
+    return table.delete().where(
+        table.c.session_key.in_(batch.scalar_subquery()), _expired(table)
+    )
 
 
 def _purge_by_rowid(table: sa.Table, batch_size: int) -> sa.Delete:
     # SQLite: the rowid is the table's own b-tree key, so no second lookup
-    # through the session-key index per deleted row.
+    # through the session-key index per deleted row. The statement holds the
+    # database's only write lock from start to end, so no row it chose can be
+    # touched before it is deleted.
     rowid: sa.ColumnClause[int] = sa.literal_column("rowid")
     batch = sa.select(rowid).select_from(table).where(_expired(table)).limit(batch_size)
     return table.delete().where(rowid.in_(batch.scalar_subquery()))
@@ -869,22 +1055,33 @@ def _purge_by_ctid(table: sa.Table, batch_size: int) -> sa.Delete:
     )
 
 
-def _purge_by_limit(table: sa.Table, batch_size: int) -> sa.Delete:
-    # MySQL cannot delete from a table it selects from in a subquery, but has
-    # DELETE ... LIMIT, which walks the expiry index.
-    return (
-        table.delete()
+def _purge_by_selected_keys(
+    table: sa.Table, batch_size: int
+) -> tuple[sa.Select[tuple[str]], sa.Delete]:
+    """MySQL: the read of a batch of expired keys, and the delete of those
+    keys that are still expired (see ``SQLAlchemyStore._mysql_purge_batch``).
+
+    Two statements: MySQL cannot delete from a table it reads in a subquery.
+    The read walks the expiry index alone (it holds the primary key).
+    """
+    c = table.c
+    select = (
+        sa.select(c.session_key)
         .where(_expired(table))
-        .with_dialect_options(mysql_limit=batch_size)
+        .order_by(c.expires_at)
+        .limit(batch_size)
     )
+    delete = table.delete().where(
+        c.session_key.in_(sa.bindparam("keys", expanding=True)), _expired(table)
+    )
+    return select, delete
 
 
-#: How each dialect deletes one batch of expired rows; others purge by key.
+#: How each dialect deletes one batch of expired rows in one statement;
+#: others purge by key. MySQL and MariaDB use _purge_by_selected_keys.
 _PURGE_STATEMENTS: dict[str, t.Callable[[sa.Table, int], sa.Delete]] = {
     "postgresql": _purge_by_ctid,
     "sqlite": _purge_by_rowid,
-    "mysql": _purge_by_limit,
-    "mariadb": _purge_by_limit,
 }
 
 
@@ -1089,6 +1286,35 @@ def _server_reason(text: str) -> str:
     """The server's own words in a connection error, on one line."""
     reason = text.rpartition("FATAL:")[2] or text
     return " ".join(reason.split())[:200]
+
+
+#: Driver error codes of a statement that lost a race for a lock and was
+#: rolled back: MySQL and MariaDB 1213 (deadlock) and 1205 (lock wait
+#: timeout); PostgreSQL SQLSTATE 40P01 (deadlock_detected), 40001
+#: (serialization_failure, under REPEATABLE READ or SERIALIZABLE) and 55P03
+#: (lock_not_available: a ``lock_timeout`` ran out).
+_LOCK_RACE_CODES = {1213, 1205, "40P01", "40001", "55P03"}
+
+#: SQLite's primary result codes SQLITE_BUSY and SQLITE_LOCKED. The busy
+#: timeout waits out most of them, but not every one: a WAL snapshot that
+#: went stale or a recovery in another process fails at once.
+_SQLITE_LOCK_CODES = {5, 6}
+
+
+def _lost_lock_race(exc: sa_exc.DBAPIError) -> bool:
+    """Whether the statement failed only because it lost a race for a lock
+    (a deadlock, a lock wait timeout, a busy SQLite file)."""
+    if _error_code(exc) in _LOCK_RACE_CODES:
+        return True
+    orig = exc.orig
+    if type(orig).__module__ != "sqlite3":
+        return False
+    # Python 3.11 and later give SQLite's extended result code, whose low
+    # byte is the primary one; before, only the message tells.
+    code = getattr(orig, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF in _SQLITE_LOCK_CODES
+    return "database is locked" in str(orig) or "table is locked" in str(orig)
 
 
 def _error_code(exc: sa_exc.DBAPIError) -> object:
