@@ -1,4 +1,4 @@
-"""``python -m benchmarks [requests|purge|load|http|serializer] [options]``.
+"""``python -m benchmarks [requests|purge|load|http|serializer|contention] [options]``.
 
 Without a benchmark name, runs ``requests`` (the per-request overhead
 benchmark). ``python -m benchmarks NAME --help`` lists a benchmark's options.
@@ -18,6 +18,7 @@ BENCHMARKS = {
     "load": ".load",
     "http": ".http",
     "serializer": ".serializer",
+    "contention": ".contention",
 }
 
 

@@ -151,3 +151,43 @@ def test_memory_store_usable_in_a_child_forked_while_its_lock_was_held() -> None
     assert done.returncode == 0, done.stderr
     # Each worker process has its own sessions: the operator is told so.
     assert "MemoryStore is in use in forked worker process" in done.stderr
+
+
+#: A MemoryStore as the cache of a SQLite store, used in a forked child.
+MEMORY_CACHE_FORK = """
+import logging, os, sys
+from datetime import timedelta
+from flask_towersess.stores import CachingStore, MemoryStore, Record, SQLAlchemyStore
+from flask_towersess.stores.base import utcnow
+
+logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+durable = SQLAlchemyStore.from_url("sqlite:///" + sys.argv[1])
+durable.migrate()
+store = CachingStore(MemoryStore(), durable)
+record = Record("k" * 43, b"parent", utcnow() + timedelta(minutes=1))
+store.create(record)
+store.load(record.key)
+pid = os.fork()
+if pid == 0:
+    ok = all(store.load(record.key).payload == b"parent" for _ in range(3))
+    store.delete(record.key)
+    os._exit(0 if ok and store.load(record.key) is None else 3)
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_memory_cache_in_a_forked_worker_warns_once(tmp_path: Path) -> None:
+    """Other workers never hear of a memory cache's invalidations: the
+    first use in each child says so, once, and the parent says nothing."""
+    done = subprocess.run(
+        [sys.executable, "-c", MEMORY_CACHE_FORK, str(tmp_path / "s.sqlite3")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert done.returncode == 0, done.stderr
+    warning = "MemoryStore is in use in forked worker process"
+    assert done.stderr.count(warning) == 1, done.stderr
+    assert "as SESSION_CACHE" in done.stderr
