@@ -1,4 +1,8 @@
-"""MongoDBStore: the store contract on MongoDB, its TTL index, and faults.
+"""MongoDBStore beyond the shared store contract: documents, its TTL index,
+URLs and faults.
+
+The shared contract (the ``store`` fixture) runs on MongoDBStore too; the
+tests here are about what only MongoDB does.
 
 Runs on mongomock unless ``TOWERSESS_MONGODB_URL`` names a real server (see
 ``tests/fixtures_mongodb.py``). Tests that need expired documents to stay
@@ -75,7 +79,7 @@ def closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
-# -- the contract --------------------------------------------------------------
+# -- documents, and records the TTL monitor has not removed yet ----------------
 
 
 def test_create_then_load_round_trips(mongodb_store: MongoDBStore) -> None:
@@ -128,11 +132,6 @@ def test_tz_aware_client_returns_utc() -> None:
     assert loaded.expires_at.utcoffset() == timedelta(0)
 
 
-def test_load_missing(mongodb_store: MongoDBStore) -> None:
-    assert mongodb_store.load(secrets.token_urlsafe(24)) is None
-    assert not mongodb_store.exists(secrets.token_urlsafe(24))
-
-
 def test_create_existing_key_fails(mongodb_store: MongoDBStore) -> None:
     record = make_record(b"first")
     mongodb_store.create(record)
@@ -165,15 +164,6 @@ def test_save_is_compare_and_set(mongodb_store: MongoDBStore) -> None:
     assert mongodb_store.load(record.key) == v2
 
 
-def test_save_of_deleted_record_is_not_recreated(mongodb_store: MongoDBStore) -> None:
-    record = make_record()
-    mongodb_store.create(record)
-    mongodb_store.delete(record.key)
-    with pytest.raises(UpdateError):
-        mongodb_store.save(Record(record.key, b"again", in_ms(60), 2), 1)
-    assert mongodb_store.collection.count_documents({}) == 0
-
-
 def test_save_of_expired_record_is_not_recreated(plain_store: MongoDBStore) -> None:
     record = make_record(b"old", seconds=-5)
     insert_raw(plain_store.collection, record)
@@ -193,34 +183,11 @@ def test_expired_document_is_never_returned(plain_store: MongoDBStore) -> None:
     assert not plain_store.exists(record.key)
 
 
-def test_touch_moves_expiry_only(mongodb_store: MongoDBStore) -> None:
-    record = make_record(b"keep", seconds=60, version=4)
-    mongodb_store.create(record)
-    later = in_ms(7200)
-    mongodb_store.touch(record.key, later)
-    assert mongodb_store.load(record.key) == Record(record.key, b"keep", later, 4)
-
-
-def test_touch_does_not_create(mongodb_store: MongoDBStore) -> None:
-    mongodb_store.touch(secrets.token_urlsafe(24), in_ms(600))
-    assert mongodb_store.collection.count_documents({}) == 0
-
-
 def test_touch_does_not_revive_expired(plain_store: MongoDBStore) -> None:
     record = make_record(seconds=-1)
     insert_raw(plain_store.collection, record)
     plain_store.touch(record.key, in_ms(3600))
     assert plain_store.load(record.key) is None
-
-
-def test_delete(mongodb_store: MongoDBStore) -> None:
-    record = make_record()
-    mongodb_store.create(record)
-    assert mongodb_store.exists(record.key)
-    mongodb_store.delete(record.key)
-    assert not mongodb_store.exists(record.key)
-    assert mongodb_store.load(record.key) is None
-    mongodb_store.delete(record.key)  # deleting twice is fine
 
 
 def test_purge_expired_in_batches(plain_store: MongoDBStore) -> None:
