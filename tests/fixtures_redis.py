@@ -443,11 +443,25 @@ def _sentinel_knows_replica(topology: SentinelTopology) -> bool:
     )
 
 
-def _started(factory: Callable[[], t.Any], what: str) -> t.Any:
+class _Stoppable(t.Protocol):
+    def stop(self) -> None: ...
+
+
+_Topology = t.TypeVar("_Topology", bound=_Stoppable)
+
+
+@contextlib.contextmanager
+def running(start: Callable[[], _Topology], what: str) -> Iterator[_Topology]:
+    """What ``start()`` starts, stopped after; the test is skipped (or fails,
+    when services are required) if it does not start."""
     try:
-        return factory()
+        topology = start()
     except ServiceError as exc:
         skip_or_fail(f"could not start {what}: {exc}")
+    try:
+        yield topology
+    finally:
+        topology.stop()
 
 
 @contextlib.contextmanager
@@ -492,40 +506,31 @@ def redis_url() -> str:
 def redis_cluster_topology(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ClusterTopology]:
-    topology: ClusterTopology = _started(
+    with running(
         lambda: start_cluster(tmp_path_factory.mktemp("redis-cluster")),
         "a Redis Cluster",
-    )
-    try:
+    ) as topology:
         yield topology
-    finally:
-        topology.stop()
 
 
 @pytest.fixture(scope="session")
 def redis_sentinel_topology(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[SentinelTopology]:
-    topology: SentinelTopology = _started(
+    with running(
         lambda: start_sentinel(tmp_path_factory.mktemp("redis-sentinel")),
         "a Redis Sentinel topology",
-    )
-    try:
+    ) as topology:
         yield topology
-    finally:
-        topology.stop()
 
 
 @pytest.fixture
 def redis_failover_topology(tmp_path: Path) -> Iterator[SentinelTopology]:
     """A Sentinel topology of this test's own: it may kill the master."""
-    topology: SentinelTopology = _started(
+    with running(
         lambda: start_sentinel(tmp_path / "sentinel"), "a Redis Sentinel topology"
-    )
-    try:
+    ) as topology:
         yield topology
-    finally:
-        topology.stop()
 
 
 @pytest.fixture
