@@ -661,4 +661,12 @@ def test_default_postgresql_engine_bounds_statements() -> None:
 
 
 def test_store_from_url_accepts_nullpool() -> None:
-    SQLAlchemyStore.from_url(POSTGRESQL_URL, poolclass=sa.pool.NullPool).close()
+    """NullPool (behind PgBouncer, say) takes none of the queue-pool options
+    the store sets by default: the store must leave them out, and connect."""
+    store = SQLAlchemyStore.from_url(POSTGRESQL_URL, poolclass=sa.pool.NullPool)
+    try:
+        assert isinstance(store.engine.pool, sa.pool.NullPool)
+        with store.engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT 1").scalar_one() == 1
+    finally:
+        store.close()
