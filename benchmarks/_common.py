@@ -39,16 +39,59 @@ def emit(result: dict[str, t.Any], text: str, ok: bool, json_path: str | None) -
     return 0 if ok else 1
 
 
-def store_names(
-    parser: argparse.ArgumentParser,
-    text: str,
-    known: t.Iterable[str],
-    what: str = "stores",
-) -> list[str]:
-    """The comma-separated ``--stores`` value (or another list of ``what``)
-    as a list; an unknown name is a usage error."""
-    stores = [s.strip() for s in text.split(",") if s.strip()]
-    unknown = set(stores) - set(known)
-    if unknown:
-        parser.error(f"unknown {what}: {', '.join(sorted(unknown))}")
-    return stores
+def names_from(
+    known: t.Iterable[str], what: str = "stores"
+) -> t.Callable[[str], list[str]]:
+    """An argparse ``type``: a comma-separated list of names, each one of
+    ``known``; an unknown name is a usage error that names it."""
+    allowed = frozenset(known)
+
+    def names(text: str) -> list[str]:
+        chosen = [name.strip() for name in text.split(",") if name.strip()]
+        unknown = set(chosen) - allowed
+        if unknown:
+            raise argparse.ArgumentTypeError(
+                f"unknown {what}: {', '.join(sorted(unknown))}"
+            )
+        return chosen
+
+    return names
+
+
+def positive_ints(text: str) -> list[int]:
+    """An argparse ``type``: a comma-separated list of whole numbers of at
+    least 1 (``"1,4,8"``), not empty."""
+    try:
+        numbers = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from None
+    if not numbers or min(numbers) < 1:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return numbers
+
+
+def benchmark_parser(
+    prog: str,
+    doc: str,
+    *,
+    stores: t.Iterable[str] | None = None,
+    default_stores: t.Iterable[str] | None = None,
+    stores_help: str | None = None,
+) -> argparse.ArgumentParser:
+    """A benchmark's command line: ``doc``'s first paragraph as its
+    description and a ``--json PATH`` option; with ``stores`` (the names it
+    knows), a ``--stores`` option that parses to a list of them, all of them
+    by default or ``default_stores``."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0])
+    if stores is not None:
+        known = list(stores)
+        default = known if default_stores is None else list(default_stores)
+        parser.add_argument(
+            "--stores",
+            type=names_from(known),
+            default=",".join(default),
+            help=stores_help
+            or f"comma-separated: {', '.join(known)} (default: %(default)s)",
+        )
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    return parser

@@ -25,7 +25,6 @@ Stores: ``sqlite`` (a file in a temporary folder), ``postgresql``,
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import dataclasses
 import multiprocessing
@@ -41,9 +40,10 @@ from datetime import timedelta
 from datetime import timezone
 
 from ._common import SERVER_URLS
+from ._common import benchmark_parser
 from ._common import emit
 from ._common import machine
-from ._common import store_names
+from ._common import positive_ints
 
 if t.TYPE_CHECKING:
     from flask_towersess.stores.base import SessionStore
@@ -334,16 +334,10 @@ def report(result: dict[str, t.Any]) -> tuple[str, bool]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks contention", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument(
-        "--stores",
-        default=",".join(STORES),
-        help=f"comma-separated, from {', '.join(STORES)} (default: all)",
-    )
+    parser = benchmark_parser("python -m benchmarks contention", __doc__, stores=STORES)
     parser.add_argument(
         "--writers",
+        type=positive_ints,
         default=",".join(map(str, DEFAULT_WRITERS)),
         help="comma-separated writer counts (default: %(default)s)",
     )
@@ -361,15 +355,9 @@ def main(argv: list[str] | None = None) -> int:
         metavar="MS",
         help="view work between load and save (default: %(default)s)",
     )
-    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args(argv)
-    names = store_names(parser, args.stores, STORES)
-    try:
-        writer_counts = [int(n) for n in args.writers.split(",") if n.strip()]
-    except ValueError:
-        parser.error(f"--writers: not a list of numbers: {args.writers!r}")
-    if not writer_counts or min(writer_counts) < 1 or args.saves < 1:
-        parser.error("--writers and --saves must be positive")
-    result = run(names, writer_counts, args.saves, args.view_ms / 1000)
+    if args.saves < 1:
+        parser.error("--saves must be positive")
+    result = run(args.stores, args.writers, args.saves, args.view_ms / 1000)
     text, ok = report(result)
     return emit(result, text, ok, args.json)

@@ -38,7 +38,6 @@ Needs ``wrk`` on the PATH and gunicorn in this Python environment
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -48,9 +47,10 @@ from dataclasses import field
 from pathlib import Path
 
 from ._common import SERVER_URLS
+from ._common import benchmark_parser
 from ._common import emit
 from ._common import machine as _machine
-from ._common import store_names
+from ._common import names_from
 from .load import RUN_ERRORS
 from .load import LoadRun
 from .load import Server
@@ -373,27 +373,26 @@ def report(result: dict[str, t.Any]) -> tuple[str, bool]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks http", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument(
-        "--stores",
-        default=",".join(s for s in TARGETS if s != "bare"),
-        help="comma-separated: sqlite, postgresql, mariadb, redis, caching"
+    stores = [name for name in TARGETS if name != "bare"]
+    parser = benchmark_parser(
+        "python -m benchmarks http",
+        __doc__,
+        stores=TARGETS,
+        default_stores=stores,
+        stores_help=f"comma-separated: {', '.join(stores)}"
         " (bare Flask always runs, the baseline)",
     )
     parser.add_argument(
         "--scenarios",
+        type=names_from(SCENARIOS, "scenarios"),
         default=",".join(SCENARIOS),
         help=f"comma-separated: {', '.join(SCENARIOS)}",
     )
     add_server_options(parser, duration=3, rounds=3)
     args = parser.parse_args(argv)
-    stores = store_names(parser, args.stores, TARGETS)
-    scenarios = store_names(parser, args.scenarios, SCENARIOS, "scenarios")
-    if not scenarios:
+    if not args.scenarios:
         parser.error("no scenario to run")
-    result = run(stores, scenarios, **server_options(parser, args))
+    result = run(args.stores, args.scenarios, **server_options(parser, args))
     return emit(result, *report(result), args.json)
 
 

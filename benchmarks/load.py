@@ -43,9 +43,9 @@ from pathlib import Path
 from flask_towersess.stores import store_from_url
 
 from ._common import SERVER_URLS
+from ._common import benchmark_parser
 from ._common import emit
 from ._common import machine as _machine
-from ._common import store_names
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -721,7 +721,6 @@ def add_server_options(
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers")
-    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
 
 
 def server_options(
@@ -741,14 +740,7 @@ def server_options(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks load", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument(
-        "--stores",
-        default="bare,sqlite,postgresql,mariadb,redis",
-        help="comma-separated: bare, sqlite, postgresql, mariadb, redis",
-    )
+    parser = benchmark_parser("python -m benchmarks load", __doc__, stores=DEFAULT_URLS)
     parser.add_argument(
         "--sessions", type=int, default=256, help="sessions created before the load"
     )
@@ -757,14 +749,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     add_server_options(parser, duration=10, rounds=1)
     args = parser.parse_args(argv)
-    stores = store_names(parser, args.stores, DEFAULT_URLS)
     options = server_options(parser, args)
     if not 0 <= args.write_share <= 1:
         parser.error("--write-share must be between 0 and 1")
     if args.sessions < 2 * args.connections:
         parser.error("--sessions must be at least twice --connections")
     result = run(
-        stores, sessions=args.sessions, write_share=args.write_share, **options
+        args.stores, sessions=args.sessions, write_share=args.write_share, **options
     )
     return emit(result, *report(result), args.json)
 

@@ -24,7 +24,6 @@ Target: at least 100,000 rows/s on PostgreSQL and SQLite.
 
 from __future__ import annotations
 
-import argparse
 import os
 import resource
 import statistics
@@ -46,9 +45,10 @@ from flask_towersess.stores.sqlalchemy import SQLAlchemyStore
 from flask_towersess.stores.sqlalchemy import create_engine
 
 from ._common import SERVER_URLS
+from ._common import benchmark_parser
 from ._common import emit
 from ._common import machine as _machine
-from ._common import store_names
+from ._common import positive_ints
 
 #: Rows per second the purge must reach, per store (None: no target).
 TARGETS: dict[str, int | None] = {
@@ -547,18 +547,14 @@ def report(result: dict[str, t.Any]) -> tuple[str, bool]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks purge", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument(
-        "--stores",
-        default="postgresql,mariadb,sqlite",
-        help="comma-separated: postgresql, mariadb, sqlite",
+    parser = benchmark_parser(
+        "python -m benchmarks purge", __doc__, stores=DEFAULT_URLS
     )
     parser.add_argument("--expired", type=int, default=1_000_000, metavar="N")
     parser.add_argument("--live", type=int, default=100_000, metavar="N")
     parser.add_argument(
         "--batch-size",
+        type=positive_ints,
         default=f"10000,{CLI_DEFAULT_BATCH_SIZE}",
         help="comma-separated batch sizes, one full run each"
         f" (default: 10000 and the CLI default {CLI_DEFAULT_BATCH_SIZE})",
@@ -580,22 +576,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-cli", action="store_true", help="skip the small CLI command run"
     )
-    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args(argv)
-    stores = store_names(parser, args.stores, DEFAULT_URLS)
-    try:
-        batch_sizes = [int(b) for b in args.batch_size.split(",") if b.strip()]
-    except ValueError:
-        parser.error("--batch-size takes comma-separated integers")
-    if not batch_sizes or min(batch_sizes) < 1:
-        parser.error("--batch-size must be at least 1")
     if args.expired < 1 or args.live < 0:
         parser.error("--expired must be at least 1 and --live at least 0")
     result = run(
-        stores,
+        args.stores,
         expired=args.expired,
         live=args.live,
-        batch_sizes=batch_sizes,
+        batch_sizes=args.batch_size,
         time_limit=args.time_limit,
         cli=not args.no_cli,
         order=args.expiry_order,

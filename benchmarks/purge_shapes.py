@@ -16,7 +16,6 @@ Run: ``python -m benchmarks.purge_shapes [--stores postgresql,sqlite]``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -31,7 +30,7 @@ import sqlalchemy as sa
 from flask_towersess.stores.sqlalchemy import SQLAlchemyStore
 from flask_towersess.stores.sqlalchemy import create_engine
 
-from ._common import store_names
+from ._common import benchmark_parser
 from .purge import DEFAULT_URLS
 from .purge import EXPIRY_ORDERS
 from .purge import _machine
@@ -153,23 +152,20 @@ def run_shape(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.purge_shapes", description=__doc__.split("\n\n")[0]
+    parser = benchmark_parser(
+        "python -m benchmarks.purge_shapes", __doc__, stores=SHAPES
     )
-    parser.add_argument("--stores", default="postgresql,sqlite")
     parser.add_argument("--expired", type=int, default=1_000_000, metavar="N")
     parser.add_argument("--live", type=int, default=100_000, metavar="N")
     parser.add_argument("--batch-size", type=int, default=10_000)
     parser.add_argument("--expiry-order", choices=EXPIRY_ORDERS, default="insertion")
     parser.add_argument("--time-limit", type=float, default=120.0, metavar="SECONDS")
-    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args(argv)
-    stores = store_names(parser, args.stores, SHAPES)
     if args.batch_size < 1 or args.expired < 1 or args.live < 0:
         parser.error("--batch-size and --expired must be at least 1")
     results: list[dict[str, t.Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name in stores:
+        for name in args.stores:
             url = DEFAULT_URLS[name] or f"sqlite:///{tmp}/purge-shapes.sqlite3"
             engine: sa.engine.Engine = create_engine(url)
             store = SQLAlchemyStore(engine, table=TABLE)

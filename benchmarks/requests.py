@@ -29,7 +29,6 @@ Targets: idle <= 1.10 x bare Flask; read <= 1.15 x the raw read; write <=
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import tempfile
@@ -52,9 +51,9 @@ from flask_towersess.stores import store_from_url
 from flask_towersess.stores.base import SessionStore
 
 from ._common import SERVER_URLS
+from ._common import benchmark_parser
 from ._common import emit
 from ._common import machine as _machine
-from ._common import store_names
 
 TARGETS = {"idle": 1.10, "read": 1.15, "write": 1.15}
 
@@ -393,22 +392,13 @@ def report(result: dict[str, t.Any]) -> tuple[str, bool]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument(
-        "--stores",
-        default="memory,sqlite,postgresql,mariadb,redis",
-        help="comma-separated: memory, sqlite, postgresql, mariadb, redis",
-    )
+    parser = benchmark_parser("python -m benchmarks", __doc__, stores=DEFAULT_URLS)
     parser.add_argument("--repeats", type=int, default=25)
     parser.add_argument("--requests", type=int, default=100)
     parser.add_argument("--warmup", type=int, default=200)
-    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args(argv)
-    stores = store_names(parser, args.stores, DEFAULT_URLS)
     result = run(
-        stores, repeats=args.repeats, requests=args.requests, warmup=args.warmup
+        args.stores, repeats=args.repeats, requests=args.requests, warmup=args.warmup
     )
     return emit(result, *report(result), args.json)
 

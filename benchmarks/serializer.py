@@ -17,8 +17,6 @@ median of the repeats is reported.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import statistics
 import sys
@@ -35,6 +33,8 @@ from markupsafe import Markup
 
 from flask_towersess.serializers import MsgPackSerializer
 
+from ._common import benchmark_parser
+from ._common import emit
 from ._common import machine as _machine
 
 
@@ -199,22 +199,15 @@ def report(result: dict[str, t.Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks serializer", description=__doc__.split("\n\n")[0]
-    )
+    parser = benchmark_parser("python -m benchmarks serializer", __doc__)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--number", type=int, default=2000, help="calls per timing")
     parser.add_argument("--warmup", type=int, default=500)
-    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.number < 1 or args.warmup < 0:
         parser.error("--repeats and --number must be at least 1")
     result = run(repeats=args.repeats, number=args.number, warmup=args.warmup)
-    print(report(result))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
-    return 0
+    return emit(result, report(result), True, args.json)
 
 
 if __name__ == "__main__":
