@@ -1,4 +1,5 @@
-"""DESIGN.md's row "refused credentials, unknown database, bad option": a
+"""The row of the fault table (docs/faults.rst) for a store refusing its
+settings (refused credentials, unknown database, bad option): a
 :class:`ConfigurationError` (a 500) naming the setting to fix, logged once,
 never reported as an outage; and an outage is still a 503.
 

@@ -1,4 +1,4 @@
-"""DESIGN.md's table of bad input and faults, row by row."""
+"""The table of bad input and faults (docs/faults.rst), row by row."""
 
 from __future__ import annotations
 
