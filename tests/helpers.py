@@ -73,3 +73,10 @@ class FailingStore(SessionStore):
 
     load = create = save = touch = delete = exists = _fail  # type: ignore[assignment]
     purge_expired = count_expired = migrate = _fail  # type: ignore[assignment]
+
+
+def session_key(client: t.Any) -> str:
+    """The session key in ``client``'s session cookie (which it must have)."""
+    cookie = client.get_cookie("session")
+    assert cookie is not None, "no session cookie"
+    return str(cookie.value.partition(".")[0])

@@ -21,11 +21,12 @@ import pytest
 from flask import Flask
 from flask import after_this_request
 from flask import flash
-from flask import get_flashed_messages
 from flask import session
 
 from flask_towersess import ServerSession
-from flask_towersess import SessionExt
+
+from .apps import add_flask_login
+from .apps import session_app
 
 if t.TYPE_CHECKING:
     from flask_towersess.stores.base import SessionStore
@@ -35,24 +36,11 @@ flask_login = pytest.importorskip("flask_login")
 REMEMBER = "remember_token"  # Flask-Login's default REMEMBER_COOKIE_NAME
 
 
-class User(flask_login.UserMixin):  # type: ignore[misc,name-defined]
-    def __init__(self, user_id: str) -> None:
-        self.id = user_id
-
-
 def login_app(store: SessionStore, **config: t.Any) -> Flask:
     """An app as a Flask-Login user writes one: log in with remember-me, a
     page that needs a log-in, a cart anyone can fill, log out."""
-    app = Flask(__name__)
-    app.config.update(SECRET_KEY="auth tests", TESTING=True, **config)
-    SessionExt(app, store=store)
-    manager = flask_login.LoginManager(app)
-    manager.user_loader(User)
-
-    @app.post("/login/<name>")
-    def login(name: str) -> str:
-        flask_login.login_user(User(name), remember=True)
-        return "ok"
+    app = session_app(store, SECRET_KEY="auth tests", TESTING=True, **config)
+    add_flask_login(app)
 
     @app.get("/private")
     @flask_login.login_required
@@ -64,11 +52,6 @@ def login_app(store: SessionStore, **config: t.Any) -> Flask:
     def confirm() -> str:
         flask_login.confirm_login()
         return "ok"
-
-    @app.get("/me")
-    def me() -> str:
-        user = flask_login.current_user
-        return str(user.id) if user.is_authenticated else "anonymous"
 
     @app.post("/cart/<item>")
     def add_to_cart(item: str) -> str:
@@ -94,10 +77,6 @@ def login_app(store: SessionStore, **config: t.Any) -> Flask:
 
         flask_login.logout_user()
         return "ok"
-
-    @app.get("/messages")
-    def messages() -> str:
-        return repr(get_flashed_messages())
 
     return app
 
@@ -193,9 +172,7 @@ def test_an_unchanged_user_does_not_move_the_session(store: SessionStore) -> Non
 
 def test_app_setting_user_id_itself_moves_the_session(store: SessionStore) -> None:
     """Without Flask-Login: ``session.user_id`` is the one switch."""
-    app = Flask(__name__)
-    app.config.update(SECRET_KEY="s", TESTING=True)
-    SessionExt(app, store=store)
+    app = session_app(store, SECRET_KEY="s", TESTING=True)
 
     @app.post("/anon")
     def anon() -> str:

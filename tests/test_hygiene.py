@@ -9,11 +9,9 @@ import typing as t
 import pytest
 from flask import Flask
 from flask import flash
-from flask import get_flashed_messages
 from flask import session
 
 from flask_towersess import ServerSession
-from flask_towersess import SessionExt
 from flask_towersess.crypto import PayloadCipher
 from flask_towersess.crypto import generate_key
 from flask_towersess.errors import ConfigurationError
@@ -21,11 +19,13 @@ from flask_towersess.stores.base import Record
 from flask_towersess.stores.base import SessionStore
 from flask_towersess.stores.memory import MemoryStore
 
+from .apps import add_flask_login
+from .apps import session_app
+from .helpers import session_key
+
 
 def make_app(store: SessionStore, **config: t.Any) -> Flask:
-    app = Flask(__name__)
-    app.config.update(SECRET_KEY="s", **config)
-    SessionExt(app, store=store)
+    app = session_app(store, SECRET_KEY="s", **config)
 
     @app.get("/set/<value>")
     def set_(value: str) -> str:
@@ -39,10 +39,6 @@ def make_app(store: SessionStore, **config: t.Any) -> Flask:
     return app
 
 
-def key_of(client: t.Any) -> str:
-    return t.cast(str, client.get_cookie("session").value.partition(".")[0])
-
-
 # -- encryption at rest ----------------------------------------------------------
 
 
@@ -50,7 +46,7 @@ def test_store_holds_no_plaintext(store: SessionStore) -> None:
     app = make_app(store, SESSION_ENCRYPTION_KEY=generate_key())
     client = app.test_client()
     client.get("/set/the-plaintext-marker")
-    record = store.load(key_of(client))
+    record = store.load(session_key(client))
     assert record is not None
     assert b"the-plaintext-marker" not in record.payload
     assert record.payload[:1] == b"\xe1"
@@ -64,8 +60,8 @@ def test_payload_moved_to_another_key_does_not_open(
     victim, attacker = app.test_client(), app.test_client()
     victim.get("/set/victim-data")
     attacker.get("/set/attacker-data")
-    stolen = store.load(key_of(victim))
-    target = store.load(key_of(attacker))
+    stolen = store.load(session_key(victim))
+    target = store.load(session_key(attacker))
     assert stolen is not None and target is not None
     store.save(
         Record(target.key, stolen.payload, target.expires_at, target.version + 1),
@@ -160,36 +156,16 @@ def test_good_encryption_keys_are_one_and_the_same(good: t.Any) -> None:
 def login_app() -> t.Any:
     flask_login = pytest.importorskip("flask_login")
 
-    class User(flask_login.UserMixin):
-        def __init__(self, user_id: str) -> None:
-            self.id = user_id
-
     def build(**config: t.Any) -> tuple[Flask, MemoryStore]:
         store = MemoryStore()
         app = make_app(store, **config)
-        manager = flask_login.LoginManager(app)
-        manager.session_protection = "strong"
-        manager.user_loader(User)
-
-        @app.post("/login/<name>")
-        def login(name: str) -> str:
-            flask_login.login_user(User(name), remember=True)
-            return "ok"
+        add_flask_login(app).session_protection = "strong"
 
         @app.post("/logout")
         def logout() -> str:
             flask_login.logout_user()
             flash("bye")
             return "ok"
-
-        @app.get("/me")
-        def me() -> str:
-            user = flask_login.current_user
-            return user.id if user.is_authenticated else "anonymous"
-
-        @app.get("/messages")
-        def messages() -> str:
-            return repr(get_flashed_messages())
 
         return app, store
 
@@ -200,9 +176,9 @@ def test_login_cycles_the_key(login_app: t.Any) -> None:
     app, store = login_app()
     client = app.test_client()
     client.get("/set/before-login")
-    before = key_of(client)
+    before = session_key(client)
     client.post("/login/ann")
-    after = key_of(client)
+    after = session_key(client)
     assert after != before
     assert store.load(before) is None  # the pre-login ID is dead
     assert client.get("/me").data == b"ann"
@@ -214,7 +190,7 @@ def test_logout_flushes_and_clears_remember_cookie(login_app: t.Any) -> None:
     client = app.test_client()
     client.get("/set/private")
     client.post("/login/ann")
-    logged_in = key_of(client)
+    logged_in = session_key(client)
     assert client.get_cookie("remember_token") is not None
     client.post("/logout")
     assert store.load(logged_in) is None
@@ -235,9 +211,9 @@ def test_hooks_can_be_switched_off(login_app: t.Any) -> None:
     app, store = login_app(SESSION_CYCLE_ON_LOGIN=False, SESSION_FLUSH_ON_LOGOUT=False)
     client = app.test_client()
     client.get("/set/kept")
-    before = key_of(client)
+    before = session_key(client)
     client.post("/login/ann")
-    assert key_of(client) == before
+    assert session_key(client) == before
     client.post("/logout")
     assert client.get("/get").data == b"'kept'"
 
