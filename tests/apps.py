@@ -32,7 +32,7 @@ def add_flask_login(app: Flask) -> t.Any:
     """
     import flask_login
 
-    class User(flask_login.UserMixin):  # type: ignore[misc]
+    class User(flask_login.UserMixin):
         def __init__(self, user_id: str) -> None:
             self.id = user_id
 

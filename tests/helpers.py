@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import typing as t
 from collections import Counter
 from datetime import datetime
@@ -80,3 +81,10 @@ def session_key(client: t.Any) -> str:
     cookie = client.get_cookie("session")
     assert cookie is not None, "no session cookie"
     return str(cookie.value.partition(".")[0])
+
+
+def timed(call: t.Callable[[], t.Any]) -> tuple[t.Any, float]:
+    """``call()``'s result, and the seconds it took."""
+    started = time.monotonic()
+    result = call()
+    return result, time.monotonic() - started

@@ -24,14 +24,15 @@ import pytest
 from flask import Flask
 from flask import session
 
-from flask_towersess import SessionExt
 from flask_towersess.stores.caching import CachingStore
 from flask_towersess.stores.redis import RedisStore
 
+from .apps import session_app
+from .helpers import session_key
+from .helpers import timed
+
 if t.TYPE_CHECKING:
     from collections.abc import Callable
-
-    from flask.testing import FlaskClient
 
     from .fixtures_redis import RedisProcess
 
@@ -44,15 +45,14 @@ LATER_WITHIN = 1.0
 
 
 def make_app(tmp_path: Path, cache_url: str, **cache_options: t.Any) -> Flask:
-    app = Flask(__name__)
-    app.config.update(
+    app = session_app(
+        None,
         SECRET_KEY="cache outage",
         SESSION_STORE=f"sqlite:///{tmp_path / 'sessions.db'}",
         SESSION_STORE_OPTIONS={"auto_migrate": True},
         SESSION_CACHE=cache_url,
         SESSION_CACHE_OPTIONS=cache_options,
     )
-    SessionExt(app)
 
     @app.post("/login/<name>")
     def login(name: str) -> str:
@@ -74,18 +74,6 @@ def make_app(tmp_path: Path, cache_url: str, **cache_options: t.Any) -> Flask:
         return "ok"
 
     return app
-
-
-def key_of(client: FlaskClient) -> str:
-    cookie = client.get_cookie("session")
-    assert cookie is not None
-    return cookie.value.partition(".")[0]
-
-
-def timed(call: Callable[[], t.Any]) -> tuple[t.Any, float]:
-    started = time.monotonic()
-    result = call()
-    return result, time.monotonic() - started
 
 
 def cached(server: RedisProcess, key: str) -> bytes | None:
@@ -112,7 +100,7 @@ def test_sick_cache_costs_milliseconds_and_serves_nothing_stale(
         assert client.post(f"/login/{name}").status_code == 200
         assert client.post("/note/before").status_code == 200
         assert client.get("/me").text == f"{name}:before"
-    stays_key, leaves_key = key_of(stays), key_of(leaves)
+    stays_key, leaves_key = session_key(stays), session_key(leaves)
     # The logged-out cookie, as a copy an attacker (or the browser's other
     # tab) kept: it must not bring the session back.
     replay = app.test_client()
@@ -159,7 +147,7 @@ def test_sick_cache_costs_milliseconds_and_serves_nothing_stale(
     assert cached(server, stays_key) is not None  # filled again, fresh
     assert stays.post("/note/after").status_code == 200
     assert stays.get("/me").text == "ann:after"
-    assert key_of(stays) == stays_key
+    assert session_key(stays) == stays_key
 
 
 def test_cache_url_gets_short_timeouts_unless_told_otherwise(tmp_path: Path) -> None:

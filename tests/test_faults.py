@@ -10,7 +10,6 @@ import sqlalchemy as sa
 from flask import Flask
 from flask import session
 
-from flask_towersess import SessionExt
 from flask_towersess.errors import ConfigurationError
 from flask_towersess.errors import SerializationError
 from flask_towersess.errors import StoreUnavailable
@@ -20,11 +19,11 @@ from flask_towersess.stores.base import SessionStore
 from flask_towersess.stores.base import utcnow
 from flask_towersess.stores.sqlalchemy import SQLAlchemyStore
 
+from .apps import session_app
+
 
 def make_app(store: SessionStore, **config: object) -> Flask:
-    app = Flask(__name__)
-    app.config.update(SECRET_KEY="s", **config)
-    SessionExt(app, store=store)
+    app = session_app(store, SECRET_KEY="s", **config)
 
     @app.get("/get")
     def get() -> str:

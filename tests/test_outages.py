@@ -35,7 +35,6 @@ from flask import render_template_string
 from flask import session
 
 from flask_towersess import ServerSession
-from flask_towersess import SessionExt
 from flask_towersess.errors import StoreUnavailable
 from flask_towersess.stores.base import Record
 from flask_towersess.stores.base import SessionStore
@@ -44,10 +43,13 @@ from flask_towersess.stores.redis import RedisStore
 from flask_towersess.stores.sqlalchemy import SQLAlchemyStore
 from flask_towersess.stores.sqlalchemy import create_engine
 
+from .apps import session_app
 from .fixtures_redis import fresh_store
 from .fixtures_sql import MYSQL_URL
 from .fixtures_sql import POSTGRESQL_URL
 from .fixtures_sql import _server_engine
+from .helpers import session_key
+from .helpers import timed
 from .tcpproxy import TCPProxy
 
 if t.TYPE_CHECKING:
@@ -78,9 +80,7 @@ REDIS_OPTIONS: dict[str, t.Any] = {"socket_timeout": 0.5, "socket_connect_timeou
 
 
 def make_app(store: SessionStore) -> Flask:
-    app = Flask(__name__)
-    app.config.update(SECRET_KEY=SECRET_KEY)
-    SessionExt(app, store=store)
+    app = session_app(store, SECRET_KEY=SECRET_KEY)
 
     @app.get("/ping")
     def ping() -> str:
@@ -96,16 +96,6 @@ def make_app(store: SessionStore) -> Flask:
         return "ok"
 
     return app
-
-
-def key_of(client: t.Any) -> str:
-    return t.cast(str, client.get_cookie("session").value.partition(".")[0])
-
-
-def timed(call: Callable[[], t.Any]) -> tuple[t.Any, float]:
-    started = time.monotonic()
-    result = call()
-    return result, time.monotonic() - started
 
 
 # -- the breakable stores -----------------------------------------------------------
@@ -252,7 +242,7 @@ def test_outage_gives_quick_503_and_loses_nothing(outage: Outage) -> None:
     alice, bob = app.test_client(), app.test_client()
     assert alice.post("/set/user/alice").status_code == 200
     assert bob.post("/set/user/bob").status_code == 200
-    keys = [key_of(alice), key_of(bob)]
+    keys = [session_key(alice), session_key(bob)]
     before = [outage.direct.load(key) for key in keys]
     assert all(before)
 
@@ -320,7 +310,7 @@ def test_503_page_that_uses_the_session_stays_a_503(outage: Outage) -> None:
     client = app.test_client()
     assert client.post("/login/alice").status_code == 200
     assert client.post("/set/user/alice").status_code == 200
-    key = key_of(client)
+    key = session_key(client)
     before = outage.direct.load(key)
     outage.break_()
     try:
@@ -395,7 +385,7 @@ def test_no_successful_write_is_lost_while_the_store_comes_and_goes(
 
     client = app.test_client()
     assert client.post("/set/user/alice").status_code == 200
-    key = key_of(client)
+    key = session_key(client)
     statuses: dict[int, int] = {}
     deadline = time.monotonic() + 20
     try:
@@ -452,7 +442,7 @@ def test_locked_session_table_gives_quick_503_with_statement_timeout(
     try:
         client = make_app(store).test_client()
         client.post("/set/user/alice")
-        before = direct.load(key_of(client))
+        before = direct.load(session_key(client))
         with direct.engine.connect() as locker:  # an autocommit engine
             locker.exec_driver_sql("BEGIN")
             locker.exec_driver_sql(f"LOCK TABLE {TABLE} IN ACCESS EXCLUSIVE MODE")
@@ -466,7 +456,7 @@ def test_locked_session_table_gives_quick_503_with_statement_timeout(
                     assert elapsed < FAIL_WITHIN
             finally:
                 locker.exec_driver_sql("ROLLBACK")
-        assert direct.load(key_of(client)) == before
+        assert direct.load(session_key(client)) == before
         assert client.get("/me").data == b"alice"
     finally:
         store.close()
@@ -568,7 +558,7 @@ def test_failed_write_is_never_reported_as_success(
     store.broken = set()
     if existing:  # the user's session is still there, as it was
         assert client.get("/me").status_code == 200
-        assert dict(ServerSession(inner, key_of(client))) == {"a": "1"}
+        assert dict(ServerSession(inner, session_key(client))) == {"a": "1"}
 
 
 def test_failed_save_is_never_reported_as_success_on_any_store(
@@ -577,10 +567,10 @@ def test_failed_save_is_never_reported_as_success_on_any_store(
     broken = BrokenStore(store, set(), StoreUnavailable())
     client = make_app(broken).test_client()
     assert client.post("/set/user/alice").status_code == 200
-    before = store.load(key_of(client))
+    before = store.load(session_key(client))
     broken.broken = {"save"}
     assert client.post("/set/user/eve").status_code == 503
-    assert store.load(key_of(client)) == before
+    assert store.load(session_key(client)) == before
     broken.broken = set()
     assert client.get("/me").data == b"alice"
 

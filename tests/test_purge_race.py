@@ -34,10 +34,11 @@ from flask import Flask
 from flask import jsonify
 from flask import session
 
-from flask_towersess import SessionExt
 from flask_towersess.session import new_session_key
 from flask_towersess.stores.base import Record
 from flask_towersess.stores.base import utcnow
+
+from .apps import session_app
 
 if t.TYPE_CHECKING:
     from flask_towersess.stores.sqlalchemy import SQLAlchemyStore
@@ -63,15 +64,14 @@ MAX_REQUESTS = 1500
 
 
 def make_app(store: SQLAlchemyStore) -> Flask:
-    app = Flask(__name__)
-    app.config.update(
+    app = session_app(
+        store,
         SECRET_KEY="test secret",
         TESTING=True,
         PERMANENT_SESSION_LIFETIME=timedelta(seconds=LIFETIME),
         # Every read refreshes the expiry too: more writes next to the purge.
         SESSION_TOUCH_INTERVAL=0,
     )
-    SessionExt(app, store=store)
 
     @app.post("/write/<name>/<int:value>")
     def write(name: str, value: int) -> t.Any:
