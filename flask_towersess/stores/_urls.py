@@ -61,6 +61,26 @@ def redact_url(url: str) -> str:
     return shown + _PARAMETER.sub(_mask_parameter, rest.partition("#")[0])
 
 
+def url_location(url: str) -> str:
+    """Where ``url`` points, for :meth:`~.base.SessionStore.describe`: the
+    scheme and the hosts, without the user information, the path, the query
+    or the fragment.
+
+    >>> url_location("mongodb://app:pw@db1:27017,db2/main?authSource=admin")
+    'mongodb://db1:27017,db2'
+
+    .. versionadded:: 0.2
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "<not a URL>"
+    # As in redact_url: the user information ends at the last "@".
+    rest = rest.rpartition("@")[2]
+    for end in "/?#":
+        rest = rest.partition(end)[0]
+    return f"{scheme}://{rest}"
+
+
 def _secrets(url: str) -> set[str]:
     """The values :func:`redact_url` masks, as written and percent-decoded."""
     found: set[str] = set()

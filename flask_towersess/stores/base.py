@@ -77,6 +77,28 @@ def check_key(key: object) -> str:
     )
 
 
+#: How many characters of a session key :func:`short_key` shows: enough to
+#: tell sessions apart in a log, far too few to use (keys made by this
+#: package carry 256 bits; six characters are 36 of them).
+SHORT_KEY_LENGTH = 6
+
+
+def short_key(key: str) -> str:
+    """``key`` as logs and error messages show it: its first
+    :data:`SHORT_KEY_LENGTH` characters and ``...``.
+
+    A session key is a bearer secret: whoever reads a whole one in a log,
+    a crash report or an exception message can use the session. Use this
+    wherever a key would be shown.
+
+    >>> short_key("Yq3Zk1bG0xWm8aE2cV5nR7tL9pH4sJ6dF1gK3hN5oQ0")
+    'Yq3Zk1...'
+
+    .. versionadded:: 0.2
+    """
+    return f"{key[:SHORT_KEY_LENGTH]}..."
+
+
 def refuse_record(store: str, key: str, reason: str) -> None:
     """Log, on the security logger, that ``store`` refused the record of
     ``key`` for ``reason``; the store then treats it as missing.
@@ -84,8 +106,8 @@ def refuse_record(store: str, key: str, reason: str) -> None:
     .. versionadded:: 0.2
     """
     security_logger.warning(
-        "Session %s...: %s refused the stored record (%s); treating it as missing",
-        key[:6],
+        "Session %s: %s refused the stored record (%s); treating it as missing",
+        short_key(key),
         store,
         reason,
     )

@@ -61,19 +61,21 @@ import time
 import typing as t
 from datetime import datetime
 from datetime import timedelta
-from datetime import timezone
 
 from ..errors import ConfigurationError
 from ..errors import CreateError
 from ..errors import TowerSessError
 from ..errors import UpdateError
 from ..errors import VersionConflict
+from ._epoch import from_epoch_micros
+from ._epoch import to_epoch_micros
 from ._fork import ProcessGuard
 from .base import BatchCallback
 from .base import Record
 from .base import SessionStore
 from .base import check_key
 from .base import refuse_record
+from .base import short_key
 from .base import utcnow
 
 logger = logging.getLogger("flask_towersess.stores.caching")
@@ -84,11 +86,6 @@ logger = logging.getLogger("flask_towersess.stores.caching")
 # one (it decides when to touch from it).
 _HEADER = struct.Struct(">cq")
 _FORMAT_TAG = b"\x01"
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_MICROSECOND = timedelta(microseconds=1)
-# The true expiries a datetime can hold; an entry outside is unreadable.
-_MIN_MICROS = (datetime.min.replace(tzinfo=timezone.utc) - _EPOCH) // _MICROSECOND
-_MAX_MICROS = (datetime.max.replace(tzinfo=timezone.utc) - _EPOCH) // _MICROSECOND
 
 
 #: How long a :class:`CachingStore` leaves a failing cache alone by default.
@@ -120,11 +117,6 @@ class _CacheHealth:
         #: Guards ``skip_until`` and ``owed`` against a key being owed just
         #: as the cache is declared back (its delete would be lost).
         self.mutex = threading.Lock()
-
-
-def _short(key: str) -> str:
-    # Session keys are bearer secrets: log a prefix only.
-    return f"{key[:6]}..."
 
 
 def _reason(exc: BaseException) -> str:
@@ -207,7 +199,7 @@ class CachingStore(SessionStore):
     # -- the cache entry format ------------------------------------------------
 
     def _to_cache(self, record: Record, now: datetime) -> Record:
-        true_expiry = (record.expires_at - _EPOCH) // _MICROSECOND
+        true_expiry = to_epoch_micros(record.expires_at)
         expires_at = record.expires_at
         if self.max_age is not None:
             expires_at = min(expires_at, now + self.max_age)
@@ -220,14 +212,10 @@ class CachingStore(SessionStore):
         if len(payload) < _HEADER.size or payload[:1] != _FORMAT_TAG:
             return None
         _, true_expiry = _HEADER.unpack_from(payload)
-        if not _MIN_MICROS <= true_expiry <= _MAX_MICROS:
+        expires_at = from_epoch_micros(true_expiry)
+        if expires_at is None:  # no datetime can hold it: unreadable
             return None
-        return Record(
-            entry.key,
-            payload[_HEADER.size :],
-            _EPOCH + true_expiry * _MICROSECOND,
-            entry.version,
-        )
+        return Record(entry.key, payload[_HEADER.size :], expires_at, entry.version)
 
     @staticmethod
     def _is_lease(entry: Record) -> bool:
@@ -252,7 +240,7 @@ class CachingStore(SessionStore):
                 "session cache: %s failed for key %s: %s; serving sessions from"
                 " the durable store alone, and trying the cache again in %s",
                 action,
-                _short(key),
+                short_key(key),
                 _reason(exc),
                 self.retry_after,
             )
@@ -260,7 +248,7 @@ class CachingStore(SessionStore):
             logger.debug(
                 "session cache: %s failed for key %s: %s",
                 action,
-                _short(key),
+                short_key(key),
                 _reason(exc),
             )
 

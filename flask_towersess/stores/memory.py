@@ -22,6 +22,7 @@ from .base import BatchCallback
 from .base import Record
 from .base import SessionStore
 from .base import check_key
+from .base import short_key
 from .base import utcnow
 
 logger = logging.getLogger("flask_towersess.stores")
@@ -78,7 +79,7 @@ class MemoryStore(SessionStore):
         check_key(record.key)
         with self._lock:
             if self._live(record.key, utcnow()) is not None:
-                raise CreateError(f"a session with key {record.key[:6]}... exists")
+                raise CreateError(f"a session with key {short_key(record.key)} exists")
             self._records[record.key] = record
 
     def save(self, record: Record, expected_version: int) -> None:

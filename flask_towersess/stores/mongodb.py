@@ -37,12 +37,14 @@ from ..errors import VersionConflict
 from ._fork import ProcessGuard
 from ._urls import redact_message
 from ._urls import redact_url
+from ._urls import url_location
 from .base import BatchCallback
 from .base import Record
 from .base import SessionStore
 from .base import check_key
 from .base import checked_record
 from .base import refuse_record
+from .base import short_key
 from .base import utcnow
 
 if t.TYPE_CHECKING:
@@ -134,11 +136,6 @@ def _from_bson_date(value: datetime) -> datetime:
     if value.tzinfo is None:
         return value.replace(tzinfo=timezone.utc)
     return value.astimezone(timezone.utc)
-
-
-def _short(key: str) -> str:
-    # Session keys are bearer secrets: never put a whole one in a message.
-    return f"{key[:6]}..."
 
 
 class MongoDBStore(SessionStore):
@@ -236,8 +233,7 @@ class MongoDBStore(SessionStore):
         store._reopen = lambda: pymongo.MongoClient(url, **options)[database][
             collection
         ]
-        host = parts.netloc.rpartition("@")[2]  # never show the password
-        store._where = f"{parts.scheme}://{host}/{coll.full_name}"
+        store._where = f"{url_location(url)}/{coll.full_name}"
         return store
 
     @classmethod
@@ -339,7 +335,7 @@ class MongoDBStore(SessionStore):
                 )
             except _driver_errors().duplicate_key as exc:
                 raise CreateError(
-                    f"a session with key {_short(record.key)} exists"
+                    f"a session with key {short_key(record.key)} exists"
                 ) from exc
 
     def save(self, record: Record, expected_version: int) -> None:

@@ -28,8 +28,6 @@ import struct
 import sys
 import typing as t
 from datetime import datetime
-from datetime import timedelta
-from datetime import timezone
 from urllib.parse import SplitResult
 from urllib.parse import unquote
 from urllib.parse import urlsplit
@@ -40,6 +38,8 @@ from ..errors import CreateError
 from ..errors import StoreUnavailable
 from ..errors import UpdateError
 from ..errors import VersionConflict
+from ._epoch import from_epoch_micros
+from ._epoch import to_epoch_micros
 from ._urls import redact_url
 from .base import MAX_VERSION
 from .base import MIN_VERSION
@@ -48,6 +48,7 @@ from .base import Record
 from .base import SessionStore
 from .base import check_key
 from .base import refuse_record
+from .base import short_key
 from .base import utcnow
 
 if t.TYPE_CHECKING:
@@ -101,14 +102,6 @@ _HEADER = struct.Struct(">Bqq")
 _VERSION_PREFIX = struct.Struct(">Bq")
 _EXPIRY = struct.Struct(">q")
 _EXPIRY_OFFSET = _VERSION_PREFIX.size
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_MICROSECOND = timedelta(microseconds=1)
-# The expiries a datetime can hold, in the header's unit: a value outside
-# (the 8 bytes go up to year 294,000) is refused, not turned into an
-# OverflowError on every request.
-_MIN_MICROS = (datetime.min.replace(tzinfo=timezone.utc) - _EPOCH) // _MICROSECOND
-_MAX_MICROS = (datetime.max.replace(tzinfo=timezone.utc) - _EPOCH) // _MICROSECOND
 
 # Replies of the save script.
 _SAVED = 1
@@ -169,11 +162,6 @@ def _default_retry(*, on_timeout: bool = True) -> t.Any:
 
     errors = (ConnectionError, TimeoutError) if on_timeout else (ConnectionError,)
     return Retry(ExponentialBackoff(cap=0.5, base=0.05), 1, supported_errors=errors)
-
-
-def _to_micros(moment: datetime) -> int:
-    # Exact integer arithmetic: float timestamps lose microseconds.
-    return (moment - _EPOCH) // _MICROSECOND
 
 
 def _pxat(micros: int) -> int:
@@ -431,13 +419,14 @@ class RedisStore(SessionStore):
             )
             return None
         _, version, micros = _HEADER.unpack_from(value)
-        if not _MIN_MICROS <= micros <= _MAX_MICROS:
+        # The 8 bytes go up to year 294,000, a datetime only to 9999.
+        expires_at = from_epoch_micros(micros)
+        if expires_at is None:
             refuse_record("RedisStore", key, "expiry out of range")
             return None
         if not MIN_VERSION <= version <= MAX_VERSION:
             refuse_record("RedisStore", key, "version out of range")
             return None
-        expires_at = _EPOCH + micros * _MICROSECOND
         # Redis drops the key at the same moment (rounded down to the ms), so
         # this only matters when the app's clock runs ahead of Redis's.
         if expires_at <= utcnow():
@@ -446,7 +435,7 @@ class RedisStore(SessionStore):
 
     def create(self, record: Record) -> None:
         check_key(record.key)
-        micros = _to_micros(record.expires_at)
+        micros = to_epoch_micros(record.expires_at)
         value = _HEADER.pack(_TAG, record.version, micros) + record.payload
         # NX makes the existence check and the write one atomic step; the
         # expiry is in the same command so no key ever lives without a TTL.
@@ -458,11 +447,11 @@ class RedisStore(SessionStore):
         except self._redis_errors as exc:
             self._fail(exc)
         if not created:
-            raise CreateError(f"a session with key {record.key[:6]}... exists")
+            raise CreateError(f"a session with key {short_key(record.key)} exists")
 
     def save(self, record: Record, expected_version: int) -> None:
         check_key(record.key)
-        micros = _to_micros(record.expires_at)
+        micros = to_epoch_micros(record.expires_at)
         value = _HEADER.pack(_TAG, record.version, micros) + record.payload
         try:
             result = self._run_script(
@@ -487,7 +476,7 @@ class RedisStore(SessionStore):
 
     def touch(self, key: str, expires_at: datetime) -> None:
         check_key(key)
-        micros = _to_micros(expires_at)
+        micros = to_epoch_micros(expires_at)
         try:
             self._run_script(
                 self._touch_script,

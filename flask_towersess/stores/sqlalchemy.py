@@ -44,6 +44,7 @@ from ._statements import Statement
 from ._statements import can_run_directly
 from ._statements import connect_error
 from ._statements import has_statement_observers
+from ._urls import redact_message
 from ._urls import redact_url
 from .base import BatchCallback
 from .base import Record
@@ -51,6 +52,7 @@ from .base import SessionStore
 from .base import check_key
 from .base import checked_record
 from .base import refuse_record
+from .base import short_key
 from .base import utcnow
 
 logger = logging.getLogger(__name__)
@@ -628,7 +630,9 @@ class SQLAlchemyStore(SessionStore):
         try:
             self._run(replace_expired, sent=sent)
         except sa_exc.IntegrityError as exc:  # another writer took the key meanwhile
-            raise CreateError(f"a session with key {record.key[:6]}... exists") from exc
+            raise CreateError(
+                f"a session with key {short_key(record.key)} exists"
+            ) from exc
 
     def save(self, record: Record, expected_version: int) -> None:
         check_key(record.key)
@@ -850,11 +854,10 @@ def create_engine(url: str, **options: t.Any) -> sa.engine.Engine:
         raise
     except (sa_exc.ArgumentError, ValueError, TypeError) as exc:
         # Not chained: a driver's or SQLAlchemy's message may quote the URL.
-        shown = redact_url(str(url))
-        reason = str(exc).replace(str(url), shown)
         raise ConfigurationError(
-            f"The session store cannot use the database URL {shown} with its"
-            f" options (SESSION_STORE, SESSION_STORE_OPTIONS): {reason}"
+            f"The session store cannot use the database URL {redact_url(str(url))}"
+            " with its options (SESSION_STORE, SESSION_STORE_OPTIONS):"
+            f" {redact_message(str(exc), str(url))}"
         ) from None
 
 
