@@ -18,6 +18,7 @@ from datetime import datetime
 from datetime import timezone
 
 from ..errors import ConfigurationError
+from ..errors import TowerSessError
 
 #: Called by :meth:`SessionStore.purge_expired` after each batch with the
 #: number of records that batch deleted (used for the CLI progress bar).
@@ -296,6 +297,22 @@ class SessionStore(abc.ABC):
         into a store without naming the backend.
         """
         return False
+
+    def _translate(self, exc: Exception) -> TowerSessError | None:
+        """What a driver error means to the session layer: a
+        :class:`~flask_towersess.errors.StoreUnavailable` (made with
+        :func:`~._errors.store_unavailable`), a
+        :class:`~flask_towersess.errors.ConfigurationError` (made with
+        :meth:`_misconfigured`), or ``None`` for an error to raise as it is.
+
+        Every store with a driver overrides it and applies it through
+        :mod:`~flask_towersess.stores._errors`, so all of them sort errors,
+        log them and chain them the same way. The default translates
+        nothing.
+
+        .. versionadded:: 0.2
+        """
+        return None
 
     def _misconfigured(
         self, where: str, problem: str, log: logging.Logger

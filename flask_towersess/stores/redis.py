@@ -36,10 +36,13 @@ from urllib.parse import urlunsplit
 from ..errors import ConfigurationError
 from ..errors import CreateError
 from ..errors import StoreUnavailable
+from ..errors import TowerSessError
 from ..errors import UpdateError
 from ..errors import VersionConflict
 from ._epoch import from_epoch_micros
 from ._epoch import to_epoch_micros
+from ._errors import ErrorTranslation
+from ._errors import store_unavailable
 from ._urls import redact_url
 from .base import MAX_VERSION
 from .base import MIN_VERSION
@@ -251,10 +254,14 @@ class RedisStore(SessionStore):
         from redis.exceptions import ResponseError
 
         self._unavailable_errors = _unavailable_errors()
-        # Every call catches these; _fail sorts them out. ResponseError is
-        # among them for the settings the server refuses with a plain one
-        # ("DB index is out of range"); any other is raised as it was.
-        self._redis_errors = self._unavailable_errors + (ResponseError,)
+        # Every call runs in this; _translate sorts the errors out.
+        # ResponseError is among them for the settings the server refuses
+        # with a plain one ("DB index is out of range"); any other is raised
+        # as it was.
+        self._translated_errors = ErrorTranslation(
+            self._unavailable_errors + (ResponseError,), self._translate
+        )
+        self._response_error = ResponseError
         self._no_script_error = NoScriptError
         # What close() calls: only closers of what from_url built. A client
         # the caller passed in is theirs to close.
@@ -371,22 +378,13 @@ class RedisStore(SessionStore):
     def _key(self, key: str) -> str:
         return self.key_prefix + key
 
-    def _fail(self, exc: BaseException) -> t.NoReturn:
-        """Raise what the session layer expects for a redis-py error.
-
-        Every call catches ``self._redis_errors`` and calls this: a try
-        block costs nothing until it fails, where a context manager costs on
-        every call.
-        """
+    def _translate(self, exc: Exception) -> TowerSessError | None:
         problem = _misconfiguration(exc)
         if problem is not None:
-            raise self._misconfigured(self._where, problem, logger) from exc
+            return self._misconfigured(self._where, problem, logger)
         if isinstance(exc, self._unavailable_errors):
-            logger.warning("session store unavailable (%s): %s", self._where, exc)
-            # No message: StoreUnavailable's text is the public 503 page, and
-            # the redis-py error (hosts, ports) stays in __cause__.
-            raise StoreUnavailable() from exc
-        raise exc
+            return store_unavailable(self._where, exc, logger)
+        return None
 
     def _run_script(self, script: _Script, key: str, *args: bytes | int) -> t.Any:
         """EVALSHA the script on ``key``; load it first if the server lacks it
@@ -400,14 +398,15 @@ class RedisStore(SessionStore):
 
     def load(self, key: str) -> Record | None:
         check_key(key)
-        try:
-            value = self._commands.get(self._key(key))
-        except self._redis_errors as exc:
-            if "WRONGTYPE" not in str(exc):
-                self._fail(exc)
-            # A hash, list or set under the key: no session record either.
-            refuse_record("RedisStore", key, "the key holds no string value")
-            return None
+        with self._translated_errors:
+            try:
+                value = self._commands.get(self._key(key))
+            except self._response_error as exc:
+                if "WRONGTYPE" not in str(exc):
+                    raise
+                # A hash, list or set under the key: no session record either.
+                refuse_record("RedisStore", key, "the key holds no string value")
+                return None
         if value is None:
             return None
         if len(value) < _HEADER.size or value[0] != _TAG:
@@ -440,12 +439,10 @@ class RedisStore(SessionStore):
         # NX makes the existence check and the write one atomic step; the
         # expiry is in the same command so no key ever lives without a TTL.
         # An expiry already past stores nothing live: Redis drops the key.
-        try:
+        with self._translated_errors:
             created = self._commands.set(
                 self._key(record.key), value, nx=True, pxat=_pxat(micros)
             )
-        except self._redis_errors as exc:
-            self._fail(exc)
         if not created:
             raise CreateError(f"a session with key {short_key(record.key)} exists")
 
@@ -453,7 +450,7 @@ class RedisStore(SessionStore):
         check_key(record.key)
         micros = to_epoch_micros(record.expires_at)
         value = _HEADER.pack(_TAG, record.version, micros) + record.payload
-        try:
+        with self._translated_errors:
             result = self._run_script(
                 self._save_script,
                 self._key(record.key),
@@ -461,8 +458,6 @@ class RedisStore(SessionStore):
                 value,
                 _pxat(micros),
             )
-        except self._redis_errors as exc:
-            self._fail(exc)
         if result == _SAVED:
             return
         if result == _MISSING:
@@ -477,7 +472,7 @@ class RedisStore(SessionStore):
     def touch(self, key: str, expires_at: datetime) -> None:
         check_key(key)
         micros = to_epoch_micros(expires_at)
-        try:
+        with self._translated_errors:
             self._run_script(
                 self._touch_script,
                 self._key(key),
@@ -487,32 +482,24 @@ class RedisStore(SessionStore):
                 _EXPIRY.pack(micros),
                 _pxat(micros),
             )
-        except self._redis_errors as exc:
-            self._fail(exc)
 
     def delete(self, key: str) -> None:
         check_key(key)
-        try:
+        with self._translated_errors:
             self._commands.delete(self._key(key))
-        except self._redis_errors as exc:
-            self._fail(exc)
 
     def exists(self, key: str) -> bool:
         # EXISTS sends no payload back. Redis's TTL is rounded down from the
         # record's expiry, so a key that exists is a record that is live.
         check_key(key)
-        try:
+        with self._translated_errors:
             return bool(self._commands.exists(self._key(key)))
-        except self._redis_errors as exc:
-            self._fail(exc)
 
     def _ping(self) -> None:
         # Nothing to count or purge, but a cron job must still learn that
         # Redis is unreachable (a non-zero exit), not read "0 purged".
-        try:
+        with self._translated_errors:
             self._commands.ping()
-        except self._redis_errors as exc:
-            self._fail(exc)
 
     def count_expired(self) -> int:
         self._ping()
@@ -583,12 +570,12 @@ def _misconfiguration(exc: BaseException) -> str | None:
     return None
 
 
-def _unavailable_errors() -> tuple[type[BaseException], ...]:
+def _unavailable_errors() -> tuple[type[Exception], ...]:
     """The redis-py errors that mean "unavailable" (once
     :func:`_misconfiguration` has found none of its own among them)."""
     from redis import exceptions as e
 
-    unavailable: tuple[type[BaseException], ...] = (
+    unavailable: tuple[type[Exception], ...] = (
         # Also covers MasterNotFoundError (Sentinel knows no master),
         # BusyLoadingError (the server is loading its data set) and
         # MaxConnectionsError (the pool is exhausted).
@@ -605,7 +592,7 @@ def _unavailable_errors() -> tuple[type[BaseException], ...]:
     # maxmemory reached: the write was refused and nothing changed. Looked
     # up by name because older redis-py releases lack the class.
     out_of_memory = getattr(e, "OutOfMemoryError", None)
-    if isinstance(out_of_memory, type) and issubclass(out_of_memory, BaseException):
+    if isinstance(out_of_memory, type) and issubclass(out_of_memory, Exception):
         unavailable += (out_of_memory,)
     return unavailable
 
