@@ -100,6 +100,11 @@ def short_key(key: str) -> str:
     return f"{key[:SHORT_KEY_LENGTH]}..."
 
 
+#: A key of the session-key form that no session has: this package makes
+#: 43-character keys, and a script would have to pick this one on purpose.
+_PROBE_KEY = "flask-towersess-ping"
+
+
 def refuse_record(store: str, key: str, reason: str) -> None:
     """Log, on the security logger, that ``store`` refused the record of
     ``key`` for ``reason``; the store then treats it as missing.
@@ -174,8 +179,10 @@ class SessionStore(abc.ABC):
     """Base class of the session stores.
 
     Subclasses implement :meth:`load`, :meth:`create`, :meth:`save`,
-    :meth:`touch` and :meth:`delete`; the other methods have defaults that
-    suit a store whose backend expires records by itself.
+    :meth:`touch` and :meth:`delete`; the other methods have defaults.
+    What only some backends need is a capability a store adds by also
+    subclassing it: :class:`Purging` (expired records to delete) and
+    :class:`Migrating` (tables or indexes to create).
 
     Every method may raise :class:`~flask_towersess.errors.StoreUnavailable`
     when the backend cannot be reached, and
@@ -184,7 +191,8 @@ class SessionStore(abc.ABC):
     """
 
     #: True when the backend deletes expired records by itself (Redis TTL,
-    #: MongoDB TTL index), so :meth:`purge_expired` has nothing to do.
+    #: MongoDB TTL index). Such a store needs no :class:`Purging`, though it
+    #: may have it (MongoDB, for a collection without its TTL index).
     expires_natively: t.ClassVar[bool] = False
 
     #: URL schemes :func:`~flask_towersess.stores.store_from_url` hands to
@@ -237,31 +245,35 @@ class SessionStore(abc.ABC):
         """Whether a live record is stored under ``key``."""
         return self.load(key) is not None
 
-    def count_expired(self) -> int:
-        """How many expired records :meth:`purge_expired` would delete."""
-        return 0
+    def ping(self) -> None:
+        """Check that the backend answers and accepts the store's settings.
 
-    def purge_expired(
-        self, batch_size: int = 1000, *, on_batch: BatchCallback | None = None
-    ) -> int:
-        """Delete expired records, ``batch_size`` at a time.
+        For callers that need no data but must learn of an outage (the
+        ``purge-expired`` command on a store with nothing to purge). The
+        default asks :meth:`exists` about a key no session has.
 
-        Safe to run from several processes at once. Returns how many records
-        this call deleted. Stores whose backend expires records natively
-        (see :attr:`expires_natively`) have nothing to do and return 0.
+        :raises StoreUnavailable: the backend cannot be reached.
+        :raises ConfigurationError: the backend refuses the settings.
+
+        .. versionadded:: 0.2
         """
-        return 0
+        self.exists(_PROBE_KEY)
 
-    def migrate(self) -> list[str]:
-        """Create or upgrade what the store needs (tables, indexes).
+    def as_purging(self) -> Purging | None:
+        """This store as a :class:`Purging` store, or ``None`` if it has no
+        expired records to purge.
 
-        Idempotent. Returns one line per action, saying what was done.
+        .. versionadded:: 0.2
         """
-        return [f"{type(self).__name__} needs no migration."]
+        return self if isinstance(self, Purging) else None
 
-    def migration_sql(self) -> str | None:
-        """The DDL :meth:`migrate` would run, for stores that have some."""
-        return None
+    def as_migrating(self) -> Migrating | None:
+        """This store as a :class:`Migrating` store, or ``None`` if it has
+        nothing to create or upgrade.
+
+        .. versionadded:: 0.2
+        """
+        return self if isinstance(self, Migrating) else None
 
     def close(self) -> None:  # noqa: B027 - most stores hold nothing to close
         """Release connections held by the store."""
@@ -337,3 +349,62 @@ class SessionStore(abc.ABC):
 
     def __repr__(self) -> str:
         return f"<{self.describe()}>"
+
+
+@t.runtime_checkable
+class Purging(t.Protocol):
+    """A store whose expired records stay until something deletes them (an
+    SQL table, the memory store), and which can delete them.
+
+    ``flask sessions purge-expired`` runs :meth:`purge_expired`; on a store
+    without this capability it says there is nothing to purge. A store adds
+    it by subclassing it next to :class:`SessionStore`, or just by having
+    both methods.
+
+    .. versionadded:: 0.2
+        Before, every store had these methods, doing nothing where the
+        backend expires records by itself.
+    """
+
+    def count_expired(self) -> int:
+        """How many expired records :meth:`purge_expired` would delete."""
+        ...
+
+    def purge_expired(
+        self, batch_size: int = 1000, *, on_batch: BatchCallback | None = None
+    ) -> int:
+        """Delete expired records, ``batch_size`` at a time.
+
+        Safe to run from several processes at once. Returns how many records
+        this call deleted; ``on_batch`` is called after each batch with the
+        number it deleted.
+        """
+        ...
+
+
+@t.runtime_checkable
+class Migrating(t.Protocol):
+    """A store that needs tables or indexes created before use, or upgraded
+    after an upgrade of this package.
+
+    ``flask sessions migrate`` runs :meth:`migrate`; on a store without this
+    capability it says there is nothing to migrate. A store adds it by
+    subclassing it next to :class:`SessionStore`, or just by having both
+    methods.
+
+    .. versionadded:: 0.2
+        Before, every store had these methods, doing nothing where there was
+        nothing to create.
+    """
+
+    def migrate(self) -> list[str]:
+        """Create or upgrade what the store needs (tables, indexes).
+
+        Idempotent. Returns one line per action, saying what was done.
+        """
+        ...
+
+    def migration_sql(self) -> str | None:
+        """The DDL :meth:`migrate` would run; ``None`` for a store without
+        an SQL schema (the default for a subclass)."""
+        return None

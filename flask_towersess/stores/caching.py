@@ -71,6 +71,8 @@ from ._epoch import from_epoch_micros
 from ._epoch import to_epoch_micros
 from ._fork import ProcessGuard
 from .base import BatchCallback
+from .base import Migrating
+from .base import Purging
 from .base import Record
 from .base import SessionStore
 from .base import check_key
@@ -126,7 +128,7 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-class CachingStore(SessionStore):
+class CachingStore(SessionStore, Purging, Migrating):
     """Serve reads from ``cache``, keep the truth in ``store``.
 
     :param cache: a fast store (typically a
@@ -151,7 +153,9 @@ class CachingStore(SessionStore):
     .. versionadded:: 0.1
     .. versionchanged:: 0.2
         Added ``retry_after``: a failing cache is skipped instead of being
-        waited on by every request.
+        waited on by every request. It is :class:`~.base.Purging` when its
+        durable store is, and :class:`~.base.Migrating` when either store
+        is (see :meth:`~.base.SessionStore.as_purging`).
     """
 
     def __init__(
@@ -506,35 +510,59 @@ class CachingStore(SessionStore):
 
     # -- maintenance -------------------------------------------------------------
 
+    # A caching store has the capabilities of its two stores: known only
+    # once it is built, hence the call-time checks below.
+
+    def as_purging(self) -> Purging | None:
+        # Cache entries never outlive their durable record: whether there is
+        # anything to purge is the durable store's to say.
+        return self if self.store.as_purging() is not None else None
+
+    def as_migrating(self) -> Migrating | None:
+        if self.store.as_migrating() is None and self.cache.as_migrating() is None:
+            return None
+        return self
+
     def count_expired(self) -> int:
-        return self.store.count_expired()
+        durable = self.store.as_purging()
+        return 0 if durable is None else durable.count_expired()
 
     def purge_expired(
         self, batch_size: int = 1000, *, on_batch: BatchCallback | None = None
     ) -> int:
-        """Purge the durable store (the count returned), then the cache.
+        """Purge the durable store (the count returned), then the cache;
+        each only if it is :class:`~.base.Purging`.
 
         Cache entries never outlive their durable record, so the cache purge
         only frees memory in a cache that does not expire entries by itself;
         its failure is logged, not raised.
         """
-        purged = self.store.purge_expired(batch_size, on_batch=on_batch)
-        if self._skipping_cache():
+        durable = self.store.as_purging()
+        purged = 0
+        if durable is not None:
+            purged = durable.purge_expired(batch_size, on_batch=on_batch)
+        cache = self.cache.as_purging()
+        if cache is None or self._skipping_cache():
             return purged
         try:
-            self.cache.purge_expired(batch_size)
+            cache.purge_expired(batch_size)
         except TowerSessError as exc:
             logger.warning("session cache: purge failed: %s", _reason(exc))
         return purged
 
     def migrate(self) -> list[str]:
-        lines = [f"durable store: {line}" for line in self.store.migrate()]
-        lines.extend(f"cache: {line}" for line in self.cache.migrate())
+        """Migrate the durable store, then the cache; each only if it is
+        :class:`~.base.Migrating`."""
+        lines: list[str] = []
+        for role, layer in (("durable store", self.store), ("cache", self.cache)):
+            migrating = layer.as_migrating()
+            if migrating is not None:
+                lines.extend(f"{role}: {line}" for line in migrating.migrate())
         return lines
 
     def migration_sql(self) -> str | None:
-        both = (self.store.migration_sql(), self.cache.migration_sql())
-        parts = [sql for sql in both if sql]
+        layers = (self.store.as_migrating(), self.cache.as_migrating())
+        parts = [sql for layer in layers if layer and (sql := layer.migration_sql())]
         return "\n".join(parts) if parts else None
 
     def close(self) -> None:

@@ -40,6 +40,8 @@ from ._urls import redact_message
 from ._urls import redact_url
 from ._urls import url_location
 from .base import BatchCallback
+from .base import Migrating
+from .base import Purging
 from .base import Record
 from .base import SessionStore
 from .base import check_key
@@ -139,7 +141,7 @@ def _from_bson_date(value: datetime) -> datetime:
     return value.astimezone(timezone.utc)
 
 
-class MongoDBStore(SessionStore):
+class MongoDBStore(SessionStore, Purging, Migrating):
     """Keep sessions in a MongoDB collection.
 
     :param collection: a pymongo ``Collection`` (a mongomock one works too,

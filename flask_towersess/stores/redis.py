@@ -46,7 +46,6 @@ from ._errors import store_unavailable
 from ._urls import redact_url
 from .base import MAX_VERSION
 from .base import MIN_VERSION
-from .base import BatchCallback
 from .base import Record
 from .base import SessionStore
 from .base import check_key
@@ -227,6 +226,10 @@ class RedisStore(SessionStore):
     Needs Redis 6.2 or later (``PXAT``).
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.2
+        No ``count_expired()``, ``purge_expired()`` or ``migrate()``: Redis
+        expires sessions by itself and there is nothing to create, so the
+        store is neither :class:`~.base.Purging` nor :class:`~.base.Migrating`.
     """
 
     expires_natively = True
@@ -495,28 +498,10 @@ class RedisStore(SessionStore):
         with self._translated_errors:
             return bool(self._commands.exists(self._key(key)))
 
-    def _ping(self) -> None:
-        # Nothing to count or purge, but a cron job must still learn that
-        # Redis is unreachable (a non-zero exit), not read "0 purged".
+    def ping(self) -> None:
+        # PING: no key, no payload, and the same errors as any command.
         with self._translated_errors:
             self._commands.ping()
-
-    def count_expired(self) -> int:
-        self._ping()
-        return 0
-
-    def purge_expired(
-        self,
-        batch_size: int = 1000,
-        *,
-        on_batch: BatchCallback | None = None,
-    ) -> int:
-        # Redis deletes each key when its TTL runs out; there is no backlog.
-        self._ping()
-        return 0
-
-    def migrate(self) -> list[str]:
-        return ["Redis expires sessions with its own TTL and needs no migration."]
 
     def close(self) -> None:
         """Close the client if :meth:`from_url` created it; otherwise no-op."""

@@ -49,6 +49,8 @@ from ._statements import has_statement_observers
 from ._urls import redact_message
 from ._urls import redact_url
 from .base import BatchCallback
+from .base import Migrating
+from .base import Purging
 from .base import Record
 from .base import SessionStore
 from .base import check_key
@@ -161,7 +163,7 @@ def build_table(metadata: sa.MetaData, name: str) -> sa.Table:
     )
 
 
-class SQLAlchemyStore(SessionStore):
+class SQLAlchemyStore(SessionStore, Purging, Migrating):
     """Keep sessions in an SQL table.
 
     :param engine: an SQLAlchemy :class:`~sqlalchemy.engine.Engine`, or a
