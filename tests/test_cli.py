@@ -591,7 +591,10 @@ def test_redis_commands_are_clear_no_ops(
     SessionExt(app)
     migrate = invoke(app, "migrate")
     assert migrate.exit_code == 0, migrate.output
-    assert migrate.output == "RedisStore needs no migration; there is nothing to migrate.\n"
+    assert (
+        migrate.output
+        == "RedisStore needs no migration; there is nothing to migrate.\n"
+    )
     nothing_to_purge = (
         "RedisStore expires sessions by itself; there is nothing to purge.\n"
     )
