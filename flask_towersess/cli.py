@@ -3,7 +3,14 @@
 - ``flask sessions migrate``: create or upgrade the store's tables/indexes.
 - ``flask sessions purge-expired``: delete expired sessions, for cron.
 
+Each works on a store with the capability (:class:`~.stores.base.Migrating`,
+:class:`~.stores.base.Purging`) and says in one line when the store has
+nothing to do.
+
 .. versionadded:: 0.1
+.. versionchanged:: 0.2
+    A store without the capability gets a one-line answer instead of a call
+    to a method that did nothing.
 """
 
 from __future__ import annotations
@@ -124,17 +131,45 @@ def sessions_command() -> None:
     """Manage the server-side session store."""
 
 
+def _needs_no_migration(store: SessionStore) -> str:
+    return f"{type(store).__name__} needs no migration; there is nothing to migrate."
+
+
+def _needs_no_purge(store: SessionStore) -> str:
+    """The line for a store that is not :class:`~.stores.base.Purging`.
+
+    Success when the backend expires sessions by itself, which is what a
+    cron job that runs the purge everywhere expects; an error otherwise,
+    since expired sessions then pile up and someone must notice.
+    """
+    name = type(store).__name__
+    # Nothing to purge, but a cron job must still learn that the store is
+    # unreachable or refuses its settings (a non-zero exit).
+    _call(store, store.ping)
+    if not store.expires_natively:
+        raise click.ClickException(
+            f"{name} cannot purge expired sessions, and does not expire them by"
+            " itself: give it purge_expired() and count_expired() (the Purging"
+            " capability)."
+        )
+    return f"{name} expires sessions by itself; there is nothing to purge."
+
+
 @sessions_command.command("migrate")
 @click.option("--sql", is_flag=True, help="Print the DDL instead of running it.")
 @_with_app
 def migrate_command(sql: bool) -> None:
     """Create or upgrade what the session store needs (idempotent)."""
     store = _current_store()
+    migrating = store.as_migrating()
     if sql:
-        ddl = _call(store, store.migration_sql)
+        ddl = None if migrating is None else _call(store, migrating.migration_sql)
         click.echo(ddl if ddl is not None else f"-- {store.describe()}: no SQL schema")
         return
-    for line in _call(store, store.migrate):
+    if migrating is None:
+        click.echo(_needs_no_migration(store))
+        return
+    for line in _call(store, migrating.migrate):
         click.echo(line)
 
 
@@ -154,23 +189,27 @@ def purge_expired_command(batch_size: int, dry_run: bool) -> None:
     Safe to run from several hosts at once.
     """
     store = _current_store()
+    purging = store.as_purging()
+    if purging is None:
+        click.echo(_needs_no_purge(store))
+        return
     started = time.monotonic()
     if dry_run:
-        count = _call(store, store.count_expired)
+        count = _call(store, purging.count_expired)
         click.echo(f"{count} expired sessions would be purged (dry run)")
         return
     if _stderr_is_terminal():
         # The bar goes to stderr and only on a terminal, so cron mail and
         # logs get just the summary line.
-        total = _call(store, store.count_expired)
+        total = _call(store, purging.count_expired)
         with click.progressbar(
             length=total, label="Purging expired sessions", file=sys.stderr
         ) as bar:
             purged = _call(
-                store, lambda: store.purge_expired(batch_size, on_batch=bar.update)
+                store, lambda: purging.purge_expired(batch_size, on_batch=bar.update)
             )
     else:
-        purged = _call(store, lambda: store.purge_expired(batch_size))
+        purged = _call(store, lambda: purging.purge_expired(batch_size))
     elapsed = time.monotonic() - started
     note = (
         f" ({store.describe()} expires sessions itself)"

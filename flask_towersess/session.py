@@ -35,6 +35,7 @@ from .stores._fork import ProcessGuard
 from .stores.base import KEY_PATTERN as _KEY_PATTERN
 from .stores.base import Record
 from .stores.base import SessionStore
+from .stores.base import short_key
 from .stores.base import utcnow
 
 if t.TYPE_CHECKING:
@@ -458,8 +459,8 @@ class ServerSession(SessionMixin):
             # raising would lock the user out for good. It may be tampering,
             # so say so where security events go.
             security_logger.warning(
-                "Session %s...: undecodable payload (%s); using an empty session",
-                record.key[:6],
+                "Session %s: undecodable payload (%s); using an empty session",
+                short_key(record.key),
                 exc,
             )
             return {}, None
@@ -552,7 +553,7 @@ class ServerSession(SessionMixin):
         self.modified = True
 
     def __repr__(self) -> str:
-        key = f"{self._key[:6]}..." if self._key else None
+        key = short_key(self._key) if self._key else None
         data = "<not loaded>" if self._data is None else self._data
         return f"<{type(self).__name__} {key} {data!r}>"
 
@@ -699,7 +700,9 @@ class ServerSession(SessionMixin):
                 # Never a record under a key the client sent: a copied cookie
                 # of a session that ended must not work again.
                 if self.store.exists(self._key):
-                    raise CreateError(f"a session with key {self._key[:6]}... exists")
+                    raise CreateError(
+                        f"a session with key {short_key(self._key)} exists"
+                    )
                 self.create()
             else:
                 self._create_at_current_key()

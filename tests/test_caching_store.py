@@ -104,6 +104,9 @@ class Spy(SessionStore):
         self._enter("migrate")
         return [f"{self.name} migrated"]
 
+    def migration_sql(self) -> str | None:
+        return None
+
     def close(self) -> None:
         self._enter("close")
         self.closed = True

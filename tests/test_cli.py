@@ -591,10 +591,15 @@ def test_redis_commands_are_clear_no_ops(
     SessionExt(app)
     migrate = invoke(app, "migrate")
     assert migrate.exit_code == 0, migrate.output
-    assert "TTL" in migrate.output and "no migration" in migrate.output
+    assert (
+        migrate.output
+        == "RedisStore needs no migration; there is nothing to migrate.\n"
+    )
+    nothing_to_purge = (
+        "RedisStore expires sessions by itself; there is nothing to purge.\n"
+    )
     purge = invoke(app, "purge-expired")
     assert purge.exit_code == 0, purge.output
-    assert purge.output.startswith("purged 0 expired sessions in ")
-    assert "expires sessions itself" in purge.output
+    assert purge.output == nothing_to_purge
     dry = invoke(app, "purge-expired", "--dry-run")
-    assert dry.exit_code == 0 and dry.output.startswith("0 expired sessions")
+    assert dry.exit_code == 0 and dry.output == nothing_to_purge

@@ -305,7 +305,7 @@ def test_unreachable_server_with_a_collection(closed_port: int) -> None:
 def test_other_driver_errors_are_not_hidden(mongodb_store: MongoDBStore) -> None:
     # Only an unreachable or timed-out server is StoreUnavailable; a bad
     # query is a bug and keeps its own exception.
-    guard = mongodb_store._unavailable_as_store_error()
+    guard = mongodb_store._translated_errors
     with pytest.raises(pymongo.errors.OperationFailure), guard:
         raise pymongo.errors.OperationFailure("bad query", code=2)
 

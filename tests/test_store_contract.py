@@ -165,9 +165,15 @@ def test_purge_expired_in_batches(store: SessionStore) -> None:
     live = [make_record(seconds=600) for _ in range(3)]
     for record in expired + live:
         store.create(record)
-    counted = store.count_expired()
+    purging = store.as_purging()
+    if purging is None:
+        # No capability to purge: only a backend that drops them by itself.
+        assert store.expires_natively
+        assert not any(store.exists(record.key) for record in expired)
+        return
+    counted = purging.count_expired()
     batches: list[int] = []
-    purged = store.purge_expired(2, on_batch=batches.append)
+    purged = purging.purge_expired(2, on_batch=batches.append)
     if store.expires_natively and purged == 0:
         assert counted == 0  # the backend drops them by itself
     else:
@@ -181,10 +187,12 @@ def test_purge_expired_in_batches(store: SessionStore) -> None:
 
 
 def test_migrate_is_idempotent(store: SessionStore) -> None:
-    first = store.migrate()
-    second = store.migrate()
-    assert first and second
-    assert all(isinstance(line, str) for line in first + second)
+    migrating = store.as_migrating()
+    if migrating is not None:  # Redis and memory have nothing to create
+        first = migrating.migrate()
+        second = migrating.migrate()
+        assert first and second
+        assert all(isinstance(line, str) for line in first + second)
     record = make_record()
     store.create(record)
     assert store.exists(record.key)

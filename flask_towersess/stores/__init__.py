@@ -13,6 +13,8 @@ import typing as t
 from urllib.parse import urlsplit
 
 from ..errors import ConfigurationError
+from .base import Migrating
+from .base import Purging
 from .base import Record
 from .base import SessionStore
 from .memory import MemoryStore
@@ -26,7 +28,9 @@ if t.TYPE_CHECKING:
 __all__ = [
     "CachingStore",
     "MemoryStore",
+    "Migrating",
     "MongoDBStore",
+    "Purging",
     "Record",
     "RedisStore",
     "SQLAlchemyStore",

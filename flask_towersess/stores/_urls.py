@@ -30,6 +30,22 @@ def _mask_parameter(match: re.Match[str]) -> str:
     return match.group(0)
 
 
+_NOT_A_URL = "<not a URL>"
+_END_OF_HOSTS = re.compile(r"[/?#]")
+
+
+def _split(url: str) -> tuple[str, str | None, str] | None:
+    """``(scheme, user information or None, the rest)``, or ``None`` for
+    text that is not a URL."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return None
+    # The last "@" ends the user information: a password may hold an
+    # unescaped "@", "/", "?" or "#", so only what follows it is split.
+    userinfo, at, rest = rest.rpartition("@")
+    return scheme, userinfo if at else None, rest
+
+
 def redact_url(url: str) -> str:
     """``url`` without secrets: the password of the user information and the
     value of every secret-looking query parameter (see
@@ -45,14 +61,12 @@ def redact_url(url: str) -> str:
 
     .. versionadded:: 0.2
     """
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return "<not a URL>"
-    # The last "@" ends the user information: a password may hold an
-    # unescaped "@", "/", "?" or "#", so only what follows it is split.
-    userinfo, at, rest = rest.rpartition("@")
+    parts = _split(url)
+    if parts is None:
+        return _NOT_A_URL
+    scheme, userinfo, rest = parts
     shown = f"{scheme}://"
-    if at:
+    if userinfo is not None:
         user, colon, _ = userinfo.partition(":")
         if _NOT_A_USER.search(user):
             shown += f"{_MASK}@"
@@ -61,12 +75,33 @@ def redact_url(url: str) -> str:
     return shown + _PARAMETER.sub(_mask_parameter, rest.partition("#")[0])
 
 
+def url_location(url: str) -> str:
+    """Where ``url`` points, for :meth:`~.base.SessionStore.describe`: the
+    scheme and the hosts, without the user information, the path, the query
+    or the fragment.
+
+    >>> url_location("mongodb://app:pw@db1:27017,db2/main?authSource=admin")
+    'mongodb://db1:27017,db2'
+
+    .. versionadded:: 0.2
+    """
+    parts = _split(url)
+    # The hosts end where the path, the query or the fragment starts.
+    return (
+        _NOT_A_URL
+        if parts is None
+        else f"{parts[0]}://{_END_OF_HOSTS.split(parts[2], 1)[0]}"
+    )
+
+
 def _secrets(url: str) -> set[str]:
     """The values :func:`redact_url` masks, as written and percent-decoded."""
     found: set[str] = set()
-    rest = url.partition("://")[2]
-    userinfo, at, rest = rest.rpartition("@")
-    if at:
+    parts = _split(url)
+    if parts is None:
+        return found
+    _, userinfo, rest = parts
+    if userinfo is not None:
         user, colon, password = userinfo.partition(":")
         if _NOT_A_USER.search(user):
             found.add(userinfo)

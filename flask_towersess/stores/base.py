@@ -18,6 +18,7 @@ from datetime import datetime
 from datetime import timezone
 
 from ..errors import ConfigurationError
+from ..errors import TowerSessError
 
 #: Called by :meth:`SessionStore.purge_expired` after each batch with the
 #: number of records that batch deleted (used for the CLI progress bar).
@@ -77,6 +78,33 @@ def check_key(key: object) -> str:
     )
 
 
+#: How many characters of a session key :func:`short_key` shows: enough to
+#: tell sessions apart in a log, far too few to use (keys made by this
+#: package carry 256 bits; six characters are 36 of them).
+SHORT_KEY_LENGTH = 6
+
+
+def short_key(key: str) -> str:
+    """``key`` as logs and error messages show it: its first
+    :data:`SHORT_KEY_LENGTH` characters and ``...``.
+
+    A session key is a bearer secret: whoever reads a whole one in a log,
+    a crash report or an exception message can use the session. Use this
+    wherever a key would be shown.
+
+    >>> short_key("Yq3Zk1bG0xWm8aE2cV5nR7tL9pH4sJ6dF1gK3hN5oQ0")
+    'Yq3Zk1...'
+
+    .. versionadded:: 0.2
+    """
+    return f"{key[:SHORT_KEY_LENGTH]}..."
+
+
+#: A key of the session-key form that no session has: this package makes
+#: 43-character keys, and a script would have to pick this one on purpose.
+_PROBE_KEY = "flask-towersess-ping"
+
+
 def refuse_record(store: str, key: str, reason: str) -> None:
     """Log, on the security logger, that ``store`` refused the record of
     ``key`` for ``reason``; the store then treats it as missing.
@@ -84,8 +112,8 @@ def refuse_record(store: str, key: str, reason: str) -> None:
     .. versionadded:: 0.2
     """
     security_logger.warning(
-        "Session %s...: %s refused the stored record (%s); treating it as missing",
-        key[:6],
+        "Session %s: %s refused the stored record (%s); treating it as missing",
+        short_key(key),
         store,
         reason,
     )
@@ -151,8 +179,10 @@ class SessionStore(abc.ABC):
     """Base class of the session stores.
 
     Subclasses implement :meth:`load`, :meth:`create`, :meth:`save`,
-    :meth:`touch` and :meth:`delete`; the other methods have defaults that
-    suit a store whose backend expires records by itself.
+    :meth:`touch` and :meth:`delete`; the other methods have defaults.
+    What only some backends need is a capability a store adds by also
+    subclassing it: :class:`Purging` (expired records to delete) and
+    :class:`Migrating` (tables or indexes to create).
 
     Every method may raise :class:`~flask_towersess.errors.StoreUnavailable`
     when the backend cannot be reached, and
@@ -161,7 +191,8 @@ class SessionStore(abc.ABC):
     """
 
     #: True when the backend deletes expired records by itself (Redis TTL,
-    #: MongoDB TTL index), so :meth:`purge_expired` has nothing to do.
+    #: MongoDB TTL index). Such a store needs no :class:`Purging`, though it
+    #: may have it (MongoDB, for a collection without its TTL index).
     expires_natively: t.ClassVar[bool] = False
 
     #: URL schemes :func:`~flask_towersess.stores.store_from_url` hands to
@@ -214,31 +245,35 @@ class SessionStore(abc.ABC):
         """Whether a live record is stored under ``key``."""
         return self.load(key) is not None
 
-    def count_expired(self) -> int:
-        """How many expired records :meth:`purge_expired` would delete."""
-        return 0
+    def ping(self) -> None:
+        """Check that the backend answers and accepts the store's settings.
 
-    def purge_expired(
-        self, batch_size: int = 1000, *, on_batch: BatchCallback | None = None
-    ) -> int:
-        """Delete expired records, ``batch_size`` at a time.
+        For callers that need no data but must learn of an outage (the
+        ``purge-expired`` command on a store with nothing to purge). The
+        default asks :meth:`exists` about a key no session has.
 
-        Safe to run from several processes at once. Returns how many records
-        this call deleted. Stores whose backend expires records natively
-        (see :attr:`expires_natively`) have nothing to do and return 0.
+        :raises StoreUnavailable: the backend cannot be reached.
+        :raises ConfigurationError: the backend refuses the settings.
+
+        .. versionadded:: 0.2
         """
-        return 0
+        self.exists(_PROBE_KEY)
 
-    def migrate(self) -> list[str]:
-        """Create or upgrade what the store needs (tables, indexes).
+    def as_purging(self) -> Purging | None:
+        """This store as a :class:`Purging` store, or ``None`` if it has no
+        expired records to purge.
 
-        Idempotent. Returns one line per action, saying what was done.
+        .. versionadded:: 0.2
         """
-        return [f"{type(self).__name__} needs no migration."]
+        return self if isinstance(self, Purging) else None
 
-    def migration_sql(self) -> str | None:
-        """The DDL :meth:`migrate` would run, for stores that have some."""
-        return None
+    def as_migrating(self) -> Migrating | None:
+        """This store as a :class:`Migrating` store, or ``None`` if it has
+        nothing to create or upgrade.
+
+        .. versionadded:: 0.2
+        """
+        return self if isinstance(self, Migrating) else None
 
     def close(self) -> None:  # noqa: B027 - most stores hold nothing to close
         """Release connections held by the store."""
@@ -275,6 +310,22 @@ class SessionStore(abc.ABC):
         """
         return False
 
+    def _translate(self, exc: Exception) -> TowerSessError | None:
+        """What a driver error means to the session layer: a
+        :class:`~flask_towersess.errors.StoreUnavailable` (made with
+        :func:`~._errors.store_unavailable`), a
+        :class:`~flask_towersess.errors.ConfigurationError` (made with
+        :meth:`_misconfigured`), or ``None`` for an error to raise as it is.
+
+        Every store with a driver overrides it and applies it through
+        :mod:`~flask_towersess.stores._errors`, so all of them sort errors,
+        log them and chain them the same way. The default translates
+        nothing.
+
+        .. versionadded:: 0.2
+        """
+        return None
+
     def _misconfigured(
         self, where: str, problem: str, log: logging.Logger
     ) -> ConfigurationError:
@@ -298,3 +349,62 @@ class SessionStore(abc.ABC):
 
     def __repr__(self) -> str:
         return f"<{self.describe()}>"
+
+
+@t.runtime_checkable
+class Purging(t.Protocol):
+    """A store whose expired records stay until something deletes them (an
+    SQL table, the memory store), and which can delete them.
+
+    ``flask sessions purge-expired`` runs :meth:`purge_expired`; on a store
+    without this capability it says there is nothing to purge. A store adds
+    it by subclassing it next to :class:`SessionStore`, or just by having
+    both methods.
+
+    .. versionadded:: 0.2
+        Before, every store had these methods, doing nothing where the
+        backend expires records by itself.
+    """
+
+    def count_expired(self) -> int:
+        """How many expired records :meth:`purge_expired` would delete."""
+        ...
+
+    def purge_expired(
+        self, batch_size: int = 1000, *, on_batch: BatchCallback | None = None
+    ) -> int:
+        """Delete expired records, ``batch_size`` at a time.
+
+        Safe to run from several processes at once. Returns how many records
+        this call deleted; ``on_batch`` is called after each batch with the
+        number it deleted.
+        """
+        ...
+
+
+@t.runtime_checkable
+class Migrating(t.Protocol):
+    """A store that needs tables or indexes created before use, or upgraded
+    after an upgrade of this package.
+
+    ``flask sessions migrate`` runs :meth:`migrate`; on a store without this
+    capability it says there is nothing to migrate. A store adds it by
+    subclassing it next to :class:`SessionStore`, or just by having both
+    methods.
+
+    .. versionadded:: 0.2
+        Before, every store had these methods, doing nothing where there was
+        nothing to create.
+    """
+
+    def migrate(self) -> list[str]:
+        """Create or upgrade what the store needs (tables, indexes).
+
+        Idempotent. Returns one line per action, saying what was done.
+        """
+        ...
+
+    def migration_sql(self) -> str | None:
+        """The DDL :meth:`migrate` would run; ``None`` for a store without
+        an SQL schema (the default for a subclass)."""
+        return None

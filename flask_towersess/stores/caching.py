@@ -61,19 +61,23 @@ import time
 import typing as t
 from datetime import datetime
 from datetime import timedelta
-from datetime import timezone
 
 from ..errors import ConfigurationError
 from ..errors import CreateError
 from ..errors import TowerSessError
 from ..errors import UpdateError
 from ..errors import VersionConflict
+from ._epoch import from_epoch_micros
+from ._epoch import to_epoch_micros
 from ._fork import ProcessGuard
 from .base import BatchCallback
+from .base import Migrating
+from .base import Purging
 from .base import Record
 from .base import SessionStore
 from .base import check_key
 from .base import refuse_record
+from .base import short_key
 from .base import utcnow
 
 logger = logging.getLogger("flask_towersess.stores.caching")
@@ -84,11 +88,6 @@ logger = logging.getLogger("flask_towersess.stores.caching")
 # one (it decides when to touch from it).
 _HEADER = struct.Struct(">cq")
 _FORMAT_TAG = b"\x01"
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_MICROSECOND = timedelta(microseconds=1)
-# The true expiries a datetime can hold; an entry outside is unreadable.
-_MIN_MICROS = (datetime.min.replace(tzinfo=timezone.utc) - _EPOCH) // _MICROSECOND
-_MAX_MICROS = (datetime.max.replace(tzinfo=timezone.utc) - _EPOCH) // _MICROSECOND
 
 
 #: How long a :class:`CachingStore` leaves a failing cache alone by default.
@@ -122,11 +121,6 @@ class _CacheHealth:
         self.mutex = threading.Lock()
 
 
-def _short(key: str) -> str:
-    # Session keys are bearer secrets: log a prefix only.
-    return f"{key[:6]}..."
-
-
 def _reason(exc: BaseException) -> str:
     cause = exc.__cause__
     if cause is not None:
@@ -134,7 +128,7 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-class CachingStore(SessionStore):
+class CachingStore(SessionStore, Purging, Migrating):
     """Serve reads from ``cache``, keep the truth in ``store``.
 
     :param cache: a fast store (typically a
@@ -159,7 +153,9 @@ class CachingStore(SessionStore):
     .. versionadded:: 0.1
     .. versionchanged:: 0.2
         Added ``retry_after``: a failing cache is skipped instead of being
-        waited on by every request.
+        waited on by every request. It is :class:`~.base.Purging` when its
+        durable store is, and :class:`~.base.Migrating` when either store
+        is (see :meth:`~.base.SessionStore.as_purging`).
     """
 
     def __init__(
@@ -207,7 +203,7 @@ class CachingStore(SessionStore):
     # -- the cache entry format ------------------------------------------------
 
     def _to_cache(self, record: Record, now: datetime) -> Record:
-        true_expiry = (record.expires_at - _EPOCH) // _MICROSECOND
+        true_expiry = to_epoch_micros(record.expires_at)
         expires_at = record.expires_at
         if self.max_age is not None:
             expires_at = min(expires_at, now + self.max_age)
@@ -220,14 +216,10 @@ class CachingStore(SessionStore):
         if len(payload) < _HEADER.size or payload[:1] != _FORMAT_TAG:
             return None
         _, true_expiry = _HEADER.unpack_from(payload)
-        if not _MIN_MICROS <= true_expiry <= _MAX_MICROS:
+        expires_at = from_epoch_micros(true_expiry)
+        if expires_at is None:  # no datetime can hold it: unreadable
             return None
-        return Record(
-            entry.key,
-            payload[_HEADER.size :],
-            _EPOCH + true_expiry * _MICROSECOND,
-            entry.version,
-        )
+        return Record(entry.key, payload[_HEADER.size :], expires_at, entry.version)
 
     @staticmethod
     def _is_lease(entry: Record) -> bool:
@@ -252,7 +244,7 @@ class CachingStore(SessionStore):
                 "session cache: %s failed for key %s: %s; serving sessions from"
                 " the durable store alone, and trying the cache again in %s",
                 action,
-                _short(key),
+                short_key(key),
                 _reason(exc),
                 self.retry_after,
             )
@@ -260,7 +252,7 @@ class CachingStore(SessionStore):
             logger.debug(
                 "session cache: %s failed for key %s: %s",
                 action,
-                _short(key),
+                short_key(key),
                 _reason(exc),
             )
 
@@ -518,35 +510,59 @@ class CachingStore(SessionStore):
 
     # -- maintenance -------------------------------------------------------------
 
+    # A caching store has the capabilities of its two stores: known only
+    # once it is built, hence the call-time checks below.
+
+    def as_purging(self) -> Purging | None:
+        # Cache entries never outlive their durable record: whether there is
+        # anything to purge is the durable store's to say.
+        return self if self.store.as_purging() is not None else None
+
+    def as_migrating(self) -> Migrating | None:
+        if self.store.as_migrating() is None and self.cache.as_migrating() is None:
+            return None
+        return self
+
     def count_expired(self) -> int:
-        return self.store.count_expired()
+        durable = self.store.as_purging()
+        return 0 if durable is None else durable.count_expired()
 
     def purge_expired(
         self, batch_size: int = 1000, *, on_batch: BatchCallback | None = None
     ) -> int:
-        """Purge the durable store (the count returned), then the cache.
+        """Purge the durable store (the count returned), then the cache;
+        each only if it is :class:`~.base.Purging`.
 
         Cache entries never outlive their durable record, so the cache purge
         only frees memory in a cache that does not expire entries by itself;
         its failure is logged, not raised.
         """
-        purged = self.store.purge_expired(batch_size, on_batch=on_batch)
-        if self._skipping_cache():
+        durable = self.store.as_purging()
+        purged = 0
+        if durable is not None:
+            purged = durable.purge_expired(batch_size, on_batch=on_batch)
+        cache = self.cache.as_purging()
+        if cache is None or self._skipping_cache():
             return purged
         try:
-            self.cache.purge_expired(batch_size)
+            cache.purge_expired(batch_size)
         except TowerSessError as exc:
             logger.warning("session cache: purge failed: %s", _reason(exc))
         return purged
 
     def migrate(self) -> list[str]:
-        lines = [f"durable store: {line}" for line in self.store.migrate()]
-        lines.extend(f"cache: {line}" for line in self.cache.migrate())
+        """Migrate the durable store, then the cache; each only if it is
+        :class:`~.base.Migrating`."""
+        lines: list[str] = []
+        for role, layer in (("durable store", self.store), ("cache", self.cache)):
+            migrating = layer.as_migrating()
+            if migrating is not None:
+                lines.extend(f"{role}: {line}" for line in migrating.migrate())
         return lines
 
     def migration_sql(self) -> str | None:
-        both = (self.store.migration_sql(), self.cache.migration_sql())
-        parts = [sql for sql in both if sql]
+        layers = (self.store.as_migrating(), self.cache.as_migrating())
+        parts = [sql for layer in layers if layer and (sql := layer.migration_sql())]
         return "\n".join(parts) if parts else None
 
     def close(self) -> None:

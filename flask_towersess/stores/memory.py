@@ -19,18 +19,24 @@ from ..errors import UpdateError
 from ..errors import VersionConflict
 from ._fork import ProcessGuard
 from .base import BatchCallback
+from .base import Purging
 from .base import Record
 from .base import SessionStore
 from .base import check_key
+from .base import short_key
 from .base import utcnow
 
 logger = logging.getLogger("flask_towersess.stores")
 
 
-class MemoryStore(SessionStore):
+class MemoryStore(SessionStore, Purging):
     """Keep sessions in this process's memory.
 
     Expired records are never returned; :meth:`purge_expired` frees them.
+    There is nothing to migrate.
+
+    .. versionchanged:: 0.2
+        No ``migrate()`` method: the store is not :class:`~.base.Migrating`.
     """
 
     url_schemes = ("memory",)
@@ -78,7 +84,7 @@ class MemoryStore(SessionStore):
         check_key(record.key)
         with self._lock:
             if self._live(record.key, utcnow()) is not None:
-                raise CreateError(f"a session with key {record.key[:6]}... exists")
+                raise CreateError(f"a session with key {short_key(record.key)} exists")
             self._records[record.key] = record
 
     def save(self, record: Record, expected_version: int) -> None:
@@ -133,9 +139,6 @@ class MemoryStore(SessionStore):
             total += len(expired)
             if on_batch is not None:
                 on_batch(len(expired))
-
-    def migrate(self) -> list[str]:
-        return ["memory store: nothing to migrate"]
 
     def __len__(self) -> int:
         with self._lock:

@@ -18,7 +18,6 @@ so flask-towersess works without it for the other backends.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import logging
@@ -31,18 +30,24 @@ from urllib.parse import urlsplit
 
 from ..errors import ConfigurationError
 from ..errors import CreateError
-from ..errors import StoreUnavailable
+from ..errors import TowerSessError
 from ..errors import UpdateError
 from ..errors import VersionConflict
+from ._errors import ErrorTranslation
+from ._errors import store_unavailable
 from ._fork import ProcessGuard
 from ._urls import redact_message
 from ._urls import redact_url
+from ._urls import url_location
 from .base import BatchCallback
+from .base import Migrating
+from .base import Purging
 from .base import Record
 from .base import SessionStore
 from .base import check_key
 from .base import checked_record
 from .base import refuse_record
+from .base import short_key
 from .base import utcnow
 
 if t.TYPE_CHECKING:
@@ -136,12 +141,7 @@ def _from_bson_date(value: datetime) -> datetime:
     return value.astimezone(timezone.utc)
 
 
-def _short(key: str) -> str:
-    # Session keys are bearer secrets: never put a whole one in a message.
-    return f"{key[:6]}..."
-
-
-class MongoDBStore(SessionStore):
+class MongoDBStore(SessionStore, Purging, Migrating):
     """Keep sessions in a MongoDB collection.
 
     :param collection: a pymongo ``Collection`` (a mongomock one works too,
@@ -171,6 +171,11 @@ class MongoDBStore(SessionStore):
         # forked child: set by from_url, which knows how the client was made.
         self._reopen: t.Callable[[], Collection[t.Any]] | None = None
         self._process = ProcessGuard(self._reset_after_fork, "MongoDBStore")
+        # Around every driver call: a forked child first opens a client of
+        # its own, then _translate sorts out the driver's errors.
+        self._translated_errors = ErrorTranslation(
+            (_driver_errors().base,), self._translate, before=self._process.check
+        )
 
     # -- construction ----------------------------------------------------------
 
@@ -236,8 +241,7 @@ class MongoDBStore(SessionStore):
         store._reopen = lambda: pymongo.MongoClient(url, **options)[database][
             collection
         ]
-        host = parts.netloc.rpartition("@")[2]  # never show the password
-        store._where = f"{parts.scheme}://{host}/{coll.full_name}"
+        store._where = f"{url_location(url)}/{coll.full_name}"
         return store
 
     @classmethod
@@ -264,23 +268,14 @@ class MongoDBStore(SessionStore):
         if self._reopen is not None:
             self.collection = self._reopen()
 
-    @contextlib.contextmanager
-    def _unavailable_as_store_error(self) -> t.Iterator[None]:
-        self._process.check()
+    def _translate(self, exc: Exception) -> TowerSessError | None:
         errors = _driver_errors()
-        try:
-            yield
-        except errors.base as exc:
-            problem = _misconfiguration(exc, errors)
-            if problem is not None:
-                raise self._misconfigured(self._where, problem, logger) from exc
-            if isinstance(exc, errors.connection_failure) or getattr(
-                exc, "timeout", False
-            ):
-                logger.warning("session store unavailable (%s): %s", self._where, exc)
-                # No message: StoreUnavailable's text is the public 503 page.
-                raise StoreUnavailable() from exc
-            raise
+        problem = _misconfiguration(exc, errors)
+        if problem is not None:
+            return self._misconfigured(self._where, problem, logger)
+        if isinstance(exc, errors.connection_failure) or getattr(exc, "timeout", False):
+            return store_unavailable(self._where, exc, logger)
+        return None
 
     @staticmethod
     def _live(key: str, now: datetime) -> dict[str, t.Any]:
@@ -312,7 +307,7 @@ class MongoDBStore(SessionStore):
 
     def load(self, key: str) -> Record | None:
         check_key(key)
-        with self._unavailable_as_store_error():
+        with self._translated_errors:
             try:
                 document = self.collection.find_one(self._live(key, utcnow()))
             except _driver_errors().invalid_document as exc:
@@ -330,7 +325,7 @@ class MongoDBStore(SessionStore):
         # document does not match the filter, so the upsert tries to insert
         # a second document with the same _id, and the unique _id index
         # refuses it.
-        with self._unavailable_as_store_error():
+        with self._translated_errors:
             try:
                 self.collection.replace_one(
                     {"_id": record.key, "expires_at": {"$lte": now}},
@@ -339,7 +334,7 @@ class MongoDBStore(SessionStore):
                 )
             except _driver_errors().duplicate_key as exc:
                 raise CreateError(
-                    f"a session with key {_short(record.key)} exists"
+                    f"a session with key {short_key(record.key)} exists"
                 ) from exc
 
     def save(self, record: Record, expected_version: int) -> None:
@@ -348,7 +343,7 @@ class MongoDBStore(SessionStore):
         del document["_id"]
         query = self._live(record.key, utcnow())
         query["version"] = expected_version
-        with self._unavailable_as_store_error():
+        with self._translated_errors:
             # No upsert: a deleted or expired session must stay gone.
             result = self.collection.update_one(query, {"$set": document})
             if result.matched_count:
@@ -366,7 +361,7 @@ class MongoDBStore(SessionStore):
 
     def touch(self, key: str, expires_at: datetime) -> None:
         check_key(key)
-        with self._unavailable_as_store_error():
+        with self._translated_errors:
             self.collection.update_one(
                 self._live(key, utcnow()),
                 {"$set": {"expires_at": _to_bson_date(expires_at)}},
@@ -374,18 +369,18 @@ class MongoDBStore(SessionStore):
 
     def delete(self, key: str) -> None:
         check_key(key)
-        with self._unavailable_as_store_error():
+        with self._translated_errors:
             self.collection.delete_one({"_id": key})
 
     def exists(self, key: str) -> bool:
         check_key(key)
-        with self._unavailable_as_store_error():
+        with self._translated_errors:
             found = self.collection.find_one(self._live(key, utcnow()), {"_id": True})
         return found is not None
 
     def count_expired(self) -> int:
         """How many expired documents the TTL monitor has not deleted yet."""
-        with self._unavailable_as_store_error():
+        with self._translated_errors:
             return self.collection.count_documents(
                 {"expires_at": {"$lte": _to_bson_date(utcnow())}}
             )
@@ -407,7 +402,7 @@ class MongoDBStore(SessionStore):
         total = 0
         while True:
             expired = {"expires_at": {"$lte": _to_bson_date(utcnow())}}
-            with self._unavailable_as_store_error():
+            with self._translated_errors:
                 keys = [
                     document["_id"]
                     for document in self.collection.find(expired, {"_id": True}).limit(
@@ -434,7 +429,7 @@ class MongoDBStore(SessionStore):
         """
         where = f"MongoDB collection {self._where}"
         lines: list[str] = []
-        with self._unavailable_as_store_error():
+        with self._translated_errors:
             for name, spec in self.collection.index_information().items():
                 # Directions may come back as 1 or 1.0, or a string such
                 # as "hashed"; only an ascending index on expires_at alone

@@ -28,8 +28,6 @@ import struct
 import sys
 import typing as t
 from datetime import datetime
-from datetime import timedelta
-from datetime import timezone
 from urllib.parse import SplitResult
 from urllib.parse import unquote
 from urllib.parse import urlsplit
@@ -38,16 +36,21 @@ from urllib.parse import urlunsplit
 from ..errors import ConfigurationError
 from ..errors import CreateError
 from ..errors import StoreUnavailable
+from ..errors import TowerSessError
 from ..errors import UpdateError
 from ..errors import VersionConflict
+from ._epoch import from_epoch_micros
+from ._epoch import to_epoch_micros
+from ._errors import ErrorTranslation
+from ._errors import store_unavailable
 from ._urls import redact_url
 from .base import MAX_VERSION
 from .base import MIN_VERSION
-from .base import BatchCallback
 from .base import Record
 from .base import SessionStore
 from .base import check_key
 from .base import refuse_record
+from .base import short_key
 from .base import utcnow
 
 if t.TYPE_CHECKING:
@@ -101,14 +104,6 @@ _HEADER = struct.Struct(">Bqq")
 _VERSION_PREFIX = struct.Struct(">Bq")
 _EXPIRY = struct.Struct(">q")
 _EXPIRY_OFFSET = _VERSION_PREFIX.size
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_MICROSECOND = timedelta(microseconds=1)
-# The expiries a datetime can hold, in the header's unit: a value outside
-# (the 8 bytes go up to year 294,000) is refused, not turned into an
-# OverflowError on every request.
-_MIN_MICROS = (datetime.min.replace(tzinfo=timezone.utc) - _EPOCH) // _MICROSECOND
-_MAX_MICROS = (datetime.max.replace(tzinfo=timezone.utc) - _EPOCH) // _MICROSECOND
 
 # Replies of the save script.
 _SAVED = 1
@@ -171,11 +166,6 @@ def _default_retry(*, on_timeout: bool = True) -> t.Any:
     return Retry(ExponentialBackoff(cap=0.5, base=0.05), 1, supported_errors=errors)
 
 
-def _to_micros(moment: datetime) -> int:
-    # Exact integer arithmetic: float timestamps lose microseconds.
-    return (moment - _EPOCH) // _MICROSECOND
-
-
 def _pxat(micros: int) -> int:
     # Rounded down, so Redis drops the key no later than the record expires;
     # at least 1 because Redis rejects a zero or negative PXAT, and 1 ms
@@ -236,6 +226,10 @@ class RedisStore(SessionStore):
     Needs Redis 6.2 or later (``PXAT``).
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.2
+        No ``count_expired()``, ``purge_expired()`` or ``migrate()``: Redis
+        expires sessions by itself and there is nothing to create, so the
+        store is neither :class:`~.base.Purging` nor :class:`~.base.Migrating`.
     """
 
     expires_natively = True
@@ -263,10 +257,14 @@ class RedisStore(SessionStore):
         from redis.exceptions import ResponseError
 
         self._unavailable_errors = _unavailable_errors()
-        # Every call catches these; _fail sorts them out. ResponseError is
-        # among them for the settings the server refuses with a plain one
-        # ("DB index is out of range"); any other is raised as it was.
-        self._redis_errors = self._unavailable_errors + (ResponseError,)
+        # Every call runs in this; _translate sorts the errors out.
+        # ResponseError is among them for the settings the server refuses
+        # with a plain one ("DB index is out of range"); any other is raised
+        # as it was.
+        self._translated_errors = ErrorTranslation(
+            self._unavailable_errors + (ResponseError,), self._translate
+        )
+        self._response_error = ResponseError
         self._no_script_error = NoScriptError
         # What close() calls: only closers of what from_url built. A client
         # the caller passed in is theirs to close.
@@ -383,22 +381,13 @@ class RedisStore(SessionStore):
     def _key(self, key: str) -> str:
         return self.key_prefix + key
 
-    def _fail(self, exc: BaseException) -> t.NoReturn:
-        """Raise what the session layer expects for a redis-py error.
-
-        Every call catches ``self._redis_errors`` and calls this: a try
-        block costs nothing until it fails, where a context manager costs on
-        every call.
-        """
+    def _translate(self, exc: Exception) -> TowerSessError | None:
         problem = _misconfiguration(exc)
         if problem is not None:
-            raise self._misconfigured(self._where, problem, logger) from exc
+            return self._misconfigured(self._where, problem, logger)
         if isinstance(exc, self._unavailable_errors):
-            logger.warning("session store unavailable (%s): %s", self._where, exc)
-            # No message: StoreUnavailable's text is the public 503 page, and
-            # the redis-py error (hosts, ports) stays in __cause__.
-            raise StoreUnavailable() from exc
-        raise exc
+            return store_unavailable(self._where, exc, logger)
+        return None
 
     def _run_script(self, script: _Script, key: str, *args: bytes | int) -> t.Any:
         """EVALSHA the script on ``key``; load it first if the server lacks it
@@ -412,14 +401,15 @@ class RedisStore(SessionStore):
 
     def load(self, key: str) -> Record | None:
         check_key(key)
-        try:
-            value = self._commands.get(self._key(key))
-        except self._redis_errors as exc:
-            if "WRONGTYPE" not in str(exc):
-                self._fail(exc)
-            # A hash, list or set under the key: no session record either.
-            refuse_record("RedisStore", key, "the key holds no string value")
-            return None
+        with self._translated_errors:
+            try:
+                value = self._commands.get(self._key(key))
+            except self._response_error as exc:
+                if "WRONGTYPE" not in str(exc):
+                    raise
+                # A hash, list or set under the key: no session record either.
+                refuse_record("RedisStore", key, "the key holds no string value")
+                return None
         if value is None:
             return None
         if len(value) < _HEADER.size or value[0] != _TAG:
@@ -431,13 +421,14 @@ class RedisStore(SessionStore):
             )
             return None
         _, version, micros = _HEADER.unpack_from(value)
-        if not _MIN_MICROS <= micros <= _MAX_MICROS:
+        # The 8 bytes go up to year 294,000, a datetime only to 9999.
+        expires_at = from_epoch_micros(micros)
+        if expires_at is None:
             refuse_record("RedisStore", key, "expiry out of range")
             return None
         if not MIN_VERSION <= version <= MAX_VERSION:
             refuse_record("RedisStore", key, "version out of range")
             return None
-        expires_at = _EPOCH + micros * _MICROSECOND
         # Redis drops the key at the same moment (rounded down to the ms), so
         # this only matters when the app's clock runs ahead of Redis's.
         if expires_at <= utcnow():
@@ -446,25 +437,23 @@ class RedisStore(SessionStore):
 
     def create(self, record: Record) -> None:
         check_key(record.key)
-        micros = _to_micros(record.expires_at)
+        micros = to_epoch_micros(record.expires_at)
         value = _HEADER.pack(_TAG, record.version, micros) + record.payload
         # NX makes the existence check and the write one atomic step; the
         # expiry is in the same command so no key ever lives without a TTL.
         # An expiry already past stores nothing live: Redis drops the key.
-        try:
+        with self._translated_errors:
             created = self._commands.set(
                 self._key(record.key), value, nx=True, pxat=_pxat(micros)
             )
-        except self._redis_errors as exc:
-            self._fail(exc)
         if not created:
-            raise CreateError(f"a session with key {record.key[:6]}... exists")
+            raise CreateError(f"a session with key {short_key(record.key)} exists")
 
     def save(self, record: Record, expected_version: int) -> None:
         check_key(record.key)
-        micros = _to_micros(record.expires_at)
+        micros = to_epoch_micros(record.expires_at)
         value = _HEADER.pack(_TAG, record.version, micros) + record.payload
-        try:
+        with self._translated_errors:
             result = self._run_script(
                 self._save_script,
                 self._key(record.key),
@@ -472,8 +461,6 @@ class RedisStore(SessionStore):
                 value,
                 _pxat(micros),
             )
-        except self._redis_errors as exc:
-            self._fail(exc)
         if result == _SAVED:
             return
         if result == _MISSING:
@@ -487,8 +474,8 @@ class RedisStore(SessionStore):
 
     def touch(self, key: str, expires_at: datetime) -> None:
         check_key(key)
-        micros = _to_micros(expires_at)
-        try:
+        micros = to_epoch_micros(expires_at)
+        with self._translated_errors:
             self._run_script(
                 self._touch_script,
                 self._key(key),
@@ -498,49 +485,23 @@ class RedisStore(SessionStore):
                 _EXPIRY.pack(micros),
                 _pxat(micros),
             )
-        except self._redis_errors as exc:
-            self._fail(exc)
 
     def delete(self, key: str) -> None:
         check_key(key)
-        try:
+        with self._translated_errors:
             self._commands.delete(self._key(key))
-        except self._redis_errors as exc:
-            self._fail(exc)
 
     def exists(self, key: str) -> bool:
         # EXISTS sends no payload back. Redis's TTL is rounded down from the
         # record's expiry, so a key that exists is a record that is live.
         check_key(key)
-        try:
+        with self._translated_errors:
             return bool(self._commands.exists(self._key(key)))
-        except self._redis_errors as exc:
-            self._fail(exc)
 
-    def _ping(self) -> None:
-        # Nothing to count or purge, but a cron job must still learn that
-        # Redis is unreachable (a non-zero exit), not read "0 purged".
-        try:
+    def ping(self) -> None:
+        # PING: no key, no payload, and the same errors as any command.
+        with self._translated_errors:
             self._commands.ping()
-        except self._redis_errors as exc:
-            self._fail(exc)
-
-    def count_expired(self) -> int:
-        self._ping()
-        return 0
-
-    def purge_expired(
-        self,
-        batch_size: int = 1000,
-        *,
-        on_batch: BatchCallback | None = None,
-    ) -> int:
-        # Redis deletes each key when its TTL runs out; there is no backlog.
-        self._ping()
-        return 0
-
-    def migrate(self) -> list[str]:
-        return ["Redis expires sessions with its own TTL and needs no migration."]
 
     def close(self) -> None:
         """Close the client if :meth:`from_url` created it; otherwise no-op."""
@@ -594,12 +555,12 @@ def _misconfiguration(exc: BaseException) -> str | None:
     return None
 
 
-def _unavailable_errors() -> tuple[type[BaseException], ...]:
+def _unavailable_errors() -> tuple[type[Exception], ...]:
     """The redis-py errors that mean "unavailable" (once
     :func:`_misconfiguration` has found none of its own among them)."""
     from redis import exceptions as e
 
-    unavailable: tuple[type[BaseException], ...] = (
+    unavailable: tuple[type[Exception], ...] = (
         # Also covers MasterNotFoundError (Sentinel knows no master),
         # BusyLoadingError (the server is loading its data set) and
         # MaxConnectionsError (the pool is exhausted).
@@ -616,7 +577,7 @@ def _unavailable_errors() -> tuple[type[BaseException], ...]:
     # maxmemory reached: the write was refused and nothing changed. Looked
     # up by name because older redis-py releases lack the class.
     out_of_memory = getattr(e, "OutOfMemoryError", None)
-    if isinstance(out_of_memory, type) and issubclass(out_of_memory, BaseException):
+    if isinstance(out_of_memory, type) and issubclass(out_of_memory, Exception):
         unavailable += (out_of_memory,)
     return unavailable
 

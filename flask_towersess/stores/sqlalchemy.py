@@ -32,9 +32,11 @@ from sqlalchemy.schema import CreateTable
 
 from ..errors import ConfigurationError
 from ..errors import CreateError
-from ..errors import StoreUnavailable
+from ..errors import TowerSessError
 from ..errors import UpdateError
 from ..errors import VersionConflict
+from ._errors import raise_translated
+from ._errors import store_unavailable
 from ._fork import ProcessGuard
 from ._statements import CoreExecutor
 from ._statements import DBAPIExecutor
@@ -44,13 +46,17 @@ from ._statements import Statement
 from ._statements import can_run_directly
 from ._statements import connect_error
 from ._statements import has_statement_observers
+from ._urls import redact_message
 from ._urls import redact_url
 from .base import BatchCallback
+from .base import Migrating
+from .base import Purging
 from .base import Record
 from .base import SessionStore
 from .base import check_key
 from .base import checked_record
 from .base import refuse_record
+from .base import short_key
 from .base import utcnow
 
 logger = logging.getLogger(__name__)
@@ -157,7 +163,7 @@ def build_table(metadata: sa.MetaData, name: str) -> sa.Table:
     )
 
 
-class SQLAlchemyStore(SessionStore):
+class SQLAlchemyStore(SessionStore, Purging, Migrating):
     """Keep sessions in an SQL table.
 
     :param engine: an SQLAlchemy :class:`~sqlalchemy.engine.Engine`, or a
@@ -338,12 +344,17 @@ class SQLAlchemyStore(SessionStore):
 
     # -- error handling --------------------------------------------------------
 
-    def _translate(self, exc: sa_exc.DBAPIError, sent: int = 0) -> Exception:
-        """Map a driver error to the error the session layer expects.
+    def _translate(self, exc: Exception, *, sent: int = 0) -> TowerSessError | None:
+        """Map a driver error to the error the session layer expects (see
+        :meth:`SessionStore._translate <.base.SessionStore._translate>`).
 
         :param sent: the bytes of payload the failed statement carried, to
             tell a statement too large for MySQL from a lost server.
         """
+        if isinstance(exc, sa_exc.TimeoutError):  # pool checkout timed out
+            return store_unavailable(self._url_text(), exc, logger)
+        if not isinstance(exc, sa_exc.DBAPIError):
+            return None
         if _may_be_schema_error(exc):
             # Only on failure: a missing or foreign table is a set-up mistake
             # with a fix, not an outage.
@@ -362,8 +373,8 @@ class SQLAlchemyStore(SessionStore):
         if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError)) or (
             exc.connection_invalidated
         ):
-            return _unavailable(exc.orig)
-        return exc
+            return store_unavailable(self._url_text(), exc.orig, logger)
+        return None
 
     def _packet_too_large(self, exc: sa_exc.DBAPIError, sent: int) -> bool:
         """Whether MySQL dropped the connection for a statement larger than
@@ -462,7 +473,7 @@ class SQLAlchemyStore(SessionStore):
             try:
                 return call()
             except _NotConnected as exc:
-                raise self._translate(exc.error) from exc.error
+                raise_translated(exc.error, self._translate(exc.error))
             except sa_exc.DBAPIError as exc:
                 # The parameters hold session keys: keep them out of the
                 # message, whatever the engine's hide_parameters says.
@@ -488,9 +499,9 @@ class SQLAlchemyStore(SessionStore):
                         continue
                 if isinstance(exc, sa_exc.IntegrityError):
                     raise
-                raise self._translate(exc, sent) from exc
+                raise_translated(exc, self._translate(exc, sent=sent))
             except sa_exc.TimeoutError as exc:  # pool checkout timed out
-                raise _unavailable(exc) from exc
+                raise_translated(exc, self._translate(exc))
 
     def _run_on_connection(
         self, engine: sa.engine.Engine, work: t.Callable[[Executor], _T]
@@ -562,7 +573,11 @@ class SQLAlchemyStore(SessionStore):
             # The socket is shut down: the connection must not go back to
             # the pool, whoever owns it.
             invalidate()
-            raise _unavailable(f"no answer within read_timeout={self.read_timeout} s")
+            raise store_unavailable(
+                self._url_text(),
+                f"no answer within read_timeout={self.read_timeout} s",
+                logger,
+            )
 
     def _ensure_migrated(self) -> None:
         if not self._auto_migrate or self._migrated:
@@ -628,7 +643,9 @@ class SQLAlchemyStore(SessionStore):
         try:
             self._run(replace_expired, sent=sent)
         except sa_exc.IntegrityError as exc:  # another writer took the key meanwhile
-            raise CreateError(f"a session with key {record.key[:6]}... exists") from exc
+            raise CreateError(
+                f"a session with key {short_key(record.key)} exists"
+            ) from exc
 
     def save(self, record: Record, expected_version: int) -> None:
         check_key(record.key)
@@ -815,10 +832,7 @@ class SQLAlchemyStore(SessionStore):
         try:
             lines = self._migrate()
         except sa_exc.DBAPIError as exc:
-            error = self._translate(exc)
-            if error is exc:
-                raise
-            raise error from exc
+            raise_translated(exc, self._translate(exc))
         self._migrated = True
         return lines
 
@@ -850,11 +864,10 @@ def create_engine(url: str, **options: t.Any) -> sa.engine.Engine:
         raise
     except (sa_exc.ArgumentError, ValueError, TypeError) as exc:
         # Not chained: a driver's or SQLAlchemy's message may quote the URL.
-        shown = redact_url(str(url))
-        reason = str(exc).replace(str(url), shown)
         raise ConfigurationError(
-            f"The session store cannot use the database URL {shown} with its"
-            f" options (SESSION_STORE, SESSION_STORE_OPTIONS): {reason}"
+            f"The session store cannot use the database URL {redact_url(str(url))}"
+            " with its options (SESSION_STORE, SESSION_STORE_OPTIONS):"
+            f" {redact_message(str(exc), str(url))}"
         ) from None
 
 
@@ -1088,17 +1101,6 @@ _PURGE_STATEMENTS: dict[str, t.Callable[[sa.Table, int], sa.Delete]] = {
 def _invalidate_once(conn: t.Any) -> None:
     if conn.is_valid:
         conn.invalidate()
-
-
-def _unavailable(reason: object) -> StoreUnavailable:
-    """The 503 for a database that cannot be reached.
-
-    Without a message: a StoreUnavailable's text is the public 503 page, and
-    the driver's (hosts, ports, user names) must not reach the client. The
-    reason goes to the log; the driver error stays in ``__cause__``.
-    """
-    logger.warning("session database unavailable: %s", reason)
-    return StoreUnavailable()
 
 
 #: Drivers that cannot time out a read by themselves.
