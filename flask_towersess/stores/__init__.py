@@ -3,7 +3,12 @@
 Each backend lives in its own module and imports its driver only when a
 store is built, so installing flask-towersess does not pull in every driver.
 
+A URL's scheme names its store class through the ``flask_towersess.stores``
+entry-point group, open to any installed package (see docs/extending.rst).
+
 .. versionadded:: 0.1
+.. versionchanged:: 0.2
+    URL schemes come from entry points; store classes can be named by path.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ if t.TYPE_CHECKING:
     from .sqlalchemy import SQLAlchemyStore
 
 __all__ = [
+    "BUILTIN_STORES",
+    "ENTRY_POINT_GROUP",
     "CachingStore",
     "MemoryStore",
     "MongoDBStore",
