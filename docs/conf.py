@@ -9,8 +9,13 @@ Build the HTML docs (warnings are errors) and run every example in them::
 from __future__ import annotations
 
 import importlib.util
+import os
+import sys
 
 import flask_towersess
+
+# The example store of extending.rst, imported by its examples.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "examples"))
 
 # -- Project -------------------------------------------------------------------
 

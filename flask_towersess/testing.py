@@ -10,11 +10,24 @@ request, so such a test keeps working with one line changed::
 
     assert session_data(client)["cart"] == ["apple"]
 
+The second section is for people who write a store:
+:class:`StoreContract`, the test suite every store must pass (it imports
+pytest, on first use)::
+
+    from flask_towersess.testing import StoreContract
+
+    class TestMyStore(StoreContract):
+        @pytest.fixture
+        def store(self):
+            return MyStore()
+
 .. versionadded:: 0.2
 """
 
 from __future__ import annotations
 
+import importlib
+import sys
 import typing as t
 
 from .session import ServerSession
@@ -24,7 +37,32 @@ if t.TYPE_CHECKING:
     from flask.sessions import SessionMixin
     from flask.testing import FlaskClient
 
-__all__ = ["session_data", "session_key"]
+    from ._store_contract import StoreContract
+    from ._store_contract import make_record
+
+__all__ = ["StoreContract", "make_record", "session_data", "session_key"]
+
+#: The names that need pytest, imported on first use (see __getattr__).
+_CONTRACT_NAMES = frozenset({"StoreContract", "make_record"})
+_CONTRACT_MODULE = "flask_towersess._store_contract"
+
+
+def __getattr__(name: str) -> t.Any:
+    # The store contract suite imports pytest, which an app's tests that
+    # only read sessions (session_data, session_key) may run without.
+    if name not in _CONTRACT_NAMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if _CONTRACT_MODULE not in sys.modules:
+        import pytest
+
+        # So that a failing contract test shows the values compared, as
+        # asserts in the test modules themselves do. Only before the first
+        # import: pytest warns about a module imported already.
+        pytest.register_assert_rewrite(_CONTRACT_MODULE)
+    module = importlib.import_module(_CONTRACT_MODULE)
+    value = getattr(module, name)
+    globals()[name] = value
+    return value
 
 
 # -- Reading a test client's session -------------------------------------------
