@@ -23,6 +23,7 @@ from datetime import timezone
 
 from flask.sessions import SessionMixin
 
+from .config import DEFAULT_SAVE_TIMEOUT
 from .errors import CreateError
 from .errors import SerializationError
 from .errors import SessionInterrupted
@@ -61,9 +62,6 @@ _CREATE_ATTEMPTS = 10
 #: retrying at once did: under eight writers on one session, they livelocked.
 _RETRY_FIRST_PAUSE = 0.002
 _RETRY_MAX_PAUSE = 0.05
-
-#: How long a save may keep retrying by default (``SESSION_SAVE_TIMEOUT``).
-DEFAULT_SAVE_TIMEOUT = timedelta(seconds=1)
 
 #: The expiry of a record :meth:`ServerSession.cycle_key` moved away from:
 #: long past, not "now", which a store's clock (Redis reads a cached one)
