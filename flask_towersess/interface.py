@@ -374,11 +374,11 @@ class ServerSessionInterface(SessionInterface):
             save_timeout=self.get_save_timeout(app),
             save_retries=self.get_save_retries(app),
             cipher=self.cipher,
+            # The cookie is read and verified on first use of the session only.
+            key_from_cookie=lambda: self._key_from_request(app, request),
         )
         if not self.get_cycle_on_login(app):
             session.cycle_on_login = False
-        # The cookie is read and verified on first use of the session only.
-        session._key_resolver = lambda: self._key_from_request(app, request)
         return session
 
     def _key_from_request(
@@ -396,45 +396,27 @@ class ServerSessionInterface(SessionInterface):
             # Never used: no store call, no cookie, no Vary (as Flask).
             return
         _vary_on_cookie(response)
-        if response.status_code >= 500 or session._read_failure is not None:
-            # The request failed, or could not read the session (the app
-            # handled the StoreUnavailable): keep the stored session as it
-            # was, and the cookie too.
+        if response.status_code >= 500:
+            # The request failed: keep the stored session as it was, and the
+            # cookie too.
             return
+        touch = None
+        if self.get_refresh_each_request(app):
+            touch = self.get_touch_interval(app)
         try:
-            self._finish(app, session, response)
+            end = session.end_request(touch)
         except UpdateError as exc:
             self._respond_with_error(app, response, SessionInterrupted(str(exc)))
+            return
         except HTTPException as exc:  # StoreUnavailable, SessionInterrupted
             self._respond_with_error(app, response, exc)
-
-    def _finish(self, app: Flask, session: ServerSession, response: Response) -> None:
-        key = session.session_key  # reads the cookie, if nothing did yet
-        had_cookie = session._cookie_key is not None
-        if session._is_loaded_and_empty() and (session.modified or key is None):
-            # Ended empty (logout, clear()) or the cookie named no live
-            # session: drop the record too, so a copied ID keeps nothing.
-            if session.modified:
-                session._discard()
-            if had_cookie:
-                self._delete_cookie(app, response)
             return
-        key_before = session._cookie_key
-        if session.modified:
-            session.save()
-        elif session.session_key is None:
-            return
-        elif self.get_refresh_each_request(app):
-            session._touch_if_due(self.get_touch_interval(app))
+        if end.delete_cookie:
+            self._delete_cookie(app, response)
         # Flask's rule, through Flask's hook, so an app overrides it as it
         # would for the cookie session: sent when modified, and on every
         # request for a permanent session with SESSION_REFRESH_EACH_REQUEST.
-        # Also when the key changed or was signed with a fallback secret.
-        if (
-            self.should_set_cookie(app, session)
-            or session._resign_cookie
-            or session.session_key != key_before
-        ):
+        elif end.has_key and (end.renew_cookie or self.should_set_cookie(app, session)):
             self._set_cookie(app, session, response)
 
     def get_expiration_time(self, app: Flask, session: SessionMixin) -> datetime | None:
