@@ -10,17 +10,16 @@ import copy
 import os
 import typing as t
 import weakref
-from datetime import timedelta
 
 from flask import current_app
 
+from . import config
+from .config import CONFIG_DEFAULTS
 from .errors import ConfigurationError
 from .errors import SerializationError
-from .interface import DEFAULT_MAX_PAYLOAD_SIZE
 from .interface import ServerSessionInterface
 from .serializers import Serializer
 from .serializers import serializer_for
-from .session import DEFAULT_SAVE_TIMEOUT
 from .session import ServerSession
 from .stores import store_for
 from .stores.base import SessionStore
@@ -28,43 +27,6 @@ from .stores.base import SessionStore
 if t.TYPE_CHECKING:
     import sqlalchemy as sa
     from flask import Flask
-
-#: The configuration keys flask-towersess reads, with their defaults. Flask's
-#: own session settings (``SESSION_COOKIE_*``, ``PERMANENT_SESSION_LIFETIME``,
-#: ``SESSION_REFRESH_EACH_REQUEST``, ``SECRET_KEY_FALLBACKS``) apply as well.
-CONFIG_DEFAULTS: dict[str, t.Any] = {
-    # A URL, a store, or a client a store wraps; None: SQLite in the
-    # instance folder.
-    "SESSION_STORE": None,
-    # Keyword options for the store (table, schema, key_prefix, ...).
-    "SESSION_STORE_OPTIONS": {},
-    # A fast store in front of SESSION_STORE (see CachingStore): a URL, a
-    # store or a client; its keyword options; and how long a cached copy may
-    # serve reads before it is read again from SESSION_STORE.
-    "SESSION_CACHE": None,
-    "SESSION_CACHE_OPTIONS": {},
-    "SESSION_CACHE_MAX_AGE": timedelta(minutes=5),
-    # After a cache call fails, how long requests skip the cache (served by
-    # SESSION_STORE alone) before it is tried again.
-    "SESSION_CACHE_RETRY_AFTER": timedelta(seconds=2),
-    "SESSION_SERIALIZER": "msgpack",
-    "SESSION_MAX_PAYLOAD_SIZE": DEFAULT_MAX_PAYLOAD_SIZE,
-    "SESSION_USE_SIGNER": True,
-    "SESSION_PERMANENT": False,
-    "SESSION_TOUCH_INTERVAL": timedelta(seconds=60),
-    # How long a save that meets concurrent saves keeps merging and retrying
-    # (with random, growing pauses), and the most retries (None: no limit
-    # but the time).
-    "SESSION_SAVE_TIMEOUT": DEFAULT_SAVE_TIMEOUT,
-    "SESSION_SAVE_RETRIES": None,
-    # Encrypt payloads at rest (AES-GCM): a key, or a list of keys, newest
-    # first. See flask_towersess.crypto.generate_key().
-    "SESSION_ENCRYPTION_KEY": None,
-    # With Flask-Login: a fresh session key at login (against session
-    # fixation), and the whole session dropped at logout.
-    "SESSION_CYCLE_ON_LOGIN": True,
-    "SESSION_FLUSH_ON_LOGOUT": True,
-}
 
 #: The file of the zero-configuration SQLite store, in the instance folder.
 DEFAULT_SQLITE_FILENAME = "flask_towersess.sqlite3"
@@ -122,9 +84,13 @@ class SessionExt:
             # A copy, so an app that edits its SESSION_STORE_OPTIONS in place
             # does not change the defaults of every other app.
             app.config.setdefault(key, copy.copy(value))
+        for key in CONFIG_DEFAULTS:
+            # A value of the wrong type fails here, at start-up, naming the
+            # setting, rather than in every request that reads it.
+            config.read(app.config, key)
         serializer = self._serializer or self._make_serializer(app)
         _check_cookie_prefix(app)
-        keys = app.config["SESSION_ENCRYPTION_KEY"]
+        keys = config.read(app.config, "SESSION_ENCRYPTION_KEY")
         cipher = None
         if keys:
             from .crypto import PayloadCipher
@@ -158,7 +124,7 @@ class SessionExt:
 
     def _on_logout(self, app: Flask, **kwargs: t.Any) -> None:
         session = _current_server_session()
-        if session is None or not app.config["SESSION_FLUSH_ON_LOGOUT"]:
+        if session is None or not config.read(app.config, "SESSION_FLUSH_ON_LOGOUT"):
             return
         # What logout_user() and the view wrote before it (the request to
         # clear the remember-me cookie, a flash, Flask-Security's "fs_cc")
@@ -168,8 +134,8 @@ class SessionExt:
     def _make_serializer(self, app: Flask) -> Serializer:
         try:
             return serializer_for(
-                app.config["SESSION_SERIALIZER"],
-                max_size=app.config["SESSION_MAX_PAYLOAD_SIZE"],
+                config.read(app.config, "SESSION_SERIALIZER"),
+                max_size=config.read(app.config, "SESSION_MAX_PAYLOAD_SIZE"),
             )
         except SerializationError as exc:
             # A bad setting is a configuration mistake, found at start-up;
@@ -177,8 +143,10 @@ class SessionExt:
             raise ConfigurationError(str(exc)) from exc
 
     def _make_store(self, app: Flask) -> SessionStore:
-        value = self._store if self._store is not None else app.config["SESSION_STORE"]
-        options = dict(app.config["SESSION_STORE_OPTIONS"])
+        value = self._store
+        if value is None:
+            value = config.read(app.config, "SESSION_STORE")
+        options = dict(config.read(app.config, "SESSION_STORE_OPTIONS"))
         store: SessionStore
         if value is None:
             from .stores.sqlalchemy import SQLAlchemyStore
@@ -192,21 +160,23 @@ class SessionExt:
         else:
             with _naming_setting("SESSION_STORE"):
                 store = store_for(value, **options)
-        cache = app.config["SESSION_CACHE"]
+        cache = config.read(app.config, "SESSION_CACHE")
         if cache is not None:
             from .stores.caching import CachingStore
 
             with _naming_setting("SESSION_CACHE"):
                 cache_store = store_for(
-                    cache, as_cache=True, **app.config["SESSION_CACHE_OPTIONS"]
+                    cache,
+                    as_cache=True,
+                    **config.read(app.config, "SESSION_CACHE_OPTIONS"),
                 )
             # So that its errors name the setting to fix.
             cache_store._setting = "SESSION_CACHE"
             store = CachingStore(
                 cache_store,
                 store,
-                max_age=app.config["SESSION_CACHE_MAX_AGE"],
-                retry_after=app.config["SESSION_CACHE_RETRY_AFTER"],
+                max_age=config.read(app.config, "SESSION_CACHE_MAX_AGE"),
+                retry_after=config.read(app.config, "SESSION_CACHE_RETRY_AFTER"),
             )
         return store
 

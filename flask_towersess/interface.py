@@ -29,11 +29,12 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.http import dump_cookie
 from werkzeug.sansio.request import Request as SansIORequest
 
+from . import config
+from .config import DEFAULT_MAX_PAYLOAD_SIZE
 from .errors import SessionInterrupted
 from .errors import UpdateError
 from .serializers import MsgPackSerializer
 from .serializers import Serializer
-from .session import DEFAULT_SAVE_TIMEOUT
 from .session import ServerSession
 from .session import is_valid_session_key
 from .stores import store_for
@@ -104,8 +105,6 @@ class _Signer(Signer):
 #: is dropped before any signature check or store call.
 MAX_COOKIE_LENGTH = 256
 _COOKIE_PATTERN = re.compile(r"[A-Za-z0-9_\-.]+")
-
-DEFAULT_MAX_PAYLOAD_SIZE = 256 * 1024
 
 #: How many verified cookies each worker remembers (about 150 bytes each);
 #: the cache is emptied when it is full.
@@ -207,23 +206,23 @@ class ServerSessionInterface(SessionInterface):
 
     def get_use_signer(self, app: Flask) -> bool:
         """``SESSION_USE_SIGNER``: sign the session key in the cookie."""
-        return bool(app.config.get("SESSION_USE_SIGNER", True))
+        value: bool = config.read(app.config, "SESSION_USE_SIGNER")
+        return value
 
     def get_default_permanent(self, app: Flask) -> bool:
         """``SESSION_PERMANENT``: the default of ``session.permanent``."""
-        return bool(app.config.get("SESSION_PERMANENT", False))
+        value: bool = config.read(app.config, "SESSION_PERMANENT")
+        return value
 
     def get_touch_interval(self, app: Flask) -> timedelta:
         """``SESSION_TOUCH_INTERVAL``: the least time between two expiry
         refreshes of an unmodified session (seconds or a ``timedelta``)."""
-        value = app.config.get("SESSION_TOUCH_INTERVAL", 60)
-        if isinstance(value, timedelta):
-            return value
-        return timedelta(seconds=value)
+        value: timedelta = config.read(app.config, "SESSION_TOUCH_INTERVAL")
+        return value
 
     def get_refresh_each_request(self, app: Flask) -> bool:
         """``SESSION_REFRESH_EACH_REQUEST``: extend the expiry of a session
-        that a request used without modifying it."""
+        that a request used without modifying it (Flask's setting)."""
         return bool(app.config.get("SESSION_REFRESH_EACH_REQUEST", True))
 
     def get_save_timeout(self, app: Flask) -> timedelta:
@@ -232,10 +231,8 @@ class ServerSessionInterface(SessionInterface):
 
         .. versionadded:: 0.2
         """
-        value = app.config.get("SESSION_SAVE_TIMEOUT", DEFAULT_SAVE_TIMEOUT)
-        if isinstance(value, timedelta):
-            return value
-        return timedelta(seconds=value)
+        value: timedelta = config.read(app.config, "SESSION_SAVE_TIMEOUT")
+        return value
 
     def get_cycle_on_login(self, app: Flask) -> bool:
         """``SESSION_CYCLE_ON_LOGIN``: move the session to a fresh key when
@@ -243,7 +240,8 @@ class ServerSessionInterface(SessionInterface):
 
         .. versionadded:: 0.2
         """
-        return bool(app.config.get("SESSION_CYCLE_ON_LOGIN", True))
+        value: bool = config.read(app.config, "SESSION_CYCLE_ON_LOGIN")
+        return value
 
     def get_save_retries(self, app: Flask) -> int | None:
         """``SESSION_SAVE_RETRIES``: the most retries of a save that meets
@@ -252,8 +250,8 @@ class ServerSessionInterface(SessionInterface):
         .. versionchanged:: 0.2
             ``None`` by default; :meth:`get_save_timeout` bounds retries.
         """
-        value = app.config.get("SESSION_SAVE_RETRIES")
-        return None if value is None else int(value)
+        value: int | None = config.read(app.config, "SESSION_SAVE_RETRIES")
+        return value
 
     # -- the cookie ----------------------------------------------------------
 
@@ -376,11 +374,11 @@ class ServerSessionInterface(SessionInterface):
             save_timeout=self.get_save_timeout(app),
             save_retries=self.get_save_retries(app),
             cipher=self.cipher,
+            # The cookie is read and verified on first use of the session only.
+            key_from_cookie=lambda: self._key_from_request(app, request),
         )
         if not self.get_cycle_on_login(app):
             session.cycle_on_login = False
-        # The cookie is read and verified on first use of the session only.
-        session._key_resolver = lambda: self._key_from_request(app, request)
         return session
 
     def _key_from_request(
@@ -398,45 +396,27 @@ class ServerSessionInterface(SessionInterface):
             # Never used: no store call, no cookie, no Vary (as Flask).
             return
         _vary_on_cookie(response)
-        if response.status_code >= 500 or session._read_failure is not None:
-            # The request failed, or could not read the session (the app
-            # handled the StoreUnavailable): keep the stored session as it
-            # was, and the cookie too.
+        if response.status_code >= 500:
+            # The request failed: keep the stored session as it was, and the
+            # cookie too.
             return
+        touch = None
+        if self.get_refresh_each_request(app):
+            touch = self.get_touch_interval(app)
         try:
-            self._finish(app, session, response)
+            end = session.end_request(touch)
         except UpdateError as exc:
             self._respond_with_error(app, response, SessionInterrupted(str(exc)))
+            return
         except HTTPException as exc:  # StoreUnavailable, SessionInterrupted
             self._respond_with_error(app, response, exc)
-
-    def _finish(self, app: Flask, session: ServerSession, response: Response) -> None:
-        key = session.session_key  # reads the cookie, if nothing did yet
-        had_cookie = session._cookie_key is not None
-        if session._is_loaded_and_empty() and (session.modified or key is None):
-            # Ended empty (logout, clear()) or the cookie named no live
-            # session: drop the record too, so a copied ID keeps nothing.
-            if session.modified:
-                session._discard()
-            if had_cookie:
-                self._delete_cookie(app, response)
             return
-        key_before = session._cookie_key
-        if session.modified:
-            session.save()
-        elif session.session_key is None:
-            return
-        elif self.get_refresh_each_request(app):
-            session._touch_if_due(self.get_touch_interval(app))
+        if end.delete_cookie:
+            self._delete_cookie(app, response)
         # Flask's rule, through Flask's hook, so an app overrides it as it
         # would for the cookie session: sent when modified, and on every
         # request for a permanent session with SESSION_REFRESH_EACH_REQUEST.
-        # Also when the key changed or was signed with a fallback secret.
-        if (
-            self.should_set_cookie(app, session)
-            or session._resign_cookie
-            or session.session_key != key_before
-        ):
+        elif end.has_key and (end.renew_cookie or self.should_set_cookie(app, session)):
             self._set_cookie(app, session, response)
 
     def get_expiration_time(self, app: Flask, session: SessionMixin) -> datetime | None:

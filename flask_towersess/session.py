@@ -23,6 +23,11 @@ from datetime import timezone
 
 from flask.sessions import SessionMixin
 
+from ._persisted import Identity
+from ._persisted import Persisted
+from ._persisted import merge
+from ._persisted import written_since
+from .config import DEFAULT_SAVE_TIMEOUT
 from .errors import CreateError
 from .errors import SerializationError
 from .errors import SessionInterrupted
@@ -63,9 +68,6 @@ _CREATE_ATTEMPTS = 10
 _RETRY_FIRST_PAUSE = 0.002
 _RETRY_MAX_PAUSE = 0.05
 
-#: How long a save may keep retrying by default (``SESSION_SAVE_TIMEOUT``).
-DEFAULT_SAVE_TIMEOUT = timedelta(seconds=1)
-
 #: The expiry of a record :meth:`ServerSession.cycle_key` moved away from:
 #: long past, not "now", which a store's clock (Redis reads a cached one)
 #: may still see as a moment in the future.
@@ -77,10 +79,6 @@ _RETIRED_AT = datetime(2000, 1, 1, tzinfo=timezone.utc)
 USER_ID_KEY = "_user_id"
 #: Flask-Login's mark of a session logged in by a password just now.
 FRESH_KEY = "_fresh"
-
-#: Who a session belongs to, and whether that log-in is fresh.
-Identity = tuple[t.Optional[str], bool]
-_ANONYMOUS: Identity = (None, False)
 
 
 def _identity(data: t.Mapping[str, t.Any]) -> Identity:
@@ -198,6 +196,28 @@ def _normalize_expiry(value: int | float | timedelta | datetime | None) -> Expir
     )
 
 
+class RequestEnd(t.NamedTuple):
+    """What the cookie needs once :meth:`ServerSession.end_request` stored
+    the session.
+
+    .. versionadded:: 0.2
+    """
+
+    #: The session has a key a cookie may carry.
+    has_key: bool
+    #: The cookie must be sent whatever Flask's rule says: the key changed,
+    #: or the client's cookie was signed with a fallback secret key.
+    renew_cookie: bool
+    #: The session ended: delete the cookie the client sent.
+    delete_cookie: bool
+
+
+_UNCHANGED = RequestEnd(has_key=False, renew_cookie=False, delete_cookie=False)
+_DELETE_COOKIE = RequestEnd(has_key=False, renew_cookie=False, delete_cookie=True)
+_KEEP_COOKIE = RequestEnd(has_key=True, renew_cookie=False, delete_cookie=False)
+_RENEW_COOKIE = RequestEnd(has_key=True, renew_cookie=True, delete_cookie=False)
+
+
 class ServerSession(SessionMixin):
     """A session whose data lives in a :class:`~flask_towersess.stores.SessionStore`.
 
@@ -244,6 +264,7 @@ class ServerSession(SessionMixin):
         save_timeout: timedelta = DEFAULT_SAVE_TIMEOUT,
         save_retries: int | None = None,
         cipher: PayloadCipher | None = None,
+        key_from_cookie: t.Callable[[], tuple[str | None, bool]] | None = None,
     ) -> None:
         self.store = store
         self.cipher = cipher
@@ -253,6 +274,9 @@ class ServerSession(SessionMixin):
         self.save_timeout = save_timeout
         self.save_retries = save_retries
         self._key_value = session_key if is_valid_session_key(session_key) else None
+        self._persisted = Persisted()
+        if key_from_cookie is not None:
+            self._key_resolver = key_from_cookie
 
     # Per-session state. Class-level defaults, so opening a session (every
     # request, most of which never use it) sets only what differs.
@@ -260,37 +284,15 @@ class ServerSession(SessionMixin):
     #: The data; ``None`` until loaded (or replaced without loading).
     _data: dict[str, t.Any] | None = None
     _expiry: Expiry = None
-    # What the store holds for this key, as last read or written: the version
-    # a save must match, the payload a conflict merge diffs against, and the
-    # expiry a touch compares with.
-    _version: int | None = None
-    _stored_payload: bytes | None = None
-    _stored_expires_at: datetime | None = None
-    _from_store = False
-    # This request's own changes that a merge must keep over a concurrent
-    # writer's: a clear() and an explicit expiry.
-    _cleared = False
-    _expiry_changed = False
-    # cycle_key() picks the new key at once but writes at save(); the
-    # stored record the session moves from, with the version and payload it
-    # was read at: the save retires it by compare-and-set, so a concurrent
-    # change to it is merged in, and a logout elsewhere stops the move.
-    _must_create = False
-    _stale_key: str | None = None
-    _stale_version: int | None = None
-    _stale_payload: bytes | None = None
-    # Who the session belonged to when it was read (see user_id); a change
-    # makes the save move the session to a fresh key.
-    _loaded_identity: Identity = _ANONYMOUS
     #: Whether a change of :attr:`user_id` (or a log-in becoming fresh)
     #: moves the session to a fresh key at save (``SESSION_CYCLE_ON_LOGIN``).
     cycle_on_login = True
     accessed = False
     modified = False
-    # Set by the interface: reads the key from the request's cookie on first
-    # use, so a request that never uses the session never parses or verifies
-    # the cookie. It also records the key the cookie carried and whether it
-    # was signed with a fallback secret key.
+    # Given by the interface (key_from_cookie): reads the key from the
+    # request's cookie on first use, so a request that never uses the
+    # session never parses or verifies the cookie. It also records the key
+    # the cookie carried and whether it was signed with a fallback secret.
     _key_resolver: t.Callable[[], tuple[str | None, bool]] | None = None
     # The StoreUnavailable the first read raised, if it did: the rest of the
     # request sees an empty session that is never saved, without calling the
@@ -338,7 +340,7 @@ class ServerSession(SessionMixin):
     def new(self) -> bool:  # type: ignore[override]
         """True when this session was not loaded from the store."""
         self._load_data()
-        return not self._from_store
+        return not self._persisted.from_store
 
     @property
     def user_id(self) -> str | None:
@@ -366,7 +368,7 @@ class ServerSession(SessionMixin):
 
     def _identity_changed(self) -> bool:
         user, fresh = _identity(self._data or {})
-        loaded_user, was_fresh = self._loaded_identity
+        loaded_user, was_fresh = self._persisted.identity
         return user != loaded_user or (user is not None and fresh and not was_fresh)
 
     @property
@@ -409,7 +411,8 @@ class ServerSession(SessionMixin):
 
     def _read_store(self) -> dict[str, t.Any]:
         key = self._key
-        if key is None or self._must_create or self._read_failure is not None:
+        persisted = self._persisted
+        if key is None or persisted.must_create or self._read_failure is not None:
             return {}
         try:
             record = self.store.load(key)
@@ -421,18 +424,13 @@ class ServerSession(SessionMixin):
             # so a save issues a fresh key instead of reviving this one.
             self._key = None
             return {}
-        self._remember(record)
-        self._from_store = True
+        persisted.remember(record)
+        persisted.from_store = True
         data, expiry = self._decode(record)
-        if not self._expiry_changed:
+        if not persisted.expiry_changed:
             self._expiry = expiry
-        self._loaded_identity = _identity(data)
+        persisted.identity = _identity(data)
         return data
-
-    def _remember(self, record: Record) -> None:
-        self._version = record.version
-        self._stored_payload = record.payload
-        self._stored_expires_at = record.expires_at
 
     def _decode(self, record: Record) -> tuple[dict[str, t.Any], Expiry]:
         try:
@@ -546,9 +544,9 @@ class ServerSession(SessionMixin):
         key goes with a cleared cookie session.
         """
         self._data = {}
-        self._cleared = True
+        self._persisted.cleared = True
         self._expiry = None
-        self._expiry_changed = True
+        self._persisted.expiry_changed = True
         self.accessed = True
         self.modified = True
 
@@ -572,7 +570,7 @@ class ServerSession(SessionMixin):
         expiry = _normalize_expiry(value)
         self._load_data()
         self._expiry = expiry
-        self._expiry_changed = True
+        self._persisted.expiry_changed = True
         self.accessed = True
         self.modified = True
 
@@ -631,11 +629,7 @@ class ServerSession(SessionMixin):
         return Record(key, payload, expires_at, version)
 
     def _after_write(self, record: Record) -> None:
-        self._remember(record)
-        self._cleared = False
-        self._expiry_changed = False
-        self._must_create = False
-        self._loaded_identity = _identity(self._data or {})
+        self._persisted.written(record, _identity(self._data or {}))
 
     def create(self) -> None:
         """Store the session under a fresh key.
@@ -693,7 +687,8 @@ class ServerSession(SessionMixin):
         if self._key is None:
             self.create()
             return
-        if must_create and not self._must_create:
+        persisted = self._persisted
+        if must_create and not persisted.must_create:
             if self._data is None:
                 self._data = {}
             if self._key == self._cookie_key:
@@ -711,7 +706,7 @@ class ServerSession(SessionMixin):
         if self._key is None:  # the stored session had gone away
             self.create()
             return
-        if self._version is None and not self._must_create:
+        if persisted.version is None and not persisted.must_create:
             # The data was replaced (clear()) before it was ever loaded: the
             # compare-and-set still needs the stored version, and the
             # identity check whom the stored session belonged to.
@@ -720,19 +715,24 @@ class ServerSession(SessionMixin):
                 self._key = None
                 self.create()
                 return
-            self._remember(record)
-            self._loaded_identity = _identity(self._decode(record)[0])
-        if self.cycle_on_login and not self._must_create and self._identity_changed():
+            persisted.remember(record)
+            persisted.identity = _identity(self._decode(record)[0])
+        if (
+            self.cycle_on_login
+            and not persisted.must_create
+            and self._identity_changed()
+        ):
             self.cycle_key()
-        if self._must_create:
+        if persisted.must_create:
             self._move_to_current_key()
             return
         key = self._key
 
         def updated() -> Record:
-            assert self._version is not None
+            version = persisted.version
+            assert version is not None
             return self._record(
-                key, self._payload(), self.get_expiry_date(), self._version + 1
+                key, self._payload(), self.get_expiry_date(), version + 1
             )
 
         self._after_write(self._compare_and_set(updated, key))
@@ -749,7 +749,11 @@ class ServerSession(SessionMixin):
         held: threading.Lock | None = None
         try:
             while True:
-                version = self._version if key == self._key else self._stale_version
+                persisted = self._persisted
+                if key == self._key:
+                    version = persisted.version
+                else:
+                    version = persisted.moving_version
                 assert version is not None
                 record = make_record()
                 try:
@@ -808,7 +812,8 @@ class ServerSession(SessionMixin):
             self.store.create(record)
         except CreateError:
             record = self._insert_under_fresh_key()
-        old, merged_from = self._stale_key, self._stale_version
+        persisted = self._persisted
+        old, merged_from = persisted.moving_from, persisted.moving_version
         if old is not None:
             try:
                 self._compare_and_set(self._retirement, old)
@@ -817,9 +822,9 @@ class ServerSession(SessionMixin):
                 # at the (deleted) new key, so a second save fails the same
                 # way instead of creating it afresh.
                 self.store.delete(record.key)
-                self._must_create = False
-                self._version = record.version
-                self._stale_key = self._stale_version = self._stale_payload = None
+                persisted.must_create = False
+                persisted.version = record.version
+                persisted.end_move()
                 raise UpdateError(
                     "the session was deleted while this request was using it"
                 ) from None
@@ -830,8 +835,8 @@ class ServerSession(SessionMixin):
                 with contextlib.suppress(Exception):
                     self.store.delete(record.key)
                 raise
-            merged = self._stale_version != merged_from
-            self._stale_key = self._stale_version = self._stale_payload = None
+            merged = persisted.moving_version != merged_from
+            persisted.end_move()
             if merged:
                 # Another request's change was merged in before the old
                 # record could be retired: the new record must hold it too.
@@ -846,8 +851,9 @@ class ServerSession(SessionMixin):
     def _retirement(self) -> Record:
         """What ends the record :meth:`cycle_key` moves from: a next version
         that has expired already, so no store returns it again."""
-        assert self._stale_key is not None and self._stale_version is not None
-        return Record(self._stale_key, b"", _RETIRED_AT, self._stale_version + 1)
+        key, version = self._persisted.moving_from, self._persisted.moving_version
+        assert key is not None and version is not None
+        return Record(key, b"", _RETIRED_AT, version + 1)
 
     def _create_at_current_key(self) -> None:
         assert self._key is not None
@@ -864,55 +870,42 @@ class ServerSession(SessionMixin):
         if record is None:
             raise UpdateError("the session was deleted while this request was using it")
         theirs, their_expiry = self._decode(record)
-        stale = key != self._key
-        baseline = self._stale_payload if stale else self._stored_payload
-        if self._cleared:
+        persisted = self._persisted
+        if persisted.cleared:
             merged = dict(self._data)
         else:
+            baseline = persisted.baseline(key)
             before: dict[str, t.Any] = {}
             if baseline is not None:
-                stored = Record(record.key, baseline, record.expires_at)
-                before = self._decode(stored)[0]
-            merged = dict(theirs)
-            for name in before.keys() - self._data.keys():
-                merged.pop(name, None)
-            merged.update(self._written_since(before))
+                before = self._decode(Record(record.key, baseline, record.expires_at))[
+                    0
+                ]
+            merged = merge(self._data, theirs, before, self._changed)
         self._data = merged
-        if not self._expiry_changed:
+        if not persisted.expiry_changed:
             self._expiry = their_expiry
-        if stale:
-            self._stale_version = record.version
-            self._stale_payload = record.payload
+        if key == persisted.moving_from:
+            persisted.moving_version = record.version
+            persisted.moving_payload = record.payload
         else:
-            self._remember(record)
-
-    def _written_since(self, before: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
-        """The keys this session set or changed since it held ``before``.
-
-        Compared by value, so in-place changes to nested values (followed by
-        ``modified = True``) count too.
-        """
-        data = self._data or {}
-        return {
-            name: value
-            for name, value in data.items()
-            if name not in before or self._changed(before[name], value)
-        }
+            persisted.remember(record)
 
     def _own_writes(self) -> dict[str, t.Any]:
         """What this request wrote: every key it set or changed."""
-        if self._cleared:
-            return dict(self._data or {})
+        persisted = self._persisted
+        data = self._data or {}
+        if persisted.cleared:
+            return dict(data)
         key: str | None
         payload: bytes | None
-        if self._stale_payload is not None:  # cycled: the record it came from
-            key, payload = self._stale_key, self._stale_payload
+        if persisted.moving_payload is not None:  # cycled: the record it came from
+            key, payload = persisted.moving_from, persisted.moving_payload
         else:
-            key, payload = self._key, self._stored_payload
+            key, payload = self._key, persisted.payload
         if key is None or payload is None:  # nothing was stored
-            return dict(self._data or {})
+            return dict(data)
         before = self._decode(Record(key, payload, utcnow()))[0]
-        return self._written_since(before)
+        return written_since(data, before, self._changed)
 
     def end_identity(self) -> None:
         """Log out: end the stored session, keep what this request wrote.
@@ -955,15 +948,8 @@ class ServerSession(SessionMixin):
         """
         self._data = {}
         self._discard()
-        self._loaded_identity = _ANONYMOUS
-        self._version = None
-        self._stored_payload = None
-        self._stored_expires_at = None
-        self._from_store = False
-        self._must_create = False
-        self._cleared = False
+        self._persisted.reset()
         self._expiry = None
-        self._expiry_changed = False
         self.accessed = True
         self.modified = True
 
@@ -977,25 +963,54 @@ class ServerSession(SessionMixin):
         """
         self.accessed = True
         self._load_data()  # the data must move along, loaded or not
-        if self._key is not None and not self._must_create:
-            if self._version is None:
-                # Cleared before it was ever read: the move still needs
-                # the version it retires.
-                record = self.store.load(self._key)
-                if record is not None:
-                    self._remember(record)
-            if self._version is not None:
-                self._stale_key = self._key
-                self._stale_version = self._version
-                self._stale_payload = self._stored_payload
+        persisted = self._persisted
+        key = self._key
+        if key is not None and not persisted.must_create and persisted.version is None:
+            # Cleared before it was ever read: the move still needs the
+            # version it retires.
+            record = self.store.load(key)
+            if record is not None:
+                persisted.remember(record)
+        persisted.start_move(key)
         self._key = new_session_key()
-        self._must_create = True
-        self._version = None
-        self._stored_payload = None
-        self._stored_expires_at = None
         self.modified = True
 
-    # -- used by the interface -------------------------------------------------
+    # -- the end of a request --------------------------------------------------
+
+    def end_request(self, touch_interval: timedelta | None) -> RequestEnd:
+        """Store what the request changed, and say what its cookie needs.
+
+        Called by the session interface once the view has returned, for a
+        session the request used: a modified session is saved (or, ended
+        empty, its record deleted); an unmodified one read from the store
+        has its expiry moved forward if ``touch_interval`` (``None``: never)
+        has passed since the last time. A session whose read failed is left
+        as it is stored.
+
+        :raises UpdateError: the session was deleted meanwhile.
+        :raises StoreUnavailable: the store could not be reached.
+        :raises SessionInterrupted: concurrent writers kept winning.
+
+        .. versionadded:: 0.2
+        """
+        if self._read_failure is not None:
+            return _UNCHANGED
+        key = self._key  # reads the cookie, if nothing did yet
+        cookie_key = self._cookie_key
+        if self._data is not None and not self._data and (self.modified or key is None):
+            # Ended empty (logout, clear()) or the cookie named no live
+            # session: drop the record too, so a copied ID keeps nothing.
+            if self.modified:
+                self._discard()
+            return _DELETE_COOKIE if cookie_key is not None else _UNCHANGED
+        if self.modified:
+            self.save()
+        elif key is None:
+            return _UNCHANGED
+        elif touch_interval is not None:
+            self._touch_if_due(touch_interval)
+        renew = self._resign_cookie or self._key != cookie_key
+        return _RENEW_COOKIE if renew else _KEEP_COOKIE
 
     def _touch_if_due(self, min_interval: timedelta) -> bool:
         """Move the stored expiry forward, if it is due; return whether it was.
@@ -1003,7 +1018,7 @@ class ServerSession(SessionMixin):
         Only for a session read from the store and not modified: the expiry
         it was read with tells, at no extra cost, when it was last touched.
         """
-        stored_expires_at = self._stored_expires_at
+        stored_expires_at = self._persisted.expires_at
         expiry = self._expiry
         if stored_expires_at is None or isinstance(expiry, datetime):
             return False
@@ -1020,11 +1035,8 @@ class ServerSession(SessionMixin):
             return False
         expires_at = utcnow() + timedelta(seconds=age)
         self.store.touch(key, expires_at)
-        self._stored_expires_at = expires_at
+        self._persisted.expires_at = expires_at
         return True
-
-    def _is_loaded_and_empty(self) -> bool:
-        return self._data is not None and not self._data
 
     def _discard(self) -> None:
         """Delete every record this session holds and forget its key.
@@ -1032,10 +1044,11 @@ class ServerSession(SessionMixin):
         The current key is only deleted if it was ever written (a key from
         :meth:`cycle_key` is not until the next save).
         """
-        keys = [] if self._stale_key is None else [self._stale_key]
-        if self._key is not None and not self._must_create:
+        persisted = self._persisted
+        keys = [] if persisted.moving_from is None else [persisted.moving_from]
+        if self._key is not None and not persisted.must_create:
             keys.append(self._key)
         for key in keys:
             self.store.delete(key)
-        self._stale_key = self._stale_version = self._stale_payload = None
+        persisted.end_move()
         self._key = None

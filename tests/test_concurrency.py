@@ -439,7 +439,8 @@ def test_save_must_create_never_revives_a_key_the_client_sent(
     live = ServerSession(store)
     live["x"] = 1
     live.save()
-    session_from_cookie = ServerSession(store)
-    session_from_cookie._key_resolver = lambda: (live.session_key, False)
+    session_from_cookie = ServerSession(
+        store, key_from_cookie=lambda: (live.session_key, False)
+    )
     with pytest.raises(CreateError):
         session_from_cookie.save(must_create=True)

@@ -242,6 +242,48 @@ def test_mutable_defaults_are_not_shared(make_app: t.Any) -> None:
     assert second.config["SESSION_STORE_OPTIONS"] == {}
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("SESSION_TOUCH_INTERVAL", "60", "SESSION_TOUCH_INTERVAL must be a number"),
+        ("SESSION_SAVE_TIMEOUT", None, "SESSION_SAVE_TIMEOUT must be a number"),
+        ("SESSION_SAVE_RETRIES", -1, "SESSION_SAVE_RETRIES must be a whole number"),
+        ("SESSION_SAVE_RETRIES", "5", "SESSION_SAVE_RETRIES must be a whole number"),
+        ("SESSION_MAX_PAYLOAD_SIZE", 0, "SESSION_MAX_PAYLOAD_SIZE must be a number"),
+        ("SESSION_CACHE_RETRY_AFTER", "2s", "SESSION_CACHE_RETRY_AFTER must be"),
+    ],
+)
+def test_a_setting_of_the_wrong_type_fails_at_set_up(
+    make_app: t.Any, key: str, value: object, message: str
+) -> None:
+    app = make_app(SESSION_STORE="memory://", **{key: value})
+    with pytest.raises(ConfigurationError, match=message):
+        SessionExt(app)
+    assert "towersess" not in app.extensions
+
+
+def test_durations_are_seconds_or_timedeltas_everywhere(make_app: t.Any) -> None:
+    """Each duration setting takes either form and is read as a timedelta,
+    whether it was set before set-up or changed on the live app."""
+    from datetime import timedelta
+
+    from flask_towersess import config
+
+    app = make_app(SESSION_STORE="memory://", SESSION_TOUCH_INTERVAL=30)
+    SessionExt(app)
+    interface = app.session_interface
+    assert interface.get_touch_interval(app) == timedelta(seconds=30)
+    app.config["SESSION_SAVE_TIMEOUT"] = 2.5
+    assert interface.get_save_timeout(app) == timedelta(seconds=2.5)
+    app.config["SESSION_SAVE_TIMEOUT"] = timedelta(seconds=3)
+    assert interface.get_save_timeout(app) == timedelta(seconds=3)
+    # An app that never ran init_app reads the one default.
+    bare = make_app()
+    assert interface.get_touch_interval(bare) == config.DEFAULT_TOUCH_INTERVAL
+    assert interface.get_save_retries(bare) is None
+    assert interface.get_save_timeout(bare) == config.DEFAULT_SAVE_TIMEOUT
+
+
 # -- SESSION_STORE forms -------------------------------------------------------
 
 

@@ -62,6 +62,8 @@ import typing as t
 from datetime import datetime
 from datetime import timedelta
 
+from ..config import DEFAULT_CACHE_MAX_AGE
+from ..config import DEFAULT_CACHE_RETRY_AFTER
 from ..errors import ConfigurationError
 from ..errors import CreateError
 from ..errors import TowerSessError
@@ -90,8 +92,6 @@ _HEADER = struct.Struct(">cq")
 _FORMAT_TAG = b"\x01"
 
 
-#: How long a :class:`CachingStore` leaves a failing cache alone by default.
-DEFAULT_RETRY_AFTER = timedelta(seconds=2)
 #: How many keys a process remembers to delete from a cache it could not
 #: reach. Each costs one delete when the cache is back, on the request that
 #: finds it back; beyond this, reading past the cache for ``max_age`` is
@@ -163,9 +163,9 @@ class CachingStore(SessionStore, Purging, Migrating):
         cache: SessionStore,
         store: SessionStore,
         *,
-        max_age: timedelta | None = timedelta(minutes=5),
+        max_age: timedelta | None = DEFAULT_CACHE_MAX_AGE,
         lease: timedelta = timedelta(seconds=10),
-        retry_after: timedelta = DEFAULT_RETRY_AFTER,
+        retry_after: timedelta = DEFAULT_CACHE_RETRY_AFTER,
     ) -> None:
         if max_age is not None and max_age <= timedelta(0):
             raise ConfigurationError("CachingStore max_age must be positive or None")

@@ -1,0 +1,135 @@
+"""The ``SESSION_*`` settings: each one's default, defined once, and how its
+value is read.
+
+:meth:`SessionExt.init_app <flask_towersess.SessionExt.init_app>` fills in
+:data:`CONFIG_DEFAULTS` for the keys an app has not set. Everything that
+reads a setting (the extension once at set-up, the session interface's
+getters on each request, as Flask reads its own) goes through :func:`read`,
+which takes the app's value, or the default when the app never ran
+``init_app``, and turns the forms a setting accepts (seconds or a
+``timedelta``) into one type, with an error naming the setting for a value
+of the wrong type.
+
+.. versionadded:: 0.2
+"""
+
+from __future__ import annotations
+
+import typing as t
+from datetime import timedelta
+
+from .errors import ConfigurationError
+
+#: How long a save that meets concurrent saves keeps merging and retrying.
+DEFAULT_SAVE_TIMEOUT = timedelta(seconds=1)
+#: The largest payload a session may write (and a store may hand back).
+DEFAULT_MAX_PAYLOAD_SIZE = 256 * 1024
+#: How long a cached copy may serve reads before it is read again.
+DEFAULT_CACHE_MAX_AGE = timedelta(minutes=5)
+#: After a cache call fails, how long the cache is skipped.
+DEFAULT_CACHE_RETRY_AFTER = timedelta(seconds=2)
+#: The least time between two expiry refreshes of an unmodified session.
+DEFAULT_TOUCH_INTERVAL = timedelta(seconds=60)
+
+
+class Setting(t.NamedTuple):
+    """One ``SESSION_*`` key: its default and how a value of it is read."""
+
+    default: t.Any
+    read: t.Callable[[str, t.Any], t.Any]
+
+
+def _as_is(name: str, value: t.Any) -> t.Any:
+    return value
+
+
+def _flag(name: str, value: t.Any) -> bool:
+    return bool(value)
+
+
+def _duration(name: str, value: t.Any) -> timedelta:
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return timedelta(seconds=value)
+    raise ConfigurationError(
+        f"{name} must be a number of seconds or a timedelta;"
+        f" got {type(value).__qualname__} {value!r}."
+    )
+
+
+def _optional_duration(name: str, value: t.Any) -> timedelta | None:
+    return None if value is None else _duration(name, value)
+
+
+def _optional_count(name: str, value: t.Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise ConfigurationError(
+        f"{name} must be a whole number of at least 0, or None; got {value!r}."
+    )
+
+
+def _size(name: str, value: t.Any) -> int | None:
+    if value is None or (
+        isinstance(value, int) and not isinstance(value, bool) and value > 0
+    ):
+        return value
+    raise ConfigurationError(
+        f"{name} must be a number of bytes (more than 0), or None; got {value!r}."
+    )
+
+
+#: Every ``SESSION_*`` key flask-towersess reads. Flask's own session
+#: settings (``SESSION_COOKIE_*``, ``PERMANENT_SESSION_LIFETIME``,
+#: ``SESSION_REFRESH_EACH_REQUEST``, ``SECRET_KEY_FALLBACKS``) apply as well
+#: and keep Flask's defaults.
+SETTINGS: dict[str, Setting] = {
+    # A URL, a store, or a client a store wraps; None: SQLite in the
+    # instance folder.
+    "SESSION_STORE": Setting(None, _as_is),
+    # Keyword options for the store (table, schema, key_prefix, ...).
+    "SESSION_STORE_OPTIONS": Setting({}, _as_is),
+    # A fast store in front of SESSION_STORE (see CachingStore), its
+    # options, how long a cached copy serves reads, and how long the cache
+    # is skipped after it failed.
+    "SESSION_CACHE": Setting(None, _as_is),
+    "SESSION_CACHE_OPTIONS": Setting({}, _as_is),
+    "SESSION_CACHE_MAX_AGE": Setting(DEFAULT_CACHE_MAX_AGE, _optional_duration),
+    "SESSION_CACHE_RETRY_AFTER": Setting(DEFAULT_CACHE_RETRY_AFTER, _duration),
+    "SESSION_SERIALIZER": Setting("msgpack", _as_is),
+    "SESSION_MAX_PAYLOAD_SIZE": Setting(DEFAULT_MAX_PAYLOAD_SIZE, _size),
+    # Encrypt payloads at rest (AES-GCM): a key, or a list of keys, newest
+    # first. See flask_towersess.crypto.generate_key().
+    "SESSION_ENCRYPTION_KEY": Setting(None, _as_is),
+    "SESSION_USE_SIGNER": Setting(True, _flag),
+    "SESSION_PERMANENT": Setting(False, _flag),
+    "SESSION_TOUCH_INTERVAL": Setting(DEFAULT_TOUCH_INTERVAL, _duration),
+    # How long a save that meets concurrent saves keeps merging and retrying
+    # (with random, growing pauses), and the most retries (None: no limit
+    # but the time).
+    "SESSION_SAVE_TIMEOUT": Setting(DEFAULT_SAVE_TIMEOUT, _duration),
+    "SESSION_SAVE_RETRIES": Setting(None, _optional_count),
+    # With Flask-Login: a fresh session key at login (against session
+    # fixation), and the signed-in session ended at logout.
+    "SESSION_CYCLE_ON_LOGIN": Setting(True, _flag),
+    "SESSION_FLUSH_ON_LOGOUT": Setting(True, _flag),
+}
+
+#: The defaults ``init_app`` sets, by key.
+CONFIG_DEFAULTS: dict[str, t.Any] = {
+    name: setting.default for name, setting in SETTINGS.items()
+}
+
+
+def read(config: t.Mapping[str, t.Any], name: str) -> t.Any:
+    """The value of setting ``name`` in ``config`` (the default if unset),
+    in its one type.
+
+    :raises ConfigurationError: the value has the wrong type; the message
+        names the setting.
+    """
+    setting = SETTINGS[name]
+    return setting.read(name, config.get(name, setting.default))
