@@ -165,8 +165,8 @@ def session_key(client: FlaskClient, app: Flask | None = None) -> str | None:
     >>> from flask_towersess import SessionExt
     >>> from flask_towersess.testing import session_key
     >>> app = Flask(__name__)
-    >>> app.config.update(SECRET_KEY="change me", SESSION_STORE="memory://")
-    >>> sessions = SessionExt(app)
+    >>> app.secret_key = "change me"
+    >>> sessions = SessionExt(app, store="memory://")
     >>> @app.post("/visit")
     ... def visit():
     ...     session["visited"] = True
