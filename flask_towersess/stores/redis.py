@@ -184,8 +184,12 @@ def _pxat(micros: int) -> int:
 
 
 class _Script(t.Protocol):
-    script: str
-    sha: str
+    """What ``register_script`` returns: a redis-py
+    :class:`~redis.commands.core.Script`, called with keys and arguments."""
+
+    def __call__(
+        self, keys: t.Sequence[str], args: t.Sequence[bytes | int]
+    ) -> t.Any: ...  # pragma: no cover
 
 
 class _Commands(t.Protocol):
@@ -208,10 +212,6 @@ class _Commands(t.Protocol):
     def ping(self) -> t.Any: ...  # pragma: no cover
 
     def register_script(self, script: str) -> _Script: ...  # pragma: no cover
-
-    def script_load(self, script: str) -> str: ...  # pragma: no cover
-
-    def execute_command(self, *args: t.Any) -> t.Any: ...  # pragma: no cover
 
 
 class RedisStore(SessionStore):
@@ -254,12 +254,12 @@ class RedisStore(SessionStore):
         self.client: RedisClient = client
         self.key_prefix = key_prefix
         self._commands = t.cast("_Commands", client)
-        # register_script only hashes the script; the first call loads it
-        # (EVALSHA, then SCRIPT LOAD on NOSCRIPT, on whichever node serves
-        # the key).
+        # redis-py's Script: register_script only hashes the script; each
+        # call is an EVALSHA, and a server that does not know the script
+        # (a restart, a failover, a new cluster node) gets a SCRIPT LOAD
+        # (on every primary, on a Cluster) and the EVALSHA again.
         self._save_script = self._commands.register_script(_SAVE_SCRIPT)
         self._touch_script = self._commands.register_script(_TOUCH_SCRIPT)
-        from redis.exceptions import NoScriptError
         from redis.exceptions import ResponseError
 
         self._unavailable_errors = _unavailable_errors()
@@ -267,7 +267,6 @@ class RedisStore(SessionStore):
         # among them for the settings the server refuses with a plain one
         # ("DB index is out of range"); any other is raised as it was.
         self._redis_errors = self._unavailable_errors + (ResponseError,)
-        self._no_script_error = NoScriptError
         # What close() calls: only closers of what from_url built. A client
         # the caller passed in is theirs to close.
         self._owned: list[t.Callable[[], None]] = []
@@ -400,16 +399,6 @@ class RedisStore(SessionStore):
             raise StoreUnavailable() from exc
         raise exc
 
-    def _run_script(self, script: _Script, key: str, *args: bytes | int) -> t.Any:
-        """EVALSHA the script on ``key``; load it first if the server lacks it
-        (a restart, a failover, a new cluster node)."""
-        run = self._commands.execute_command
-        try:
-            return run("EVALSHA", script.sha, 1, key, *args)
-        except self._no_script_error:
-            script.sha = self._commands.script_load(script.script)
-            return run("EVALSHA", script.sha, 1, key, *args)
-
     def load(self, key: str) -> Record | None:
         check_key(key)
         try:
@@ -465,12 +454,9 @@ class RedisStore(SessionStore):
         micros = _to_micros(record.expires_at)
         value = _HEADER.pack(_TAG, record.version, micros) + record.payload
         try:
-            result = self._run_script(
-                self._save_script,
-                self._key(record.key),
-                _VERSION_PREFIX.pack(_TAG, expected_version),
-                value,
-                _pxat(micros),
+            result = self._save_script(
+                [self._key(record.key)],
+                [_VERSION_PREFIX.pack(_TAG, expected_version), value, _pxat(micros)],
             )
         except self._redis_errors as exc:
             self._fail(exc)
@@ -489,14 +475,15 @@ class RedisStore(SessionStore):
         check_key(key)
         micros = _to_micros(expires_at)
         try:
-            self._run_script(
-                self._touch_script,
-                self._key(key),
-                bytes([_TAG]),
-                _HEADER.size,
-                _EXPIRY_OFFSET,
-                _EXPIRY.pack(micros),
-                _pxat(micros),
+            self._touch_script(
+                [self._key(key)],
+                [
+                    bytes([_TAG]),
+                    _HEADER.size,
+                    _EXPIRY_OFFSET,
+                    _EXPIRY.pack(micros),
+                    _pxat(micros),
+                ],
             )
         except self._redis_errors as exc:
             self._fail(exc)
