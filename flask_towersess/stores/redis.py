@@ -542,6 +542,13 @@ class RedisStore(SessionStore):
 # -- helpers -------------------------------------------------------------
 
 
+#: How Redis words an ACL refusal met inside a script.
+_SCRIPT_ACL_REFUSALS = (
+    "ACL failure in script",  # Redis 7.2 and later
+    "user executing the script can't",  # Redis 7.0
+)
+
+
 def _misconfiguration(exc: BaseException) -> str | None:
     """What is wrong with the store's settings, if the server refused them
     (credentials, ACL permissions, the database number); ``None`` for any
@@ -565,13 +572,20 @@ def _misconfiguration(exc: BaseException) -> str | None:
             " the URL (redis://user:password@host:port/db), or requirepass or"
             " the ACL on the server"
         )
-    if isinstance(exc, e.NoPermissionError):
+    # A command refused inside a script comes back as a plain ResponseError
+    # (Redis 7.0 and 7.2+ word it differently), not as NOPERM.
+    if isinstance(exc, e.NoPermissionError) or (
+        isinstance(exc, e.ResponseError)
+        and any(refusal in text for refusal in _SCRIPT_ACL_REFUSALS)
+    ):
         # Without the command the server names: the message is logged once
-        # per store, whichever command meets the refusal first.
+        # per store, whichever command meets the refusal first. The list is
+        # checked against an ACL user in tests/test_config_errors.py.
         return (
             "the Redis user may not run a command the store needs; allow it"
-            " GET, SET, DEL, EXISTS, EVALSHA, SCRIPT LOAD and PING on the key"
-            " prefix"
+            " GET, SET, DEL, EXISTS, EVALSHA, SCRIPT LOAD and PING, and in the"
+            " store's scripts GETRANGE, STRLEN, SETRANGE and PEXPIREAT, on the"
+            " key prefix"
         )
     if isinstance(exc, e.ResponseError) and "DB index is out of range" in text:
         return (
