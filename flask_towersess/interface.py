@@ -28,6 +28,7 @@ from itsdangerous import Signer
 from werkzeug.exceptions import HTTPException
 from werkzeug.http import dump_cookie
 
+from ._werkzeug_fastpath import request_cookie
 from .errors import SessionInterrupted
 from .errors import UpdateError
 from .serializers import MsgPackSerializer
@@ -385,7 +386,7 @@ class ServerSessionInterface(SessionInterface):
     def _key_from_request(
         self, app: Flask, request: Request
     ) -> tuple[str | None, bool]:
-        cookie = request.cookies.get(self.get_cookie_name(app))
+        cookie = request_cookie(request, self.get_cookie_name(app))
         if not cookie:
             return None, False
         return self._key_from_cookie(app, cookie)
