@@ -27,9 +27,9 @@ from flask.sessions import SessionInterface
 from itsdangerous import Signer
 from werkzeug.exceptions import HTTPException
 from werkzeug.http import dump_cookie
-from werkzeug.sansio.request import Request as SansIORequest
 
 from . import config
+from ._werkzeug_fastpath import request_cookie
 from .config import DEFAULT_MAX_PAYLOAD_SIZE
 from .errors import SessionInterrupted
 from .errors import UpdateError
@@ -511,42 +511,6 @@ class MongoDBSessionInterface(_StoreInterface):
     """
 
     store_class_name = "MongoDBStore"
-
-
-# One part of a Cookie header: a name, and optionally "=" and a value;
-# blanks around either are ignored (werkzeug's rules for unquoted values).
-_COOKIE_PART = re.compile(r"[ \t]*([^ \t=\";]+)(?:[ \t]*=[ \t]*([^ \t\";]*))?[ \t]*")
-
-# werkzeug's Request.cookies, the property request_cookie() stands in for.
-_WERKZEUG_COOKIES = SansIORequest.__dict__["cookies"]
-
-
-def request_cookie(request: Request, name: str) -> str | None:
-    """``request.cookies.get(name)``, without parsing every cookie.
-
-    werkzeug splits the whole Cookie header into a MultiDict on first use of
-    ``request.cookies``, which costs more than verifying the session cookie;
-    the session needs one value. This finds the first cookie called ``name``
-    in the header by the same rules. A header with quoted values, or a
-    request class with its own ``cookies``, goes through ``request.cookies``.
-    """
-    if type(request).cookies is not _WERKZEUG_COOKIES:
-        return request.cookies.get(name)
-    parsed = request.__dict__.get("cookies")  # where cached_property keeps it
-    if parsed is not None:
-        return parsed.get(name)  # type: ignore[no-any-return]
-    header = request.environ.get("HTTP_COOKIE")
-    if not header or name not in header:
-        return None
-    if '"' in header:
-        # A quoted value may hold ";": only the full parser splits it right.
-        return request.cookies.get(name)
-    for part in header.split(";"):
-        if name in part:
-            match = _COOKIE_PART.fullmatch(part)
-            if match is not None and match[1] == name:
-                return match[2] or ""
-    return None
 
 
 def _remember(cache: dict[t.Any, t.Any], key: t.Any, value: t.Any) -> None:

@@ -416,6 +416,56 @@ def test_redis_refusal_is_a_configuration_error(
         store.close()
 
 
+#: What the refusal message and docs/redis.rst tell an operator to allow.
+STORE_COMMANDS = ["get", "set", "del", "exists", "evalsha", "script|load", "ping"]
+SCRIPT_COMMANDS = ["getrange", "strlen", "setrange", "pexpireat"]
+
+
+@pytest.mark.parametrize("missing", [None, "evalsha", "script|load", "setrange"])
+def test_redis_commands_named_in_the_refusal_are_the_ones_needed(
+    redis_with_password: RedisProcess,
+    caplog: pytest.LogCaptureFixture,
+    missing: str | None,
+) -> None:
+    # A user allowed exactly the commands the message names runs every
+    # store operation, scripts loaded afresh (redis-py's Script sends SCRIPT
+    # LOAD after NOSCRIPT) included; one without any of them is refused.
+    import redis
+
+    port = redis_with_password.port
+    allowed = [c for c in STORE_COMMANDS + SCRIPT_COMMANDS if c != missing]
+    with redis.Redis(port=port, password=PASSWORD) as admin:
+        admin.execute_command(
+            "ACL", "SETUSER", "towersess_exact", "reset", "on", f">{PASSWORD}",
+            "~session:*", *(f"+{command}" for command in allowed),
+        )  # fmt: skip
+        admin.script_flush()
+    store = RedisStore.from_url(
+        f"redis://towersess_exact:{PASSWORD}@127.0.0.1:{port}/0"
+    )
+    record = Record(new_session_key(), b"v1", utcnow() + timedelta(minutes=5))
+
+    def use_every_operation() -> None:
+        store.create(record)
+        saved = Record(record.key, b"v2", record.expires_at, 2)
+        store.save(saved, 1)
+        later = record.expires_at + timedelta(minutes=5)
+        store.touch(record.key, later)
+        assert store.load(record.key) == Record(record.key, b"v2", later, 2)
+        assert store.exists(record.key)
+        store.delete(record.key)
+        store.ping()
+
+    try:
+        if missing is None:
+            use_every_operation()
+        else:
+            with pytest.raises(ConfigurationError, match="may not run a command"):
+                use_every_operation()
+    finally:
+        store.close()
+
+
 def test_redis_database_out_of_range_is_a_configuration_error(
     redis_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:

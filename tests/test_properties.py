@@ -966,28 +966,3 @@ def test_uuid_and_tag_like_keys_survive_the_interface() -> None:
     client = app.test_client()
     client.post("/put")
     assert client.get("/check").data == b"same"
-
-
-# Cookie headers built from the characters werkzeug's parser treats
-# specially, around the names "session" and "sessionx".
-_cookie_header_pieces = st.lists(
-    st.sampled_from(
-        ["session", "sessionx", "other", "=", ";", " ", "\t", '"', "\\", "abc", "x.y"]
-    ),
-    max_size=14,
-).map("".join)
-
-
-@given(header=_cookie_header_pieces)
-@settings(max_examples=400)
-def test_session_cookie_lookup_agrees_with_werkzeug(header: str) -> None:
-    from werkzeug.http import parse_cookie
-    from werkzeug.test import EnvironBuilder
-
-    from flask_towersess.interface import request_cookie
-
-    request = Flask(__name__).request_class(
-        EnvironBuilder(headers={"Cookie": header}).get_environ()
-    )
-    for name in ("session", "sessionx"):
-        assert request_cookie(request, name) == parse_cookie(header).get(name)

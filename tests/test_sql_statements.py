@@ -23,6 +23,12 @@ import sqlalchemy as sa
 
 from flask_towersess.errors import StoreUnavailable
 from flask_towersess.session import new_session_key
+from flask_towersess.stores import _sqlalchemy_fastpath
+from flask_towersess.stores._sqlalchemy_fastpath import CHECKED_SQLALCHEMY
+from flask_towersess.stores._sqlalchemy_fastpath import LISTENER_FLAG
+from flask_towersess.stores._sqlalchemy_fastpath import has_connection_listeners
+from flask_towersess.stores._statements import CoreExecutor
+from flask_towersess.stores._statements import in_autocommit
 from flask_towersess.stores._statements import runs_directly
 from flask_towersess.stores.base import Record
 from flask_towersess.stores.base import utcnow
@@ -111,6 +117,109 @@ def test_statement_logging_sees_the_statements(
     with caplog.at_level(logging.INFO, logger="sqlalchemy.engine.Engine"):
         sql_store.load(record.key)
     assert any(sql_store.table.name in r.getMessage() for r in caplog.records)
+
+
+def test_the_private_listener_flag_means_what_the_direct_path_assumes(
+    tmp_path: t.Any,
+) -> None:
+    # The one private SQLAlchemy attribute the store reads (see
+    # _sqlalchemy_fastpath). If this fails after an upgrade, the store is
+    # still right (it falls back to Connection.execute()) but slow: check
+    # what the release replaced the flag with, and update the adapter.
+    installed = f"SQLAlchemy {sa.__version__} (adapter checked on {CHECKED_SQLALCHEMY})"
+    engine = create_engine(f"sqlite:///{tmp_path}/flag.sqlite3")
+    derived = engine.execution_options(towersess_test="derived")
+    try:
+        for target in (engine, derived):
+            flag = getattr(target, LISTENER_FLAG, None)
+            assert type(flag) is bool and not flag, (
+                f"{installed}: Engine.{LISTENER_FLAG} is {flag!r},"
+                " not False, on an engine nobody listens to"
+            )
+        assert not has_connection_listeners(engine)
+        # A listener on the derived engine is its own, not its parent's...
+        sa.event.listen(derived, "before_execute", lambda *a: None)
+        assert getattr(derived, LISTENER_FLAG) is True, installed
+        assert getattr(engine, LISTENER_FLAG) is False, installed
+        # ... and one on the parent reaches every engine derived from it,
+        # even one made before the listener was added.
+        sibling = engine.execution_options(towersess_test="sibling")
+        sa.event.listen(engine, "before_cursor_execute", lambda *a: None)
+        for target in (engine, derived, sibling):
+            assert getattr(target, LISTENER_FLAG) is True, installed
+            assert has_connection_listeners(target)
+        # Pool events do not see statements, and do not count.
+        other = create_engine(f"sqlite:///{tmp_path}/pool.sqlite3")
+        sa.event.listen(other, "checkout", lambda *a: None)
+        assert getattr(other, LISTENER_FLAG) is False, installed
+        other.dispose()
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("flag", ["_no_such_flag", "dialect"], ids=["gone", "retyped"])
+def test_without_the_private_flag_statements_take_the_public_path(
+    own_store: SQLAlchemyStore, monkeypatch: pytest.MonkeyPatch, flag: str
+) -> None:
+    # A release that drops the flag, or gives it another type: every
+    # statement goes through Connection.execute(), where listeners see it.
+    monkeypatch.setattr(_sqlalchemy_fastpath, "LISTENER_FLAG", flag)
+    engine = own_store.engine
+    assert has_connection_listeners(engine)
+    assert not runs_directly(engine)
+    seen: list[str] = []
+    monkeypatch.setattr(CoreExecutor, "first", _recording(CoreExecutor.first, seen))
+    record = a_record()
+    own_store.create(record)
+    assert own_store.load(record.key) == record
+    assert seen
+
+
+def _recording(method: t.Any, seen: list[str]) -> t.Any:
+    def recorded(self: t.Any, *args: t.Any) -> t.Any:
+        seen.append(method.__name__)
+        return method(self, *args)
+
+    return recorded
+
+
+def test_store_engines_start_their_connections_in_autocommit(
+    sql_store: SQLAlchemyStore,
+) -> None:
+    # What the direct path asks of each connection, through the dialect's
+    # public detect_autocommit_setting(), on every tested driver.
+    engine = sql_store.engine
+    connection = engine.raw_connection()
+    try:
+        assert in_autocommit(engine.dialect, connection.dbapi_connection)
+    finally:
+        connection.close()
+
+
+def test_an_engine_not_in_autocommit_commits_through_connections(
+    sql_store: SQLAlchemyStore,
+) -> None:
+    # An engine the app made with transactions of its own: its connections
+    # are not in autocommit, so the store runs on Connection.execute() with
+    # AUTOCOMMIT set per connection, and every write is committed.
+    url = sql_store.engine.url.render_as_string(hide_password=False)
+    plain = sa.create_engine(url)
+    try:
+        store = SQLAlchemyStore(plain, table=sql_store.table.name)
+        connection = plain.raw_connection()
+        try:
+            assert not in_autocommit(plain.dialect, connection.dbapi_connection)
+        finally:
+            connection.close()
+        assert not runs_directly(plain)
+        record = a_record()
+        store.create(record)
+        saved = Record(record.key, b"v2", record.expires_at, 2)
+        store.save(saved, 1)
+        # Seen from the store's own engine: committed, not left pending.
+        assert sql_store.load(record.key) == saved
+    finally:
+        plain.dispose()
 
 
 @pytest.mark.parametrize("listened", [False, True], ids=["direct", "connection"])

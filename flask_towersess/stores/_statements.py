@@ -10,10 +10,11 @@ statements on a pooled DBAPI connection (:meth:`Engine.raw_connection
 dialect, and converts values with the dialect's own type processors, so
 what is stored is the same either way.
 
-An engine whose connections are not in autocommit from the start, that has
-execution options, statement event listeners or statement logging, or whose
-driver is not one tested here, keeps the ``Connection.execute()`` path: the
-statements then stay visible to its listeners and logs.
+An engine whose connections are not in autocommit, that has execution
+options, statement event listeners or statement logging, or whose driver is
+not one tested here, keeps the ``Connection.execute()`` path: the statements
+then stay visible to its listeners and logs. Only the listener check needs
+a private SQLAlchemy attribute; it lives in :mod:`._sqlalchemy_fastpath`.
 
 .. versionadded:: 0.1
 """
@@ -25,6 +26,8 @@ import typing as t
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
+
+from ._sqlalchemy_fastpath import has_connection_listeners
 
 #: Drivers the direct path is tested with (``dialect.driver``).
 DIRECT_DRIVERS = frozenset({"pysqlite", "psycopg2", "pymysql"})
@@ -205,26 +208,44 @@ def connect_error(exc: Exception, dialect: sa.Dialect) -> sa_exc.DBAPIError:
 def runs_directly(engine: sa.engine.Engine) -> bool:
     """Whether the store bypasses ``Connection.execute()`` on ``engine`` now.
 
-    Only for a plain engine whose connections are in autocommit from the
-    moment they connect (what :func:`~flask_towersess.stores.sqlalchemy.create_engine`
-    makes), on a tested driver, with nothing that would miss the statements:
-    no execution options (``schema_translate_map``, say), no event listeners
-    on the engine, no statement logging.
+    Only for a plain engine whose connections are in autocommit (what
+    :func:`~flask_towersess.stores.sqlalchemy.create_engine` makes), on a
+    tested driver, with nothing that would miss the statements: no execution
+    options (``schema_translate_map``, say), no event listeners on the
+    engine, no statement logging. Checks out a pooled connection to see its
+    autocommit setting, as the store does before each direct statement.
     """
-    return can_run_directly(engine) and not has_statement_observers(engine)
+    if not can_run_directly(engine) or has_statement_observers(engine):
+        return False
+    connection = engine.raw_connection()
+    try:
+        return in_autocommit(engine.dialect, connection.dbapi_connection)
+    finally:
+        connection.close()
 
 
 def can_run_directly(engine: sa.engine.Engine) -> bool:
     """The part of :func:`runs_directly` fixed for the engine's lifetime
-    (the store computes it once per engine)."""
-    dialect = engine.dialect
+    and known without a connection (the store computes it once per engine)."""
     return (
-        dialect.driver in DIRECT_DRIVERS
-        # Set by create_engine(isolation_level=...); a private name, hence
-        # getattr with a default that means "no".
-        and getattr(dialect, "_on_connect_isolation_level", None) == "AUTOCOMMIT"
-        and not engine.get_execution_options()
+        engine.dialect.driver in DIRECT_DRIVERS and not engine.get_execution_options()
     )
+
+
+def in_autocommit(dialect: sa.Dialect, dbapi_connection: t.Any) -> bool:
+    """Whether ``dbapi_connection`` commits each statement by itself.
+
+    Asked of the connection, not of the engine: SQLAlchemy keeps the level
+    given to ``create_engine(isolation_level=...)`` in no public place, and
+    what a direct statement needs is that *this* connection is in
+    autocommit. :meth:`~sqlalchemy.engine.Dialect.detect_autocommit_setting`
+    (SQLAlchemy 2.0.43, the oldest release supported) reads the driver's own
+    flag, without a round trip; a dialect that cannot tell counts as "no".
+    """
+    try:
+        return bool(dialect.detect_autocommit_setting(dbapi_connection))
+    except NotImplementedError:
+        return False
 
 
 def has_statement_observers(engine: sa.engine.Engine) -> bool:
@@ -233,10 +254,8 @@ def has_statement_observers(engine: sa.engine.Engine) -> bool:
     Checked on every call, so a listener added later (a tracing library's,
     say) sees the statements from then on.
     """
-    # _has_events is SQLAlchemy's own flag for "a ConnectionEvents listener
-    # is attached"; if a release drops it, assume there is one.
     return bool(
-        getattr(engine, "_has_events", True)
+        has_connection_listeners(engine)
         or engine.echo
         or _engine_logger.isEnabledFor(logging.INFO)
     )

@@ -174,8 +174,12 @@ def _pxat(micros: int) -> int:
 
 
 class _Script(t.Protocol):
-    script: str
-    sha: str
+    """What ``register_script`` returns: a redis-py
+    :class:`~redis.commands.core.Script`, called with keys and arguments."""
+
+    def __call__(
+        self, keys: t.Sequence[str], args: t.Sequence[bytes | int]
+    ) -> t.Any: ...  # pragma: no cover
 
 
 class _Commands(t.Protocol):
@@ -198,10 +202,6 @@ class _Commands(t.Protocol):
     def ping(self) -> t.Any: ...  # pragma: no cover
 
     def register_script(self, script: str) -> _Script: ...  # pragma: no cover
-
-    def script_load(self, script: str) -> str: ...  # pragma: no cover
-
-    def execute_command(self, *args: t.Any) -> t.Any: ...  # pragma: no cover
 
 
 class RedisStore(SessionStore):
@@ -248,12 +248,12 @@ class RedisStore(SessionStore):
         self.client: RedisClient = client
         self.key_prefix = key_prefix
         self._commands = t.cast("_Commands", client)
-        # register_script only hashes the script; the first call loads it
-        # (EVALSHA, then SCRIPT LOAD on NOSCRIPT, on whichever node serves
-        # the key).
+        # redis-py's Script: register_script only hashes the script; each
+        # call is an EVALSHA, and a server that does not know the script
+        # (a restart, a failover, a new cluster node) gets a SCRIPT LOAD
+        # (on every primary, on a Cluster) and the EVALSHA again.
         self._save_script = self._commands.register_script(_SAVE_SCRIPT)
         self._touch_script = self._commands.register_script(_TOUCH_SCRIPT)
-        from redis.exceptions import NoScriptError
         from redis.exceptions import ResponseError
 
         self._unavailable_errors = _unavailable_errors()
@@ -265,7 +265,6 @@ class RedisStore(SessionStore):
             self._unavailable_errors + (ResponseError,), self._translate
         )
         self._response_error = ResponseError
-        self._no_script_error = NoScriptError
         # What close() calls: only closers of what from_url built. A client
         # the caller passed in is theirs to close.
         self._owned: list[t.Callable[[], None]] = []
@@ -389,16 +388,6 @@ class RedisStore(SessionStore):
             return store_unavailable(self._where, exc, logger)
         return None
 
-    def _run_script(self, script: _Script, key: str, *args: bytes | int) -> t.Any:
-        """EVALSHA the script on ``key``; load it first if the server lacks it
-        (a restart, a failover, a new cluster node)."""
-        run = self._commands.execute_command
-        try:
-            return run("EVALSHA", script.sha, 1, key, *args)
-        except self._no_script_error:
-            script.sha = self._commands.script_load(script.script)
-            return run("EVALSHA", script.sha, 1, key, *args)
-
     def load(self, key: str) -> Record | None:
         check_key(key)
         with self._translated_errors:
@@ -454,12 +443,9 @@ class RedisStore(SessionStore):
         micros = to_epoch_micros(record.expires_at)
         value = _HEADER.pack(_TAG, record.version, micros) + record.payload
         with self._translated_errors:
-            result = self._run_script(
-                self._save_script,
-                self._key(record.key),
-                _VERSION_PREFIX.pack(_TAG, expected_version),
-                value,
-                _pxat(micros),
+            result = self._save_script(
+                [self._key(record.key)],
+                [_VERSION_PREFIX.pack(_TAG, expected_version), value, _pxat(micros)],
             )
         if result == _SAVED:
             return
@@ -476,14 +462,15 @@ class RedisStore(SessionStore):
         check_key(key)
         micros = to_epoch_micros(expires_at)
         with self._translated_errors:
-            self._run_script(
-                self._touch_script,
-                self._key(key),
-                bytes([_TAG]),
-                _HEADER.size,
-                _EXPIRY_OFFSET,
-                _EXPIRY.pack(micros),
-                _pxat(micros),
+            self._touch_script(
+                [self._key(key)],
+                [
+                    bytes([_TAG]),
+                    _HEADER.size,
+                    _EXPIRY_OFFSET,
+                    _EXPIRY.pack(micros),
+                    _pxat(micros),
+                ],
             )
 
     def delete(self, key: str) -> None:
@@ -516,6 +503,13 @@ class RedisStore(SessionStore):
 # -- helpers -------------------------------------------------------------
 
 
+#: How Redis words an ACL refusal met inside a script.
+_SCRIPT_ACL_REFUSALS = (
+    "ACL failure in script",  # Redis 7.2 and later
+    "user executing the script can't",  # Redis 7.0
+)
+
+
 def _misconfiguration(exc: BaseException) -> str | None:
     """What is wrong with the store's settings, if the server refused them
     (credentials, ACL permissions, the database number); ``None`` for any
@@ -539,13 +533,20 @@ def _misconfiguration(exc: BaseException) -> str | None:
             " the URL (redis://user:password@host:port/db), or requirepass or"
             " the ACL on the server"
         )
-    if isinstance(exc, e.NoPermissionError):
+    # A command refused inside a script comes back as a plain ResponseError
+    # (Redis 7.0 and 7.2+ word it differently), not as NOPERM.
+    if isinstance(exc, e.NoPermissionError) or (
+        isinstance(exc, e.ResponseError)
+        and any(refusal in text for refusal in _SCRIPT_ACL_REFUSALS)
+    ):
         # Without the command the server names: the message is logged once
-        # per store, whichever command meets the refusal first.
+        # per store, whichever command meets the refusal first. The list is
+        # checked against an ACL user in tests/test_config_errors.py.
         return (
             "the Redis user may not run a command the store needs; allow it"
-            " GET, SET, DEL, EXISTS, EVALSHA, SCRIPT LOAD and PING on the key"
-            " prefix"
+            " GET, SET, DEL, EXISTS, EVALSHA, SCRIPT LOAD and PING, and in the"
+            " store's scripts GETRANGE, STRLEN, SETRANGE and PEXPIREAT, on the"
+            " key prefix"
         )
     if isinstance(exc, e.ResponseError) and "DB index is out of range" in text:
         return (

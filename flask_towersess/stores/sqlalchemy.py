@@ -46,6 +46,7 @@ from ._statements import Statement
 from ._statements import can_run_directly
 from ._statements import connect_error
 from ._statements import has_statement_observers
+from ._statements import in_autocommit
 from ._urls import redact_message
 from ._urls import redact_url
 from .base import BatchCallback
@@ -208,7 +209,6 @@ class SQLAlchemyStore(SessionStore, Purging, Migrating):
                 f" db, not {type(engine).__qualname__}"
             )
         self._owns_engine = False
-        self._autocommit_engines: dict[sa.engine.Engine, sa.engine.Engine] = {}
         self.table = build_table(sa.MetaData(schema=schema), table)
         self._auto_migrate = auto_migrate
         self.read_timeout = read_timeout
@@ -218,7 +218,7 @@ class SQLAlchemyStore(SessionStore, Purging, Migrating):
         self._migrate_lock = threading.Lock()
         # Per engine (Flask-SQLAlchemy has one per app): may the statements
         # skip Connection.execute()? Listeners and logging are checked per
-        # call; see _statements.runs_directly.
+        # call, autocommit per connection; see _statements.runs_directly.
         self._can_run_directly: dict[sa.engine.Engine, bool] = {}
         # Every engine this store has connected through (one, or one per app
         # with Flask-SQLAlchemy): what a forked child must start afresh.
@@ -274,21 +274,6 @@ class SQLAlchemyStore(SessionStore, Purging, Migrating):
         if self._engine is not None:
             return self._engine
         return self._db.engine  # type: ignore[union-attr,no-any-return]
-
-    def _statement_engine(self, engine: sa.engine.Engine) -> sa.engine.Engine:
-        """``engine``, or a view of it that runs statements in autocommit.
-
-        Every operation is one statement, atomic on its own: a transaction
-        around it would only add BEGIN and COMMIT round trips.
-        """
-        autocommit = self._autocommit_engines.get(engine)
-        if autocommit is None:
-            if _is_autocommit(engine):
-                autocommit = engine
-            else:
-                autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
-            self._autocommit_engines[engine] = autocommit
-        return autocommit
 
     def _url_text(self) -> str:
         """The engine's URL, fit for messages: no password anywhere in it."""
@@ -507,11 +492,20 @@ class SQLAlchemyStore(SessionStore, Purging, Migrating):
         self, engine: sa.engine.Engine, work: t.Callable[[Executor], _T]
     ) -> _T:
         try:
-            conn = self._statement_engine(engine).connect()
+            conn = engine.connect()
         except sa_exc.DBAPIError as exc:
             raise _NotConnected(exc) from exc
         with conn:
-            watch = self._watch(conn.connection.dbapi_connection, engine.dialect)
+            dbapi_connection = conn.connection.dbapi_connection
+            if not in_autocommit(engine.dialect, dbapi_connection):
+                # Every operation is one statement, atomic on its own: a
+                # transaction around it would only add BEGIN and COMMIT
+                # round trips. Asked per connection: an engine made with
+                # create_engine(isolation_level="AUTOCOMMIT") is in
+                # autocommit already, and switching it again would only add
+                # work at each checkout and checkin.
+                conn.execution_options(isolation_level="AUTOCOMMIT")
+            watch = self._watch(dbapi_connection, engine.dialect)
             try:
                 return work(CoreExecutor(conn))
             finally:
@@ -525,6 +519,13 @@ class SQLAlchemyStore(SessionStore, Purging, Migrating):
             conn = engine.raw_connection()
         except dialect.loaded_dbapi.Error as exc:
             raise _NotConnected(connect_error(exc, dialect)) from exc
+        if not in_autocommit(dialect, conn.dbapi_connection):
+            # A statement run here would wait for a COMMIT nobody sends. Not
+            # an engine made in autocommit: its connections go through
+            # Connection.execute(), which switches them, from now on.
+            conn.close()
+            self._can_run_directly[engine] = False
+            return self._run_on_connection(engine, work)
         try:
             watch = self._watch(conn.dbapi_connection, dialect)
             try:
@@ -896,7 +897,7 @@ def _create_engine(
             cursor.close()
 
         return engine
-    # Statements run in autocommit (see SQLAlchemyStore._statement_engine):
+    # Statements run in autocommit (see SQLAlchemyStore._run_on_connection):
     # set at connect time, it costs no round trip per checkout, and there is
     # no transaction to roll back when a connection returns to the pool.
     options.setdefault("isolation_level", "AUTOCOMMIT")
@@ -1329,16 +1330,6 @@ def _is_flask_sqlalchemy(obj: object) -> bool:
     # By class, not by attributes: some clients (a pymongo Database) answer
     # any attribute name.
     return type(obj).__module__.split(".")[0] == "flask_sqlalchemy"
-
-
-def _is_autocommit(engine: sa.engine.Engine) -> bool:
-    # An engine made with create_engine(isolation_level=...) keeps the level
-    # on its dialect (a private name, hence getattr): switching such an engine
-    # again per checkout would cost MySQL two round trips per statement.
-    level = engine.get_execution_options().get("isolation_level") or getattr(
-        engine.dialect, "_on_connect_isolation_level", None
-    )
-    return bool(level == "AUTOCOMMIT")
 
 
 #: Bounded driver timeouts, so a database that hangs cannot hang a worker.
