@@ -30,6 +30,8 @@ import importlib
 import sys
 import typing as t
 
+from werkzeug.http import dump_cookie
+
 from .session import ServerSession
 
 if t.TYPE_CHECKING:
@@ -74,31 +76,55 @@ def __getattr__(name: str) -> t.Any:
 def _open_session(client: FlaskClient, app: Flask | None) -> SessionMixin | None:
     """Open the session ``client`` would send with its next request.
 
-    The read half of Flask's ``session_transaction()``: the cookies the
-    client would send with a request to the session cookie's path (on
-    ``SERVER_NAME``, or ``localhost``) go into a test request, and the app's
-    session interface opens the session from it, so the cookie name, the
-    signature and ``SECRET_KEY_FALLBACKS`` are handled exactly as in a
+    The read half of Flask's ``session_transaction()``: the session cookie
+    the client would send with a request to the cookie's path (on
+    ``SERVER_NAME``, or ``localhost``) goes into a test request, and the
+    app's session interface opens the session from it, so the cookie name,
+    the signature and ``SECRET_KEY_FALLBACKS`` are handled exactly as in a
     request. ``None`` if the interface opened no session (no
     ``SECRET_KEY``).
     """
     if app is None:
         app = client.application
-    if getattr(client, "_cookies", None) is None:
-        raise TypeError(
-            "Cookies are disabled. Create a client with 'use_cookies=True'."
-        )
     interface = app.session_interface
     scheme = app.config.get("PREFERRED_URL_SCHEME") or "http"
     host = app.config.get("SERVER_NAME") or "localhost"
+    path = interface.get_cookie_path(app)
+    headers = {}
+    cookie = _cookie_sent(client, interface.get_cookie_name(app), host, path)
+    if cookie is not None:
+        # The name=value part of a Set-Cookie header is the form a request
+        # sends it in, quoted where the value needs it.
+        pair = dump_cookie(interface.get_cookie_name(app), cookie).partition(";")[0]
+        headers["Cookie"] = pair
     ctx = app.test_request_context(
-        interface.get_cookie_path(app), base_url=f"{scheme}://{host}/"
+        path, base_url=f"{scheme}://{host}/", headers=headers
     )
-    # What FlaskClient.session_transaction() does to put the client's
-    # cookies on the request.
-    client._add_cookies_to_wsgi(ctx.request.environ)
     with ctx:
         return interface.open_session(app, ctx.request)
+
+
+def _cookie_sent(client: FlaskClient, name: str, host: str, path: str) -> str | None:
+    """The value of the cookie ``name`` the client sends to ``host`` and
+    ``path``, through the client's public ``get_cookie()``: the most
+    specific match, as a browser puts it first (the longest path, then the
+    host itself before the domains above it)."""
+    hostname = host.partition(":")[0]
+    labels = hostname.split(".")
+    domains = [".".join(labels[i:]) for i in range(len(labels))]
+    parts = path.rstrip("/").split("/")
+    paths = ["/".join(parts[:i]) or "/" for i in range(len(parts), 0, -1)]
+    if path.endswith("/") and path != "/":
+        paths.insert(0, path)
+    for cookie_path in paths:
+        for domain in domains:
+            cookie = client.get_cookie(name, domain=domain, path=cookie_path)
+            if cookie is None:
+                continue
+            # A cookie without a Domain attribute goes to its own host only.
+            if domain == hostname or not cookie.origin_only:
+                return cookie.value
+    return None
 
 
 def session_data(client: FlaskClient, app: Flask | None = None) -> dict[str, t.Any]:

@@ -196,6 +196,30 @@ def test_cookie_settings_and_fallback_keys(memory_store: SessionStore) -> None:
     assert session_data(client) == {}
 
 
+def test_the_cookie_found_is_the_one_the_client_would_send(
+    memory_store: SessionStore,
+) -> None:
+    """A cookie set for a parent path or a parent domain is sent, one that
+    belongs to another host is not, and the most specific one comes first."""
+    app = make_app(memory_store, SESSION_COOKIE_PATH="/shop", SERVER_NAME="a.example")
+    client = app.test_client()
+    client.post("/fill")
+    real = client.get_cookie("session", domain="a.example", path="/shop")
+    assert real is not None
+    key = real.value.partition(".")[0]
+    client.delete_cookie("session", domain="a.example", path="/shop")
+    # Set at "/" for the whole domain (Domain=example): sent to /shop too.
+    client.set_cookie("session", real.value, domain="example", origin_only=False)
+    assert session_key(client) == key
+    # Host-only, for another host of the domain: never sent here.
+    other = app.test_client()
+    other.set_cookie("session", real.value, domain="example")
+    assert session_key(other) is None
+    # A more specific cookie wins over the domain-wide one.
+    client.set_cookie("session", "forged", domain="a.example", path="/shop")
+    assert session_key(client) is None
+
+
 def test_app_given_explicitly(memory_store: SessionStore) -> None:
     app = make_app(memory_store)
     client = app.test_client()

@@ -65,6 +65,15 @@ logger = logging.getLogger(__name__)
 _T = t.TypeVar("_T")
 
 
+def _connect(engine: sa.engine.Engine) -> sa.Connection:
+    """A connection from ``engine``; a failure to get one is _NotConnected
+    (not retried: the server is not there)."""
+    try:
+        return engine.connect()
+    except sa_exc.DBAPIError as exc:
+        raise _NotConnected(exc) from exc
+
+
 class _NotConnected(Exception):
     """No connection could be opened; ``error`` says why (never retried)."""
 
@@ -491,11 +500,7 @@ class SQLAlchemyStore(SessionStore, Purging, Migrating):
     def _run_on_connection(
         self, engine: sa.engine.Engine, work: t.Callable[[Executor], _T]
     ) -> _T:
-        try:
-            conn = engine.connect()
-        except sa_exc.DBAPIError as exc:
-            raise _NotConnected(exc) from exc
-        with conn:
+        with _connect(engine) as conn:
             dbapi_connection = conn.connection.dbapi_connection
             if not in_autocommit(engine.dialect, dbapi_connection):
                 # Every operation is one statement, atomic on its own: a
@@ -543,11 +548,7 @@ class SQLAlchemyStore(SessionStore, Purging, Migrating):
         work: t.Callable[[sa.Connection], _T],
         isolation_level: str,
     ) -> _T:
-        try:
-            conn = engine.connect()
-        except sa_exc.DBAPIError as exc:
-            raise _NotConnected(exc) from exc
-        with conn:
+        with _connect(engine) as conn:
             conn.execution_options(isolation_level=isolation_level)
             watch = self._watch(conn.connection.dbapi_connection, engine.dialect)
             try:
