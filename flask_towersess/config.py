@@ -37,6 +37,9 @@ class Setting(t.NamedTuple):
 
     default: t.Any
     read: t.Callable[[str, t.Any], t.Any]
+    #: Types whose values are read as they are: getters run on every
+    #: request, and the value is almost always of its final type already.
+    final_types: tuple[type, ...] = ()
 
 
 def _as_is(name: str, value: t.Any) -> t.Any:
@@ -97,25 +100,29 @@ SETTINGS: dict[str, Setting] = {
     # is skipped after it failed.
     "SESSION_CACHE": Setting(None, _as_is),
     "SESSION_CACHE_OPTIONS": Setting({}, _as_is),
-    "SESSION_CACHE_MAX_AGE": Setting(DEFAULT_CACHE_MAX_AGE, _optional_duration),
-    "SESSION_CACHE_RETRY_AFTER": Setting(DEFAULT_CACHE_RETRY_AFTER, _duration),
+    "SESSION_CACHE_MAX_AGE": Setting(
+        DEFAULT_CACHE_MAX_AGE, _optional_duration, (timedelta, type(None))
+    ),
+    "SESSION_CACHE_RETRY_AFTER": Setting(
+        DEFAULT_CACHE_RETRY_AFTER, _duration, (timedelta,)
+    ),
     "SESSION_SERIALIZER": Setting("msgpack", _as_is),
     "SESSION_MAX_PAYLOAD_SIZE": Setting(DEFAULT_MAX_PAYLOAD_SIZE, _size),
     # Encrypt payloads at rest (AES-GCM): a key, or a list of keys, newest
     # first. See flask_towersess.crypto.generate_key().
     "SESSION_ENCRYPTION_KEY": Setting(None, _as_is),
-    "SESSION_USE_SIGNER": Setting(True, _flag),
-    "SESSION_PERMANENT": Setting(False, _flag),
-    "SESSION_TOUCH_INTERVAL": Setting(DEFAULT_TOUCH_INTERVAL, _duration),
+    "SESSION_USE_SIGNER": Setting(True, _flag, (bool,)),
+    "SESSION_PERMANENT": Setting(False, _flag, (bool,)),
+    "SESSION_TOUCH_INTERVAL": Setting(DEFAULT_TOUCH_INTERVAL, _duration, (timedelta,)),
     # How long a save that meets concurrent saves keeps merging and retrying
     # (with random, growing pauses), and the most retries (None: no limit
     # but the time).
-    "SESSION_SAVE_TIMEOUT": Setting(DEFAULT_SAVE_TIMEOUT, _duration),
-    "SESSION_SAVE_RETRIES": Setting(None, _optional_count),
+    "SESSION_SAVE_TIMEOUT": Setting(DEFAULT_SAVE_TIMEOUT, _duration, (timedelta,)),
+    "SESSION_SAVE_RETRIES": Setting(None, _optional_count, (type(None),)),
     # With Flask-Login: a fresh session key at login (against session
     # fixation), and the signed-in session ended at logout.
-    "SESSION_CYCLE_ON_LOGIN": Setting(True, _flag),
-    "SESSION_FLUSH_ON_LOGOUT": Setting(True, _flag),
+    "SESSION_CYCLE_ON_LOGIN": Setting(True, _flag, (bool,)),
+    "SESSION_FLUSH_ON_LOGOUT": Setting(True, _flag, (bool,)),
 }
 
 #: The defaults ``init_app`` sets, by key.
@@ -132,4 +139,7 @@ def read(config: t.Mapping[str, t.Any], name: str) -> t.Any:
         names the setting.
     """
     setting = SETTINGS[name]
-    return setting.read(name, config.get(name, setting.default))
+    value = config.get(name, setting.default)
+    if type(value) in setting.final_types:
+        return value
+    return setting.read(name, value)

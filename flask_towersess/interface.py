@@ -307,8 +307,10 @@ class ServerSessionInterface(SessionInterface):
             _remember(signed, key, value)
         return value
 
-    def _warn_if_insecure(self, app: Flask) -> None:
-        if self._warned_insecure or self.get_cookie_secure(app):
+    def _warn_if_insecure(self) -> None:
+        """Called for a cookie sent without ``Secure``: warn (once) if the
+        request came over HTTPS."""
+        if self._warned_insecure:
             return
         if has_request_context() and request.is_secure:
             self._warned_insecure = True
@@ -319,10 +321,14 @@ class ServerSessionInterface(SessionInterface):
             )
 
     def _set_cookie(
-        self, app: Flask, session: ServerSession, response: Response
+        self,
+        app: Flask,
+        session: ServerSession,
+        response: Response,
+        *,
+        new_key: bool = True,
     ) -> None:
         assert session.session_key is not None
-        self._warn_if_insecure(app)
         expires = self.get_expiration_time(app, session)
         name = self.get_cookie_name(app)
         value = self._cookie_value(app, session.session_key)
@@ -334,6 +340,10 @@ class ServerSessionInterface(SessionInterface):
             "partitioned": self.get_cookie_partitioned(app),
             "samesite": self.get_cookie_samesite(app),
         }
+        if new_key and not options["secure"]:
+            # Checked when a cookie carries a new key only: every visitor's
+            # first response and every log-in, often enough to be seen.
+            self._warn_if_insecure()
         if expires is not None:
             response.set_cookie(name, value, expires=expires, **options)
         else:
@@ -346,7 +356,7 @@ class ServerSessionInterface(SessionInterface):
                 )
                 _remember(self._cookie_headers, attributes, header)
             response.headers.add("Set-Cookie", header)
-        _vary_on_cookie(response)
+        # Vary: Cookie is on the response already (save_session).
 
     def _delete_cookie(self, app: Flask, response: Response) -> None:
         response.delete_cookie(
@@ -401,7 +411,7 @@ class ServerSessionInterface(SessionInterface):
             # cookie too.
             return
         touch = None
-        if self.get_refresh_each_request(app):
+        if not session.modified and self.get_refresh_each_request(app):
             touch = self.get_touch_interval(app)
         try:
             end = session.end_request(touch)
@@ -417,7 +427,7 @@ class ServerSessionInterface(SessionInterface):
         # would for the cookie session: sent when modified, and on every
         # request for a permanent session with SESSION_REFRESH_EACH_REQUEST.
         elif end.has_key and (end.renew_cookie or self.should_set_cookie(app, session)):
-            self._set_cookie(app, session, response)
+            self._set_cookie(app, session, response, new_key=end.renew_cookie)
 
     def get_expiration_time(self, app: Flask, session: SessionMixin) -> datetime | None:
         """When the cookie expires: the session's own expiry for a permanent

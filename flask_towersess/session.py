@@ -269,7 +269,10 @@ class ServerSession(SessionMixin):
         self.store = store
         self.cipher = cipher
         self.serializer: Serializer = serializer or MsgPackSerializer()
-        self.lifetime = lifetime
+        # What the lifetime setter does, without its call: this runs on
+        # every request.
+        self._lifetime = lifetime
+        self._lifetime_seconds = int(lifetime.total_seconds())
         self.default_permanent = permanent
         self.save_timeout = save_timeout
         self.save_retries = save_retries

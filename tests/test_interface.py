@@ -648,3 +648,36 @@ def test_short_lifetime_is_kept_alive_by_use(
     counting_store.reset()
     client.get("/get/a")
     assert counting_store.calls == {"load": 1}
+
+
+def test_session_cookie_over_https_without_secure_is_warned_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = Flask(__name__)
+    app.config.update(SECRET_KEY="s", SESSION_STORE="memory://")
+    SessionExt(app)
+
+    @app.post("/set/<value>")
+    def set_(value: str) -> str:
+        session["v"] = value
+        return "ok"
+
+    plain = app.test_client()
+    plain.post("/set/a")
+    assert "SESSION_COOKIE_SECURE" not in caplog.text
+    secure = app.test_client()
+    secure.post("/set/a", base_url="https://localhost/")
+    secure.post("/set/b", base_url="https://localhost/")
+    app.test_client().post("/set/c", base_url="https://localhost/")
+    warnings = [r for r in caplog.records if "SESSION_COOKIE_SECURE" in r.message]
+    assert len(warnings) == 1
+    # With the setting on, nothing to warn about.
+    caplog.clear()
+    other = Flask(__name__)
+    other.config.update(
+        SECRET_KEY="s", SESSION_STORE="memory://", SESSION_COOKIE_SECURE=True
+    )
+    SessionExt(other)
+    other.add_url_rule("/set/<value>", view_func=set_, methods=["POST"])
+    other.test_client().post("/set/a", base_url="https://localhost/")
+    assert "SESSION_COOKIE_SECURE" not in caplog.text
