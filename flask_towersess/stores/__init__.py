@@ -22,6 +22,8 @@ import typing as t
 from urllib.parse import urlsplit
 
 from ..errors import ConfigurationError
+from .base import Counting
+from .base import CountingPerUser
 from .base import Migrating
 from .base import Purging
 from .base import Record
@@ -38,6 +40,8 @@ __all__ = [
     "BUILTIN_STORES",
     "ENTRY_POINT_GROUP",
     "CachingStore",
+    "Counting",
+    "CountingPerUser",
     "MemoryStore",
     "Migrating",
     "MongoDBStore",

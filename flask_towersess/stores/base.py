@@ -275,6 +275,22 @@ class SessionStore(abc.ABC):
         """
         return self if isinstance(self, Migrating) else None
 
+    def as_counting(self) -> Counting | None:
+        """This store as a :class:`Counting` store, or ``None`` if it cannot
+        count its live sessions.
+
+        .. versionadded:: 0.2
+        """
+        return self if isinstance(self, Counting) else None
+
+    def as_counting_per_user(self) -> CountingPerUser | None:
+        """This store as a :class:`CountingPerUser` store, or ``None`` if it
+        keeps no per-user index to count from.
+
+        .. versionadded:: 0.2
+        """
+        return self if isinstance(self, CountingPerUser) else None
+
     def close(self) -> None:  # noqa: B027 - most stores hold nothing to close
         """Release connections held by the store."""
 
@@ -408,3 +424,39 @@ class Migrating(t.Protocol):
         """The DDL :meth:`migrate` would run; ``None`` for a store without
         an SQL schema (the default for a subclass)."""
         return None
+
+
+@t.runtime_checkable
+class Counting(t.Protocol):
+    """A store that can count its live sessions, for ``flask sessions
+    stats``.
+
+    Expired sessions are counted by :meth:`Purging.count_expired`, on a
+    store that has them; a store that expires records by itself has none
+    to count. A store adds this capability by subclassing it next to
+    :class:`SessionStore`, or just by having the method.
+
+    .. versionadded:: 0.2
+    """
+
+    def count_live(self) -> int:
+        """How many sessions have not expired yet."""
+        ...
+
+
+@t.runtime_checkable
+class CountingPerUser(t.Protocol):
+    """A store with a per-user index that can say which users hold the
+    most live sessions, for ``flask sessions stats --top N``.
+
+    No built-in store has it yet: they keep no per-user index, and counting
+    by decoding every payload would be slow and would guess at the app's
+    data.
+
+    .. versionadded:: 0.2
+    """
+
+    def per_user_counts(self, top: int) -> list[tuple[str, int]]:
+        """The ``top`` users with the most live sessions, as ``(user_id,
+        count)`` pairs, most sessions first."""
+        ...

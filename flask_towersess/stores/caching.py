@@ -73,6 +73,8 @@ from ._epoch import from_epoch_micros
 from ._epoch import to_epoch_micros
 from ._fork import ProcessGuard
 from .base import BatchCallback
+from .base import Counting
+from .base import CountingPerUser
 from .base import Migrating
 from .base import Purging
 from .base import Record
@@ -128,7 +130,7 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-class CachingStore(SessionStore, Purging, Migrating):
+class CachingStore(SessionStore, Purging, Migrating, Counting):
     """Serve reads from ``cache``, keep the truth in ``store``.
 
     :param cache: a fast store (typically a
@@ -522,6 +524,24 @@ class CachingStore(SessionStore, Purging, Migrating):
         if self.store.as_migrating() is None and self.cache.as_migrating() is None:
             return None
         return self
+
+    def as_counting(self) -> Counting | None:
+        # The durable store holds every session; the cache holds only some.
+        return self if self.store.as_counting() is not None else None
+
+    def as_counting_per_user(self) -> CountingPerUser | None:
+        # The durable store's index, as it is: the cache keeps none.
+        return self.store.as_counting_per_user()
+
+    def count_live(self) -> int:
+        """The durable store's count: the cache holds only some sessions.
+
+        .. versionadded:: 0.2
+        """
+        durable = self.store.as_counting()
+        if durable is None:
+            raise TypeError(f"{self.store.describe()} cannot count its sessions")
+        return durable.count_live()
 
     def count_expired(self) -> int:
         durable = self.store.as_purging()

@@ -19,6 +19,7 @@ from ..errors import UpdateError
 from ..errors import VersionConflict
 from ._fork import ProcessGuard
 from .base import BatchCallback
+from .base import Counting
 from .base import Purging
 from .base import Record
 from .base import SessionStore
@@ -29,7 +30,7 @@ from .base import utcnow
 logger = logging.getLogger("flask_towersess.stores")
 
 
-class MemoryStore(SessionStore, Purging):
+class MemoryStore(SessionStore, Purging, Counting):
     """Keep sessions in this process's memory.
 
     Expired records are never returned; :meth:`purge_expired` frees them.
@@ -112,6 +113,15 @@ class MemoryStore(SessionStore, Purging):
         check_key(key)
         with self._lock:
             self._records.pop(key, None)
+
+    def count_live(self) -> int:
+        """How many records have not expired yet.
+
+        .. versionadded:: 0.2
+        """
+        now = utcnow()
+        with self._lock:
+            return sum(1 for r in self._records.values() if r.expires_at > now)
 
     def count_expired(self) -> int:
         now = utcnow()

@@ -40,6 +40,7 @@ from ._urls import redact_message
 from ._urls import redact_url
 from ._urls import url_location
 from .base import BatchCallback
+from .base import Counting
 from .base import Migrating
 from .base import Purging
 from .base import Record
@@ -141,7 +142,7 @@ def _from_bson_date(value: datetime) -> datetime:
     return value.astimezone(timezone.utc)
 
 
-class MongoDBStore(SessionStore, Purging, Migrating):
+class MongoDBStore(SessionStore, Purging, Migrating, Counting):
     """Keep sessions in a MongoDB collection.
 
     :param collection: a pymongo ``Collection`` (a mongomock one works too,
@@ -377,6 +378,17 @@ class MongoDBStore(SessionStore, Purging, Migrating):
         with self._translated_errors:
             found = self.collection.find_one(self._live(key, utcnow()), {"_id": True})
         return found is not None
+
+    def count_live(self) -> int:
+        """How many documents have not expired (a count over the TTL
+        index on ``expires_at``).
+
+        .. versionadded:: 0.2
+        """
+        with self._translated_errors:
+            return self.collection.count_documents(
+                {"expires_at": {"$gt": _to_bson_date(utcnow())}}
+            )
 
     def count_expired(self) -> int:
         """How many expired documents the TTL monitor has not deleted yet."""

@@ -44,8 +44,10 @@ from ._epoch import to_epoch_micros
 from ._errors import ErrorTranslation
 from ._errors import store_unavailable
 from ._urls import redact_url
+from .base import KEY_PATTERN
 from .base import MAX_VERSION
 from .base import MIN_VERSION
+from .base import Counting
 from .base import Record
 from .base import SessionStore
 from .base import check_key
@@ -201,10 +203,14 @@ class _Commands(t.Protocol):
 
     def ping(self) -> t.Any: ...  # pragma: no cover
 
+    def scan_iter(
+        self, match: str, count: int, **options: t.Any
+    ) -> t.Iterator[bytes]: ...  # pragma: no cover
+
     def register_script(self, script: str) -> _Script: ...  # pragma: no cover
 
 
-class RedisStore(SessionStore):
+class RedisStore(SessionStore, Counting):
     """Keep sessions in Redis, expired by Redis's own TTL.
 
     :param client: a redis-py :class:`redis.Redis`, a
@@ -230,6 +236,7 @@ class RedisStore(SessionStore):
         No ``count_expired()``, ``purge_expired()`` or ``migrate()``: Redis
         expires sessions by itself and there is nothing to create, so the
         store is neither :class:`~.base.Purging` nor :class:`~.base.Migrating`.
+        It is :class:`~.base.Counting`: :meth:`count_live` scans the keys.
     """
 
     expires_natively = True
@@ -485,6 +492,37 @@ class RedisStore(SessionStore):
         with self._translated_errors:
             return bool(self._commands.exists(self._key(key)))
 
+    def count_live(self) -> int:
+        """How many session keys are under :attr:`key_prefix`.
+
+        Redis keeps no count of the keys under a prefix, so this walks them
+        with ``SCAN`` (:data:`SCAN_BATCH` keys asked for per call, on every
+        primary of a Cluster): its time grows with the whole database, not
+        with the sessions alone, though it never blocks the server for
+        long. Redis deletes expired keys by itself, so all are live, but for
+        a key whose TTL has passed and that Redis has not dropped yet. Keys
+        under the prefix that cannot be session keys are not counted.
+
+        .. versionadded:: 0.2
+        """
+        # The prefix is literal text; in a MATCH pattern *, ?, [ and \ are
+        # not, so escape them.
+        pattern = _glob_escape(self.key_prefix) + "*"
+        options: dict[str, t.Any] = {}
+        if _is_cluster(self.client):
+            # Every key lives on exactly one primary; replicas would count
+            # them twice.
+            options["target_nodes"] = "primaries"
+        start = len(self.key_prefix.encode())
+        with self._translated_errors:
+            return sum(
+                1
+                for name in self._commands.scan_iter(
+                    match=pattern, count=SCAN_BATCH, **options
+                )
+                if _is_session_key(name[start:])
+            )
+
     def ping(self) -> None:
         # PING: no key, no payload, and the same errors as any command.
         with self._translated_errors:
@@ -501,6 +539,29 @@ class RedisStore(SessionStore):
 
 
 # -- helpers -------------------------------------------------------------
+
+
+#: How many keys :meth:`RedisStore.count_live` asks ``SCAN`` for per call:
+#: large enough to need few round trips, small enough that each call keeps
+#: the server busy for well under a millisecond.
+SCAN_BATCH = 1000
+
+
+def _glob_escape(text: str) -> str:
+    return "".join(f"\\{char}" if char in "*?[]\\" else char for char in text)
+
+
+def _is_session_key(name: bytes) -> bool:
+    try:
+        return KEY_PATTERN.fullmatch(name.decode("ascii")) is not None
+    except UnicodeDecodeError:
+        return False
+
+
+def _is_cluster(client: object) -> bool:
+    from redis.cluster import RedisCluster
+
+    return isinstance(client, RedisCluster)
 
 
 #: How Redis words an ACL refusal met inside a script.

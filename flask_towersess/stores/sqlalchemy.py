@@ -50,6 +50,7 @@ from ._statements import in_autocommit
 from ._urls import redact_message
 from ._urls import redact_url
 from .base import BatchCallback
+from .base import Counting
 from .base import Migrating
 from .base import Purging
 from .base import Record
@@ -173,7 +174,7 @@ def build_table(metadata: sa.MetaData, name: str) -> sa.Table:
     )
 
 
-class SQLAlchemyStore(SessionStore, Purging, Migrating):
+class SQLAlchemyStore(SessionStore, Purging, Migrating, Counting):
     """Keep sessions in an SQL table.
 
     :param engine: an SQLAlchemy :class:`~sqlalchemy.engine.Engine`, or a
@@ -334,6 +335,11 @@ class SQLAlchemyStore(SessionStore, Purging, Migrating):
             sa.select(sa.func.count())
             .select_from(self.table)
             .where(c.expires_at <= now)
+        )
+        # A range on the expiry index: the database counts index entries,
+        # not table rows.
+        self._count_live = Statement(
+            sa.select(sa.func.count()).select_from(self.table).where(c.expires_at > now)
         )
 
     # -- error handling --------------------------------------------------------
@@ -693,6 +699,16 @@ class SQLAlchemyStore(SessionStore, Purging, Migrating):
         return (
             self._run(lambda run: run.first(self._select_version, values)) is not None
         )
+
+    def count_live(self) -> int:
+        """How many rows have not expired: one ``SELECT count(*)`` over the
+        expiry index.
+
+        .. versionadded:: 0.2
+        """
+        values = {"now": _naive_utc(utcnow())}
+        row = self._run(lambda run: run.first(self._count_live, values))
+        return int(row[0]) if row is not None else 0
 
     def count_expired(self) -> int:
         values = {"now": _naive_utc(utcnow())}
