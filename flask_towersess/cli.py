@@ -2,21 +2,24 @@
 
 - ``flask sessions migrate``: create or upgrade the store's tables/indexes.
 - ``flask sessions purge-expired``: delete expired sessions, for cron.
+- ``flask sessions stats``: count live and expired sessions.
 
 Each works on a store with the capability (:class:`~.stores.base.Migrating`,
-:class:`~.stores.base.Purging`) and says in one line when the store has
-nothing to do.
+:class:`~.stores.base.Purging`, :class:`~.stores.base.Counting`) and says in
+one line when the store has nothing to do, or cannot do it.
 
 .. versionadded:: 0.1
 .. versionchanged:: 0.2
     A store without the capability gets a one-line answer instead of a call
-    to a method that did nothing.
+    to a method that did nothing. Counts agree in number with what they
+    count ("1 expired session"). ``stats`` is new.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import sys
 import time
@@ -121,6 +124,18 @@ def _with_app(command: t.Callable[..., T]) -> t.Callable[..., T]:
     return functools.update_wrapper(run, command)
 
 
+def counted(count: int, singular: str, plural: str | None = None) -> str:
+    """``count`` and the noun in the number it calls for: ``1 expired
+    session``, ``0 expired sessions``, ``2 expired sessions``.
+
+    ``plural`` defaults to ``singular`` with an ``s``.
+
+    .. versionadded:: 0.2
+    """
+    noun = singular if count == 1 else (plural or f"{singular}s")
+    return f"{count} {noun}"
+
+
 def _stderr_is_terminal() -> bool:
     """Whether to draw a progress bar: only for a person at a terminal."""
     return sys.stderr.isatty()
@@ -196,7 +211,7 @@ def purge_expired_command(batch_size: int, dry_run: bool) -> None:
     started = time.monotonic()
     if dry_run:
         count = _call(store, purging.count_expired)
-        click.echo(f"{count} expired sessions would be purged (dry run)")
+        click.echo(f"{counted(count, 'expired session')} would be purged (dry run)")
         return
     if _stderr_is_terminal():
         # The bar goes to stderr and only on a terminal, so cron mail and
@@ -216,4 +231,71 @@ def purge_expired_command(batch_size: int, dry_run: bool) -> None:
         if store.expires_natively
         else ""
     )
-    click.echo(f"purged {purged} expired sessions in {elapsed:.2f} s{note}")
+    click.echo(f"purged {counted(purged, 'expired session')} in {elapsed:.2f} s{note}")
+
+
+#: What ``stats`` says of a store without a per-user index.
+NO_PER_USER_INDEX = "not available (this store keeps no per-user index)"
+
+
+@sessions_command.command("stats")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print one JSON object instead of one line per figure.",
+)
+@click.option(
+    "--top",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="How many users to list, on a store with a per-user index.",
+)
+@_with_app
+def stats_command(as_json: bool, top: int) -> None:
+    """Count live and expired sessions, and sessions per user."""
+    store = _current_store()
+    counting = store.as_counting()
+    if counting is None:
+        raise click.ClickException(
+            f"{type(store).__name__} cannot count its sessions: give it"
+            " count_live() (the Counting capability)."
+        )
+    live = _call(store, counting.count_live)
+    purging = store.as_purging()
+    # A store that expires sessions by itself and cannot count what it has
+    # not dropped yet (Redis) keeps no expired session to speak of.
+    expired = 0 if purging is None else _call(store, purging.count_expired)
+    per_user_counting = store.as_counting_per_user()
+    per_user = (
+        None
+        if per_user_counting is None
+        else _call(store, lambda: per_user_counting.per_user_counts(top))
+    )
+    if as_json:
+        figures = {
+            "store": store.describe(),
+            "live": live,
+            "expired": expired,
+            "expires_natively": store.expires_natively,
+            "per_user": None
+            if per_user is None
+            else [{"user_id": user, "sessions": n} for user, n in per_user],
+        }
+        click.echo(json.dumps(figures))
+        return
+    click.echo(f"live sessions: {live}")
+    note = (
+        f" ({type(store).__name__} expires sessions by itself)"
+        if store.expires_natively
+        else ""
+    )
+    click.echo(f"expired sessions (not yet purged): {expired}{note}")
+    if per_user is None:
+        click.echo(f"sessions per user: {NO_PER_USER_INDEX}")
+        return
+    if not per_user:
+        click.echo("sessions per user: no user has a live session")
+    for user, n in per_user:
+        click.echo(f"sessions of user {user}: {n}")
