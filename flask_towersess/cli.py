@@ -174,7 +174,7 @@ def _needs_no_purge(store: SessionStore) -> str:
 @click.option("--sql", is_flag=True, help="Print the DDL instead of running it.")
 @_with_app
 def migrate_command(sql: bool) -> None:
-    """Create or upgrade what the session store needs (idempotent)."""
+    """Create or upgrade what the store needs (idempotent)."""
     store = _current_store()
     migrating = store.as_migrating()
     if sql:

@@ -5,6 +5,7 @@
   the session interface reads, with Flask's defaults.
 - Every config key any page names exists.
 - Every ``tests/...py::test_name`` a page cites as evidence exists.
+- docs/cli.rst shows each command's ``--help`` exactly as it is printed.
 
 The examples themselves are run by ``sphinx-build -b doctest`` (in CI).
 """
@@ -12,7 +13,10 @@ The examples themselves are run by ``sphinx-build -b doctest`` (in CI).
 from __future__ import annotations
 
 import ast
+import os
 import re
+import subprocess
+import sys
 import typing as t
 from datetime import timedelta
 from pathlib import Path
@@ -20,6 +24,7 @@ from pathlib import Path
 import pytest
 from flask import Flask
 
+from flask_towersess.cli import sessions_command
 from flask_towersess.extension import CONFIG_DEFAULTS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -176,3 +181,44 @@ def test_confval_parser() -> None:
     assert default_value("``{}``") == {}
     with pytest.raises(AssertionError):
         default_value("5")
+
+
+#: A ``--help`` example of docs/cli.rst: ``$ flask sessions ... --help`` and
+#: the indented lines after it, up to the end of the block.
+_HELP_EXAMPLE = re.compile(
+    r"^    \$ flask (sessions(?: [a-z-]+)?) --help\n((?:    .*\n|\n)*?)(?=\S|\Z)",
+    re.MULTILINE,
+)
+
+
+def documented_help() -> dict[str, str]:
+    """The ``--help`` texts docs/cli.rst shows, by command."""
+    text = (DOCS / "cli.rst").read_text(encoding="utf-8")
+    return {
+        command: "".join(line[4:] + "\n" for line in body.rstrip().splitlines())
+        for command, body in _HELP_EXAMPLE.findall(text)
+    }
+
+
+def test_cli_help_is_documented(tmp_path: Path) -> None:
+    """docs/cli.rst shows every command's ``--help`` exactly as the real
+    ``flask`` command prints it on an 80-column terminal."""
+    # The console script, not `python -m flask`: it names itself "flask" in
+    # the usage line, as a user sees it.
+    flask_script = Path(sys.executable).with_name("flask")
+    documented = documented_help()
+    commands = {"sessions", *(f"sessions {name}" for name in sessions_command.commands)}
+    assert set(documented) == commands, "commands without their --help in cli.rst"
+    env = {**os.environ, "COLUMNS": "80", "PYTHONPATH": str(ROOT)}
+    env.pop("FLASK_APP", None)
+    for command, text in documented.items():
+        printed = subprocess.run(
+            [str(flask_script), *command.split(), "--help"],
+            cwd=tmp_path,  # no app.py or wsgi.py for Flask to find
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+        assert text == printed, f"docs/cli.rst: `flask {command} --help` differs"
