@@ -255,6 +255,18 @@ class StoreContract:
             assert store.exists(record.key)
         assert purging.purge_expired(2) == 0
 
+    def test_count_live(self, store: SessionStore) -> None:
+        counting = store.as_counting()
+        if counting is None:  # ``flask sessions stats`` then says it cannot
+            return
+        assert counting.count_live() == 0
+        live = [make_record(seconds=600) for _ in range(3)]
+        for record in [*live, make_record(seconds=-60)]:
+            store.create(record)
+        assert counting.count_live() == 3
+        store.delete(live[0].key)
+        assert counting.count_live() == 2
+
     def test_migrate_is_idempotent(self, store: SessionStore) -> None:
         migrating = store.as_migrating()
         if migrating is not None:  # a store with nothing to create has none
