@@ -503,6 +503,11 @@ class RedisStore(SessionStore, Counting):
         a key whose TTL has passed and that Redis has not dropped yet. Keys
         under the prefix that cannot be session keys are not counted.
 
+        ``SCAN`` may return a key twice when Redis resizes its table during
+        the walk; the keys are not kept to weed those out (a million
+        sessions would take about 100 MB here), so on a busy server the
+        count is an estimate, a little high at worst.
+
         .. versionadded:: 0.2
         """
         # The prefix is literal text; in a MATCH pattern *, ?, [ and \ are
