@@ -300,7 +300,9 @@ def test_no_install_from_an_index(path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "path", [ROOT / "README.rst", ROOT / "docs" / "quickstart.rst"], ids=lambda p: p.name
+    "path",
+    [ROOT / "README.rst", ROOT / "docs" / "quickstart.rst"],
+    ids=lambda p: p.name,
 )
 def test_install_instructions(path: Path) -> None:
     """From a checkout, editable or not, with an extra, or the built wheel
