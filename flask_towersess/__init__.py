@@ -29,7 +29,7 @@ from .serializers import JSONSerializer
 from .serializers import MsgPackSerializer
 from .session import ServerSession
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "ConfigurationError",
