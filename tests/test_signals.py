@@ -431,3 +431,33 @@ def test_with_no_receivers_nothing_is_built(
     broken_client.post("/set/1")
     broken.down = {"load"}
     assert broken_client.get("/read").status_code == 503
+
+
+def test_prometheus_counters_follow_the_signals(signal_store: SessionStore) -> None:
+    """What docs/observability.rst's recipe does, with a conflict too."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client import Counter
+
+    registry = CollectorRegistry()
+    conflicts = Counter("conflicts", "Save retries.", registry=registry)
+    ended = Counter("ended", "Sessions ended.", ["reason"], registry=registry)
+
+    def on_conflict(sender: Flask, **extra: t.Any) -> None:
+        conflicts.inc()
+
+    def on_ended(sender: Flask, reason: str, **extra: t.Any) -> None:
+        ended.labels(reason).inc()
+
+    store = Interfering(signal_store)
+    app = make_app(store)
+    client = app.test_client()
+    with (
+        signals.session_save_conflict.connected_to(on_conflict, app),
+        signals.session_ended.connected_to(on_ended, app),
+    ):
+        client.post("/set/1")
+        store.conflicts = 2
+        client.post("/set/2")
+        client.post("/flush")
+    assert registry.get_sample_value("conflicts_total") == 2.0
+    assert registry.get_sample_value("ended_total", {"reason": "flush"}) == 1.0
