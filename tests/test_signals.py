@@ -4,6 +4,7 @@ which arguments, and that nothing is sent (or built) when it should not be."""
 from __future__ import annotations
 
 import typing as t
+from datetime import timedelta
 
 import pytest
 from blinker import Signal
@@ -323,6 +324,7 @@ def test_each_save_conflict_sends_save_conflict_with_the_retry_count(
         ({"save"}, "/set/2", "save"),
         ({"delete"}, "/flush", "delete"),
         ({"create"}, "/login/alice", "save"),
+        ({"touch"}, "/read", "touch"),
     ],
 )
 def test_an_unreachable_store_sends_store_unavailable_once(
@@ -334,6 +336,7 @@ def test_an_unreachable_store_sends_store_unavailable_once(
 ) -> None:
     store = Breakable(signal_store)
     app = make_app(store)
+    app.config["SESSION_TOUCH_INTERVAL"] = timedelta(0)  # a touch at every read
     client = app.test_client()
     client.post("/set/1")
     recorder.clear()
