@@ -65,7 +65,9 @@ session_key_cycled = _signals.signal("session-key-cycled")
 
 #: A stored session was ended: its record deleted. Sent when it is deleted,
 #: which for :meth:`~flask_towersess.ServerSession.flush` and a log-out is
-#: at once, not at the end of the request.
+#: at once, not at the end of the request. Not sent by
+#: :meth:`~flask_towersess.ServerSession.delete`, which deletes a record by
+#: key, like a store call, whether a session uses it or not.
 #:
 #: :param session: the :class:`~flask_towersess.ServerSession`.
 #: :param key: the key of the deleted record (a secret).
