@@ -21,6 +21,8 @@ from flask_towersess.stores.base import Record
 from flask_towersess.stores.base import SessionStore
 from flask_towersess.stores.memory import MemoryStore
 
+from .apps import add_flask_login
+from .apps import session_app
 from .helpers import CountingStore
 from .helpers import session_key
 
@@ -464,3 +466,40 @@ def test_prometheus_counters_follow_the_signals(signal_store: SessionStore) -> N
         client.post("/flush")
     assert registry.get_sample_value("conflicts_total") == 2.0
     assert registry.get_sample_value("ended_total", {"reason": "flush"}) == 1.0
+
+
+def test_flask_login_log_in_and_out(
+    signal_store: SessionStore, recorder: Recorder
+) -> None:
+    """An anonymous visitor logs in (the key is cycled) and out (ended)."""
+    flask_login = pytest.importorskip("flask_login")
+    app = session_app(signal_store)
+    add_flask_login(app)
+
+    @app.post("/set/<int:n>")
+    def set_n(n: int) -> str:
+        session["n"] = n
+        return "set"
+
+    @app.post("/sign-out")
+    def sign_out() -> str:
+        flask_login.logout_user()
+        return "out"
+
+    client = app.test_client()
+    client.post("/set/1")
+    anonymous_key = session_key(client)
+    recorder.clear()
+    client.post("/login/alice")
+    cycled = recorder.only("key_cycled")
+    assert cycled.arguments["old_key"] == anonymous_key
+    signed_in_key = session_key(client)
+    assert cycled.arguments["new_key"] == signed_in_key
+    recorder.clear()
+    client.post("/sign-out")
+    assert recorder.names == ["ended"]
+    assert recorder.sent[0].arguments == {
+        "session": recorder.sent[0].arguments["session"],
+        "key": signed_in_key,
+        "reason": "logout",
+    }
