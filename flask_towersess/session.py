@@ -21,6 +21,8 @@ from datetime import datetime
 from datetime import timedelta
 from datetime import timezone
 
+from flask import current_app
+from flask import has_app_context
 from flask.sessions import SessionMixin
 
 from ._persisted import Identity
@@ -36,6 +38,11 @@ from .errors import UpdateError
 from .errors import VersionConflict
 from .serializers import MsgPackSerializer
 from .serializers import Serializer
+from .signals import session_created
+from .signals import session_ended
+from .signals import session_key_cycled
+from .signals import session_save_conflict
+from .signals import session_store_unavailable
 from .stores._fork import ProcessGuard
 from .stores.base import KEY_PATTERN as _KEY_PATTERN
 from .stores.base import Record
@@ -44,6 +51,9 @@ from .stores.base import short_key
 from .stores.base import utcnow
 
 if t.TYPE_CHECKING:
+    from blinker import Signal
+    from flask import Flask
+
     from .crypto import PayloadCipher
 
 #: Warnings about payloads that cannot be decoded (tampering, corruption)
@@ -128,6 +138,15 @@ class _RetryLocks:
 
 
 _retry_locks = _RetryLocks()
+
+
+def _signal_sender() -> Flask | None:
+    """Who sends the session's signals: the app, as for Flask's own
+    signals, or ``None`` outside an application context."""
+    if has_app_context():
+        app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+        return app
+    return None
 
 
 def new_session_key() -> str:
@@ -302,6 +321,10 @@ class ServerSession(SessionMixin):
     # store again (an app's 503 page showing current_user must not wait for
     # the store a second time, and fail with a 500).
     _read_failure: StoreUnavailable | None = None
+    # The StoreUnavailable last reported by session_store_unavailable: one
+    # failure passing through several methods (a read inside a save) is
+    # reported once.
+    _reported_failure: StoreUnavailable | None = None
     _cookie_key: str | None = None
     _resign_cookie = False
 
@@ -421,6 +444,7 @@ class ServerSession(SessionMixin):
             record = self.store.load(key)
         except StoreUnavailable as exc:
             self._read_failure = exc
+            self._report_unavailable(exc, "load")
             raise
         if record is None:
             # An unknown or expired key never becomes a session: forget it,
@@ -644,6 +668,8 @@ class ServerSession(SessionMixin):
         record = self._insert_under_fresh_key()
         self.modified = True
         self._after_write(record)
+        if session_created.receivers:
+            self._send(session_created, key=record.key)
 
     def _insert_under_fresh_key(self) -> Record:
         payload = self._payload()
@@ -687,6 +713,13 @@ class ServerSession(SessionMixin):
             # The data was never read: writing what is in memory now would
             # overwrite the stored session with a partial one.
             raise StoreUnavailable() from self._read_failure.__cause__
+        try:
+            self._save(must_create)
+        except StoreUnavailable as exc:
+            self._report_unavailable(exc, "save")
+            raise
+
+    def _save(self, must_create: bool) -> None:
         if self._key is None:
             self.create()
             return
@@ -763,7 +796,10 @@ class ServerSession(SessionMixin):
                     self.store.save(record, expected_version=version)
                     return record
                 except VersionConflict:
-                    if retries == 0:
+                    retries += 1
+                    if session_save_conflict.receivers:
+                        self._send(session_save_conflict, key=key, retries=retries)
+                    if retries == 1:
                         deadline = time.monotonic() + self.save_timeout.total_seconds()
                         held = _retry_locks.acquire(key, deadline)
                         if held is None:
@@ -772,7 +808,6 @@ class ServerSession(SessionMixin):
                                 f" session for {self.save_timeout.total_seconds():g}"
                                 " s; this request's changes were not saved."
                             ) from None
-                    retries += 1
                     self._pause_before_retry(retries, deadline)
                     self._merge_with_stored(key)
         finally:
@@ -850,6 +885,13 @@ class ServerSession(SessionMixin):
                 )
                 self.store.save(record, expected_version=expected)
         self._after_write(record)
+        if old is None:
+            # No stored session moved: the session is new (cycle_key() was
+            # called before it was ever saved).
+            if session_created.receivers:
+                self._send(session_created, key=record.key)
+        elif session_key_cycled.receivers:
+            self._send(session_key_cycled, old_key=old, new_key=record.key)
 
     def _retirement(self) -> Record:
         """What ends the record :meth:`cycle_key` moves from: a next version
@@ -864,6 +906,8 @@ class ServerSession(SessionMixin):
         self.store.create(record)
         self.modified = True
         self._after_write(record)
+        if session_created.receivers:
+            self._send(session_created, key=record.key)
 
     def _merge_with_stored(self, key: str) -> None:
         """Re-apply this session's changes on top of the record stored under
@@ -925,7 +969,7 @@ class ServerSession(SessionMixin):
         kept = self._own_writes()
         for name in (USER_ID_KEY, FRESH_KEY):
             kept.pop(name, None)
-        self.flush()
+        self._end("logout")
         if kept:
             self.update(kept)
 
@@ -949,8 +993,12 @@ class ServerSession(SessionMixin):
         The cookie is deleted at the end of the request; data stored after
         this goes under a fresh key.
         """
+        self._end("flush")
+
+    def _end(self, reason: str) -> None:
+        """:meth:`flush`, saying why to :data:`~.signals.session_ended`."""
         self._data = {}
-        self._discard()
+        self._discard(reason)
         self._persisted.reset()
         self._expiry = None
         self.accessed = True
@@ -971,7 +1019,11 @@ class ServerSession(SessionMixin):
         if key is not None and not persisted.must_create and persisted.version is None:
             # Cleared before it was ever read: the move still needs the
             # version it retires.
-            record = self.store.load(key)
+            try:
+                record = self.store.load(key)
+            except StoreUnavailable as exc:
+                self._report_unavailable(exc, "load")
+                raise
             if record is not None:
                 persisted.remember(record)
         persisted.start_move(key)
@@ -1004,7 +1056,7 @@ class ServerSession(SessionMixin):
             # Ended empty (logout, clear()) or the cookie named no live
             # session: drop the record too, so a copied ID keeps nothing.
             if self.modified:
-                self._discard()
+                self._discard("emptied")
             return _DELETE_COOKIE if cookie_key is not None else _UNCHANGED
         if self.modified:
             self.save()
@@ -1037,12 +1089,17 @@ class ServerSession(SessionMixin):
         if key is None:
             return False
         expires_at = utcnow() + timedelta(seconds=age)
-        self.store.touch(key, expires_at)
+        try:
+            self.store.touch(key, expires_at)
+        except StoreUnavailable as exc:
+            self._report_unavailable(exc, "touch")
+            raise
         self._persisted.expires_at = expires_at
         return True
 
-    def _discard(self) -> None:
-        """Delete every record this session holds and forget its key.
+    def _discard(self, reason: str) -> None:
+        """Delete every record this session holds and forget its key;
+        ``reason`` is what :data:`~.signals.session_ended` reports.
 
         The current key is only deleted if it was ever written (a key from
         :meth:`cycle_key` is not until the next save).
@@ -1051,7 +1108,31 @@ class ServerSession(SessionMixin):
         keys = [] if persisted.moving_from is None else [persisted.moving_from]
         if self._key is not None and not persisted.must_create:
             keys.append(self._key)
-        for key in keys:
-            self.store.delete(key)
+        try:
+            for key in keys:
+                self.store.delete(key)
+        except StoreUnavailable as exc:
+            self._report_unavailable(exc, "delete")
+            raise
         persisted.end_move()
         self._key = None
+        if keys and session_ended.receivers:
+            # One session ended, whichever of its records it had: the
+            # current one if written, else the one cycle_key() moved from.
+            self._send(session_ended, key=keys[-1], reason=reason)
+
+    # -- signals -----------------------------------------------------------------
+
+    def _send(self, signal: Signal, **arguments: t.Any) -> None:
+        # Callers check signal.receivers first: finding the app and building
+        # the arguments is only worth it when someone listens.
+        signal.send(_signal_sender(), session=self, **arguments)
+
+    def _report_unavailable(self, error: StoreUnavailable, operation: str) -> None:
+        """Send :data:`~.signals.session_store_unavailable` for ``error``,
+        unless it was sent for it already."""
+        if error is self._reported_failure:
+            return
+        self._reported_failure = error
+        if session_store_unavailable.receivers:
+            self._send(session_store_unavailable, error=error, operation=operation)
