@@ -14,6 +14,7 @@ pytest_plugins = [
     "tests.fixtures_sql",
     "tests.fixtures_mongodb",
     "tests.fixtures_redis",
+    "tests.fixtures_memcached",
 ]
 
 #: Every store the shared contract runs on; each name has a ``<name>_store``
@@ -28,6 +29,7 @@ STORE_NAMES = [
     "redis_cluster",
     "redis_sentinel",
     "mongodb",
+    "memcached",
     "caching",
     "caching_redis_postgresql",
 ]

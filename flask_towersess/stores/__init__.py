@@ -30,6 +30,7 @@ from .memory import MemoryStore
 
 if t.TYPE_CHECKING:
     from .caching import CachingStore
+    from .memcached import MemcachedStore
     from .mongodb import MongoDBStore
     from .redis import RedisStore
     from .sqlalchemy import SQLAlchemyStore
@@ -38,6 +39,7 @@ __all__ = [
     "BUILTIN_STORES",
     "ENTRY_POINT_GROUP",
     "CachingStore",
+    "MemcachedStore",
     "MemoryStore",
     "Migrating",
     "MongoDBStore",
@@ -60,6 +62,7 @@ _STORE_MODULES = {
     "RedisStore": ".redis",
     "MongoDBStore": ".mongodb",
     "CachingStore": ".caching",
+    "MemcachedStore": ".memcached",
 }
 
 #: The entry-point group that maps a URL scheme to a store class
@@ -90,6 +93,7 @@ BUILTIN_STORES: dict[str, str] = {
     "redis+cluster": "flask_towersess.stores.redis:RedisStore",
     "mongodb": "flask_towersess.stores.mongodb:MongoDBStore",
     "mongodb+srv": "flask_towersess.stores.mongodb:MongoDBStore",
+    "memcached": "flask_towersess.stores.memcached:MemcachedStore",
 }
 
 #: ``package.module:Class``: a store class named by its import path.
