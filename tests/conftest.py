@@ -32,6 +32,7 @@ STORE_NAMES = [
     "memcached",
     "caching",
     "caching_redis_postgresql",
+    "caching_memcached_sqlite",
 ]
 
 
@@ -43,6 +44,16 @@ def caching_redis_postgresql_store(
     from flask_towersess.stores.caching import CachingStore
 
     return CachingStore(redis_store, postgresql_store)
+
+
+@pytest.fixture
+def caching_memcached_sqlite_store(
+    memcached_store: SessionStore, sqlite_store: SessionStore
+) -> SessionStore:
+    """memcached in front of SQLite: the cache a Flask-Session user keeps."""
+    from flask_towersess.stores.caching import CachingStore
+
+    return CachingStore(memcached_store, sqlite_store)
 
 
 @pytest.fixture(params=STORE_NAMES)

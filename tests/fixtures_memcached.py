@@ -22,6 +22,7 @@ import socket
 import subprocess
 import typing as t
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 
@@ -62,8 +63,38 @@ def answers(port: int, timeout: float = 0.5) -> bool:
         return False
 
 
+def stored_keys(store: MemcachedStore) -> list[str]:
+    """The keys under ``store``'s prefix, listed behind the store's back
+    (``lru_crawler metadump all``, memcached 1.4.31 and later)."""
+    names: list[str] = []
+    for client in (
+        store.client.clients.values()
+        if hasattr(store.client, "clients")
+        else [store.client]
+    ):
+        host, port = client.server
+        with socket.create_connection((host, port), timeout=5) as sock:
+            sock.sendall(b"lru_crawler metadump all\r\n")
+            data = b""
+            while not data.endswith(b"END\r\n"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise ServiceError("memcached closed the metadump")
+                data += chunk
+        for line in data.decode().splitlines():
+            if line.startswith("key="):
+                name = unquote(line.split()[0][4:])
+                if name.startswith(store.key_prefix):
+                    names.append(name[len(store.key_prefix) :])
+    return names
+
+
 class MemcachedProcess:
     """One ``memcached`` process: loopback only, TCP only, 64 MB."""
+
+    #: Items up to 8 MB on the session's server, so tests can plant payloads
+    #: larger than the 1 MB default (a test of its own checks that limit).
+    shared_options = ("-I", "8m")
 
     def __init__(self, workdir: Path, *extra: str) -> None:
         self.port = free_port()
@@ -154,7 +185,9 @@ def memcached_server(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[MemcachedProcess]:
     require_pymemcache()
-    server = MemcachedProcess(tmp_path_factory.mktemp("memcached"))
+    server = MemcachedProcess(
+        tmp_path_factory.mktemp("memcached"), *MemcachedProcess.shared_options
+    )
     try:
         server.start()
     except ServiceError as exc:

@@ -218,8 +218,10 @@ def test_a_foreign_value_is_refused_and_logged(
 
 
 def test_a_session_too_large_for_an_item_fails_clearly(
-    memcached_store: MemcachedStore,
+    memcached_factory: Callable[..., MemcachedProcess],
 ) -> None:
+    server = memcached_factory()  # memcached's default item size: 1 MB
+    memcached_store = MemcachedStore.from_url(server.url, **STORE_OPTIONS)
     big = record(b"x" * (2 * 1024 * 1024))
     with pytest.raises(SerializationError, match="1 MB"):
         memcached_store.create(big)
@@ -231,6 +233,7 @@ def test_a_session_too_large_for_an_item_fails_clearly(
     loaded = memcached_store.load(small.key)
     assert loaded is not None and loaded.payload == b"small"
     assert memcached_store.load(big.key) is None
+    memcached_store.close()
 
 
 def test_key_prefix_is_checked() -> None:
