@@ -462,7 +462,7 @@ def test_a_killed_server_is_unavailable_at_once_and_recovers(
         assert info.value.__cause__ is not None
     # A new server on the same port: the store works again (memcached kept
     # nothing, so the session is gone: a documented limit).
-    restarted = MemcachedProcess(server.workdir, "-p", str(server.port))
+    restarted = MemcachedProcess(server.workdir)
     restarted.port = server.port
     try:
         restarted.start()
@@ -470,6 +470,28 @@ def test_a_killed_server_is_unavailable_at_once_and_recovers(
         fresh = record()
         store.create(fresh)
         assert store.load(fresh.key) is not None
+    finally:
+        restarted.stop()
+        store.close()
+
+
+def test_a_restart_costs_no_request_an_error(
+    memcached_factory: Callable[..., MemcachedProcess],
+) -> None:
+    """The pooled connections to a server that restarted fail on their next
+    use: a read tries again on a new connection instead of answering 503."""
+    server = memcached_factory()
+    store = MemcachedStore.from_url(server.url, key_prefix=unique_prefix())
+    rec = record()
+    store.create(rec)
+    server.kill()
+    restarted = MemcachedProcess(server.workdir)
+    restarted.port = server.port
+    try:
+        restarted.start()
+        assert store.load(rec.key) is None  # memcached kept nothing
+        store.create(rec)
+        assert store.load(rec.key) is not None
     finally:
         restarted.stop()
         store.close()

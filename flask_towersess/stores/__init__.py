@@ -303,9 +303,10 @@ def store_from_url(
     ``memory://``, ``sqlite:///path``, ``postgresql://...``,
     ``mysql+pymysql://...``, ``redis://``, ``rediss://``, ``unix://``,
     ``redis+sentinel://...``, ``redis+cluster://...``, ``mongodb://host/db``,
-    and the scheme of any installed store package (see
-    :doc:`/extending`). ``options`` go to the store class's ``from_url``, or
-    to its ``cache_from_url`` (shorter timeouts) when ``as_cache`` is true.
+    ``memcached://host:port[,host:port...]``, and the scheme of any
+    installed store package (see :doc:`/extending`). ``options`` go to the
+    store class's ``from_url``, or to its ``cache_from_url`` (shorter
+    timeouts) when ``as_cache`` is true.
 
     .. versionchanged:: 0.2
         Added ``as_cache``. Schemes are looked up in the
@@ -327,9 +328,9 @@ def store_for(
     path of one (``"package.module:Class"``, built with ``options`` as
     keyword arguments), or a native client that a store class
     :meth:`~SessionStore.accepts`: an SQLAlchemy engine or a
-    Flask-SQLAlchemy ``db``, a redis-py client, a pymongo collection (or
-    the client of an installed third-party store). ``as_cache`` is passed
-    on to :func:`store_from_url` for a URL.
+    Flask-SQLAlchemy ``db``, a redis-py client, a pymongo collection, a
+    pymemcache client (or the client of an installed third-party store).
+    ``as_cache`` is passed on to :func:`store_from_url` for a URL.
 
     .. versionchanged:: 0.2
         A store class, or its path, is accepted; clients of installed
@@ -353,7 +354,8 @@ def store_for(
         f"SESSION_STORE must be a URL, a SessionStore, a store class (or its"
         f" path, package.module:Class), or a client a store can wrap"
         f" (SQLAlchemy engine, Flask-SQLAlchemy db, redis client, pymongo"
-        f" collection); got {type(value).__module__}.{type(value).__qualname__}."
+        f" collection, pymemcache client); got"
+        f" {type(value).__module__}.{type(value).__qualname__}."
     )
 
 

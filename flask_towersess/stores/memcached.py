@@ -194,6 +194,11 @@ class MemcachedStore(SessionStore):
         from pymemcache import exceptions as e
 
         self._server_error = e.MemcacheServerError
+        self._closed_errors = (
+            e.MemcacheUnexpectedCloseError,
+            BrokenPipeError,
+            ConnectionResetError,
+        )
         self._translated_errors = ErrorTranslation(
             (OSError, e.MemcacheError), self._translate
         )
@@ -293,7 +298,12 @@ class MemcachedStore(SessionStore):
         # client's own key_prefix) to pick the server; so does this store.
         if self._hasher is None:
             return self._nodes[""]
-        return self._nodes[self._hasher.get_node(name)]
+        server = self._hasher.get_node(name)
+        node = self._nodes.get(server)
+        if node is None:  # a server added to the HashClient since
+            self._nodes, self._hasher = _nodes(self.client)
+            node = self._nodes[server]
+        return node
 
     def _translate(self, exc: Exception) -> TowerSessError | None:
         if isinstance(exc, self._server_error) and _TOO_LARGE in str(exc):
@@ -337,11 +347,21 @@ class MemcachedStore(SessionStore):
         return Record(key, value[_HEADER.size :], expires_at, version)
 
     def _gets(self, key: str) -> tuple[Record | None, t.Any]:
+        value, token = self._read(key, "gets")
+        return self._parse(key, value), token
+
+    def _read(self, key: str, command: str) -> t.Any:
+        """Send ``get`` or ``gets`` for ``key``. A pooled connection that a
+        server restart closed fails once, on its next use: a read is tried
+        once more (on a new connection), a write never (it may have been
+        applied)."""
         name = self.key_prefix + key
         node = self._node(name)
         with self._translated_errors, node.lock:
-            value, token = node.client.gets(name)
-        return self._parse(key, value), token
+            try:
+                return getattr(node.client, command)(name)
+            except self._closed_errors:
+                return getattr(node.client, command)(name)
 
     def _write(self, key: str, size: int, command: str, *args: t.Any) -> t.Any:
         """Send ``command`` (``add`` or ``cas``) with ``args`` and wait for
@@ -361,11 +381,7 @@ class MemcachedStore(SessionStore):
 
     def load(self, key: str) -> Record | None:
         check_key(key)
-        name = self.key_prefix + key
-        node = self._node(name)
-        with self._translated_errors, node.lock:
-            value = node.client.get(name)
-        return self._parse(key, value)
+        return self._parse(key, self._read(key, "get"))
 
     def create(self, record: Record) -> None:
         check_key(record.key)
