@@ -17,7 +17,9 @@ import sys
 import threading
 import time
 import typing as t
+from datetime import datetime
 from datetime import timedelta
+from datetime import timezone
 
 import pytest
 from flask import Flask
@@ -25,6 +27,7 @@ from flask import session
 
 from flask_towersess import SessionExt
 from flask_towersess.errors import ConfigurationError
+from flask_towersess.errors import CreateError
 from flask_towersess.errors import SerializationError
 from flask_towersess.errors import StoreUnavailable
 from flask_towersess.errors import UpdateError
@@ -91,6 +94,10 @@ def test_expire_is_relative_up_to_30_days_then_absolute() -> None:
     # Beyond 30 days memcached reads the number as a Unix time.
     days_40 = now + 40 * 86400 * 1_000_000
     assert _expire(days_40, now) == days_40 // 1_000_000 + 1
+    # memcached counts in 32 bits: after January 2038, no item expiry (the
+    # header still ends the record).
+    assert _expire(2**31 * 1_000_000 - 2_000_000, now) == 2**31 - 1
+    assert _expire(2**31 * 1_000_000, now) == 0
 
 
 def test_a_40_day_record_is_kept_for_40_days(
@@ -214,7 +221,17 @@ def test_a_foreign_value_is_refused_and_logged(
     with pytest.raises(UpdateError):
         memcached_store.save(Record(key, b"x", utcnow() + timedelta(hours=1), 2), 1)
     memcached_store.touch(key, utcnow() + timedelta(hours=1))
+    with pytest.raises(CreateError):  # a collision: another key is drawn
+        memcached_store.create(Record(key, b"x", utcnow() + timedelta(hours=1)))
     assert memcached_store.client.get(name) == b"(dp0\nS'pickle'"
+
+
+def test_a_session_beyond_2038(memcached_store: MemcachedStore) -> None:
+    far = datetime(2100, 1, 1, tzinfo=timezone.utc)
+    rec = Record(new_session_key(), b"far", far)
+    memcached_store.create(rec)
+    loaded = memcached_store.load(rec.key)
+    assert loaded is not None and loaded.expires_at == far
 
 
 def test_a_session_too_large_for_an_item_fails_clearly(

@@ -74,6 +74,11 @@ _MAX_SESSION_KEY = 128
 #: as an absolute Unix time; a longer lifetime is sent as one.
 MAX_RELATIVE_EXPIRY = 30 * 24 * 3600
 
+#: memcached reads an expiry as a signed 32-bit number: an absolute time
+#: after January 2038 would wrap around. Such an item is stored without an
+#: expiry of its own (its header still ends it; LRU reclaims it).
+_MAX_ABSOLUTE_EXPIRY = 2**31 - 1
+
 #: Client options :meth:`MemcachedStore.from_url` uses unless told otherwise:
 #: a web request must not hang on a dead server.
 DEFAULT_CLIENT_OPTIONS: dict[str, t.Any] = {"connect_timeout": 5.0, "timeout": 5.0}
@@ -114,8 +119,8 @@ def _expire(micros: int, now_micros: int) -> int:
     Seconds from now, rounded up and one more (memcached's clock ticks once
     a second, so an item may otherwise go up to a second early; late does
     not matter, the header decides); an absolute Unix time beyond 30 days,
-    as memcached reads such a number; ``-1`` (expired at once) for a moment
-    already past.
+    as memcached reads such a number; ``0`` (no expiry) past what memcached
+    can count (2038); ``-1`` (expired at once) for a moment already past.
     """
     remaining = micros - now_micros
     if remaining <= 0:
@@ -123,7 +128,13 @@ def _expire(micros: int, now_micros: int) -> int:
     seconds = -(-remaining // 1_000_000) + 1
     if seconds <= MAX_RELATIVE_EXPIRY:
         return seconds
-    return math.ceil(micros / 1_000_000) + 1
+    moment = -(-micros // 1_000_000) + 1
+    return moment if moment <= _MAX_ABSOLUTE_EXPIRY else 0
+
+
+def _is_record(value: object) -> bool:
+    """Whether ``value`` has the form of a record of this store."""
+    return isinstance(value, bytes) and len(value) >= _HEADER.size and value[0] == _TAG
 
 
 class _Node(t.NamedTuple):
@@ -322,18 +333,15 @@ class MemcachedStore(SessionStore):
         a value this store did not write is refused."""
         if value is None:
             return None
-        if (
-            not isinstance(value, bytes)
-            or len(value) < _HEADER.size
-            or value[0] != _TAG
-        ):
+        if not _is_record(value):
             refuse_record(
                 "MemcachedStore",
                 key,
                 f"not a flask-towersess session record under {self.key_prefix!r}",
             )
             return None
-        _, version, micros = _HEADER.unpack_from(value)
+        data = t.cast(bytes, value)
+        _, version, micros = _HEADER.unpack_from(data)
         expires_at = from_epoch_micros(micros)
         if expires_at is None:
             refuse_record("MemcachedStore", key, "expiry out of range")
@@ -344,7 +352,7 @@ class MemcachedStore(SessionStore):
         # memcached keeps an item up to two seconds past its expiry.
         if expires_at <= utcnow():
             return None
-        return Record(key, value[_HEADER.size :], expires_at, version)
+        return Record(key, data[_HEADER.size :], expires_at, version)
 
     def _gets(self, key: str) -> tuple[Record | None, t.Any]:
         value, token = self._read(key, "gets")
@@ -401,12 +409,14 @@ class MemcachedStore(SessionStore):
             if added:
                 return
             # memcached may keep an expired record a little longer: replace
-            # it, as other stores do, but never a live one.
-            current, token = self._gets(record.key)
-            if current is not None:
-                break
+            # it, as other stores do, but never a live one, nor a value this
+            # store did not write (a collision: the session layer draws
+            # another key).
+            raw, token = self._read(record.key, "gets")
             if token is None:
                 continue  # gone meanwhile: add again
+            if not _is_record(raw) or self._parse(record.key, raw) is not None:
+                break
             expire = _expire(micros, to_epoch_micros(utcnow()))
             if self._write(
                 record.key,
