@@ -138,6 +138,11 @@ class MemcachedProcess:
         self.proc.send_signal(signal.SIGSTOP)
         self.paused = True
 
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+        self.paused = False
+
     def kill(self) -> None:
         """SIGKILL: the server dies at once, as in a crash."""
         if self.proc is not None and self.proc.poll() is None:
