@@ -8,6 +8,9 @@
 #   Redis       127.0.0.1:6379  -> redis://127.0.0.1:6379/0
 #               plus the redis-server and redis-cli binaries, which the tests use
 #               to start a Redis Cluster and a Sentinel on other loopback ports.
+#   memcached   127.0.0.1:11211 -> memcached://127.0.0.1:11211
+#               the tests only need the memcached binary (Debian's package):
+#               they start their own servers on other loopback ports.
 #
 # For each one: if it answers, leave it alone. Otherwise install it when its
 # binaries are missing (Debian/Ubuntu, as root: apt-get), start it, and wait up
@@ -17,7 +20,7 @@
 # over TCP with an empty password). Every step is idempotent; a no-op when all
 # is in place. Prints one line per service.
 #
-# Usage: scripts/services.sh [postgresql] [mariadb] [redis]   (default: all three)
+# Usage: scripts/services.sh [postgresql] [mariadb] [redis] [memcached]   (default: all four)
 set -euo pipefail
 
 LOG_PREFIX=services
@@ -30,6 +33,7 @@ PG_USER=postgres
 PG_PASSWORD=postgres
 MY_PORT=3306
 REDIS_PORT=6379
+MEMCACHED_PORT=11211
 TEST_DB="test"
 WAIT_SECONDS=${TOWERSESS_SERVICES_TIMEOUT:-30}
 
@@ -217,22 +221,57 @@ ensure_redis() {
     report "redis $HOST:$REDIS_PORT" "${did[@]}"
 }
 
+# --- memcached ----------------------------------------------------------------
+
+memcached_answers() {
+    local reply
+    reply=$(timeout 3 bash -c "exec 3<>/dev/tcp/$HOST/$MEMCACHED_PORT; printf 'version\r\n' >&3; head -c 8 <&3" 2>/dev/null) || return 1
+    [[ $reply == VERSION* ]]
+}
+
+memcached_start() {
+    local user=()
+    # memcached refuses to run as root without -u; Debian's package makes a
+    # memcache user for it.
+    if is_root; then
+        if id memcache >/dev/null 2>&1; then user=(-u memcache); else user=(-u root); fi
+    fi
+    # Loopback and TCP only (-U 0: no UDP), 64 MB, in the background (-d).
+    memcached -d -l "$HOST" -p "$MEMCACHED_PORT" -U 0 -m 64 "${user[@]}" ||
+        die "memcached: failed to start"
+}
+
+ensure_memcached() {
+    local did=()
+    if memcached_answers; then
+        did+=("already running")
+    else
+        memcached_start
+        wait_until memcached_answers ||
+            die "memcached: nothing answers on $HOST:$MEMCACHED_PORT after ${WAIT_SECONDS}s"
+        did+=("started")
+    fi
+    did+=("$(memcached -V)")
+    report "memcached $HOST:$MEMCACHED_PORT" "${did[@]}"
+}
+
 # --- main ---------------------------------------------------------------------
 
-want_pg='' want_my='' want_redis=''
+want_pg='' want_my='' want_redis='' want_memcached=''
 if (($# == 0)); then
-    set -- postgresql mariadb redis
+    set -- postgresql mariadb redis memcached
 fi
 for arg in "$@"; do
     case $arg in
         postgresql | postgres | pg) want_pg=1 ;;
         mariadb | mysql) want_my=1 ;;
         redis) want_redis=1 ;;
+        memcached) want_memcached=1 ;;
         -h | --help)
             sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
             exit 0
             ;;
-        *) die "unknown service '$arg' (expected postgresql, mariadb or redis)" ;;
+        *) die "unknown service '$arg' (expected postgresql, mariadb, redis or memcached)" ;;
     esac
 done
 
@@ -262,6 +301,10 @@ if [[ -n $want_redis ]]; then
         packages+=(redis-tools)
     fi
 fi
+if [[ -n $want_memcached ]] && ! have memcached; then
+    # Always needed: the tests start their own memcached processes.
+    packages+=(memcached)
+fi
 if ((${#packages[@]})); then
     apt_install "${packages[@]}"
 fi
@@ -269,3 +312,4 @@ fi
 [[ -z $want_pg ]] || ensure_postgresql
 [[ -z $want_my ]] || ensure_mariadb
 [[ -z $want_redis ]] || ensure_redis
+[[ -z $want_memcached ]] || ensure_memcached

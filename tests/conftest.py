@@ -14,6 +14,7 @@ pytest_plugins = [
     "tests.fixtures_sql",
     "tests.fixtures_mongodb",
     "tests.fixtures_redis",
+    "tests.fixtures_memcached",
 ]
 
 #: Every store the shared contract runs on; each name has a ``<name>_store``
@@ -28,8 +29,10 @@ STORE_NAMES = [
     "redis_cluster",
     "redis_sentinel",
     "mongodb",
+    "memcached",
     "caching",
     "caching_redis_postgresql",
+    "caching_memcached_sqlite",
 ]
 
 
@@ -41,6 +44,16 @@ def caching_redis_postgresql_store(
     from flask_towersess.stores.caching import CachingStore
 
     return CachingStore(redis_store, postgresql_store)
+
+
+@pytest.fixture
+def caching_memcached_sqlite_store(
+    memcached_store: SessionStore, sqlite_store: SessionStore
+) -> SessionStore:
+    """memcached in front of SQLite: the cache a Flask-Session user keeps."""
+    from flask_towersess.stores.caching import CachingStore
+
+    return CachingStore(memcached_store, sqlite_store)
 
 
 @pytest.fixture(params=STORE_NAMES)

@@ -1,7 +1,7 @@
 """A sick cache in front of a healthy store costs milliseconds, not seconds.
 
-A real ``redis-server`` (started for the test) is the ``SESSION_CACHE`` of
-an SQLite ``SESSION_STORE``, with default settings. The cache is frozen
+A real ``redis-server`` or ``memcached`` (started for the test) is the
+``SESSION_CACHE`` of an SQLite ``SESSION_STORE``, with default settings. The cache is frozen
 (``SIGSTOP``: connections hang) or killed (connections refused) while
 clients keep using their sessions, then brought back. What must hold:
 
@@ -28,12 +28,11 @@ from flask_towersess.stores.caching import CachingStore
 from flask_towersess.stores.redis import RedisStore
 
 from .apps import session_app
+from .fixtures_memcached import MemcachedProcess
 from .helpers import session_key
 from .helpers import timed
 
 if t.TYPE_CHECKING:
-    from collections.abc import Callable
-
     from .fixtures_redis import RedisProcess
 
 #: The first request to meet the sick cache waits for its timeouts (0.25 s
@@ -76,8 +75,16 @@ def make_app(tmp_path: Path, cache_url: str, **cache_options: t.Any) -> Flask:
     return app
 
 
-def cached(server: RedisProcess, key: str) -> bytes | None:
+def cached(server: RedisProcess | MemcachedProcess, key: str) -> bytes | None:
     """What the cache server holds for a session key, read directly."""
+    if isinstance(server, MemcachedProcess):
+        from pymemcache.client.base import Client
+
+        client = Client(("127.0.0.1", server.port), timeout=2)
+        try:
+            return t.cast("bytes | None", client.get(f"session:{key}"))
+        finally:
+            client.close()
     import redis
 
     with redis.Redis(port=server.port, socket_timeout=2) as client:
@@ -85,16 +92,17 @@ def cached(server: RedisProcess, key: str) -> bytes | None:
 
 
 @pytest.mark.parametrize("fault", ["freeze", "kill"])
+@pytest.mark.parametrize("cache", ["redis", "memcached"])
 def test_sick_cache_costs_milliseconds_and_serves_nothing_stale(
-    tmp_path: Path,
-    redis_server_factory: Callable[..., RedisProcess],
-    fault: str,
+    tmp_path: Path, request: pytest.FixtureRequest, cache: str, fault: str
 ) -> None:
-    server = redis_server_factory()
+    factory = "redis_server_factory" if cache == "redis" else "memcached_factory"
+    server = request.getfixturevalue(factory)()
     app = make_app(tmp_path, server.url)
     store = app.extensions["towersess"].get_store(app)
     assert isinstance(store, CachingStore)
-    assert isinstance(store.cache, RedisStore)
+    request.addfinalizer(store.close)  # memcached's sockets are not closed by GC
+    assert type(store.cache).__name__ == f"{cache.capitalize()}Store"
     stays, leaves = app.test_client(), app.test_client()
     for client, name in ((stays, "ann"), (leaves, "bob")):
         assert client.post(f"/login/{name}").status_code == 200

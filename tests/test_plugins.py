@@ -107,6 +107,7 @@ def test_installed_metadata_declares_the_builtin_schemes() -> None:
         ("redis+cluster", "RedisStore"),
         ("unix", "RedisStore"),
         ("mongodb+srv", "MongoDBStore"),
+        ("memcached", "MemcachedStore"),
     ],
 )
 def test_builtin_schemes(scheme: str, expected: str) -> None:

@@ -32,6 +32,7 @@ from .memory import MemoryStore
 
 if t.TYPE_CHECKING:
     from .caching import CachingStore
+    from .memcached import MemcachedStore
     from .mongodb import MongoDBStore
     from .redis import RedisStore
     from .sqlalchemy import SQLAlchemyStore
@@ -42,6 +43,7 @@ __all__ = [
     "CachingStore",
     "Counting",
     "CountingPerUser",
+    "MemcachedStore",
     "MemoryStore",
     "Migrating",
     "MongoDBStore",
@@ -64,6 +66,7 @@ _STORE_MODULES = {
     "RedisStore": ".redis",
     "MongoDBStore": ".mongodb",
     "CachingStore": ".caching",
+    "MemcachedStore": ".memcached",
 }
 
 #: The entry-point group that maps a URL scheme to a store class
@@ -94,6 +97,7 @@ BUILTIN_STORES: dict[str, str] = {
     "redis+cluster": "flask_towersess.stores.redis:RedisStore",
     "mongodb": "flask_towersess.stores.mongodb:MongoDBStore",
     "mongodb+srv": "flask_towersess.stores.mongodb:MongoDBStore",
+    "memcached": "flask_towersess.stores.memcached:MemcachedStore",
 }
 
 #: ``package.module:Class``: a store class named by its import path.
@@ -303,9 +307,10 @@ def store_from_url(
     ``memory://``, ``sqlite:///path``, ``postgresql://...``,
     ``mysql+pymysql://...``, ``redis://``, ``rediss://``, ``unix://``,
     ``redis+sentinel://...``, ``redis+cluster://...``, ``mongodb://host/db``,
-    and the scheme of any installed store package (see
-    :doc:`/extending`). ``options`` go to the store class's ``from_url``, or
-    to its ``cache_from_url`` (shorter timeouts) when ``as_cache`` is true.
+    ``memcached://host:port[,host:port...]``, and the scheme of any
+    installed store package (see :doc:`/extending`). ``options`` go to the
+    store class's ``from_url``, or to its ``cache_from_url`` (shorter
+    timeouts) when ``as_cache`` is true.
 
     .. versionchanged:: 0.2
         Added ``as_cache``. Schemes are looked up in the
@@ -327,9 +332,9 @@ def store_for(
     path of one (``"package.module:Class"``, built with ``options`` as
     keyword arguments), or a native client that a store class
     :meth:`~SessionStore.accepts`: an SQLAlchemy engine or a
-    Flask-SQLAlchemy ``db``, a redis-py client, a pymongo collection (or
-    the client of an installed third-party store). ``as_cache`` is passed
-    on to :func:`store_from_url` for a URL.
+    Flask-SQLAlchemy ``db``, a redis-py client, a pymongo collection, a
+    pymemcache client (or the client of an installed third-party store).
+    ``as_cache`` is passed on to :func:`store_from_url` for a URL.
 
     .. versionchanged:: 0.2
         A store class, or its path, is accepted; clients of installed
@@ -353,7 +358,8 @@ def store_for(
         f"SESSION_STORE must be a URL, a SessionStore, a store class (or its"
         f" path, package.module:Class), or a client a store can wrap"
         f" (SQLAlchemy engine, Flask-SQLAlchemy db, redis client, pymongo"
-        f" collection); got {type(value).__module__}.{type(value).__qualname__}."
+        f" collection, pymemcache client); got"
+        f" {type(value).__module__}.{type(value).__qualname__}."
     )
 
 
