@@ -16,11 +16,13 @@ skip, unless ``$TOWERSESS_REQUIRE_SERVICES`` is set (CI): then they fail.
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import socket
 import subprocess
 import typing as t
+import warnings
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -183,6 +185,22 @@ def memcached_factory(
     yield start
     for server in started:
         server.stop()
+    _reclaim_dropped_connections()
+
+
+def _reclaim_dropped_connections() -> None:
+    """Collect, here, the connections pymemcache's pools dropped.
+
+    When a server a test killed or restarted fails a call, pymemcache's
+    pool drops that connection (``destroy_on_fail``) without always closing
+    its socket; the garbage collector closes it later, with a
+    ResourceWarning that pytest then pins on whichever test runs at that
+    moment. Collected at the end of the test that killed the server, it is
+    reported nowhere: the sockets are to servers that are gone.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
 
 
 @pytest.fixture(scope="session")
@@ -211,3 +229,4 @@ def memcached_store(memcached_server: MemcachedProcess) -> Iterator[MemcachedSto
     )
     yield store
     store.close()
+    _reclaim_dropped_connections()

@@ -110,10 +110,12 @@ def test_a_40_day_record_is_kept_for_40_days(
     # Read by memcached as an absolute time, not as 40 days of seconds
     # (which it would read as a moment in 1970: gone at once).
     ttl = item_ttl(memcached_server.port, memcached_store.key_prefix + rec.key)
-    assert 40 * 86400 - 60 < ttl <= 40 * 86400 + 2
+    # memcached counts absolute times from a start moment it sets a minute
+    # or so before its real start: allow that much either way.
+    assert 40 * 86400 - 90 < ttl <= 40 * 86400 + 90
     memcached_store.touch(rec.key, utcnow() + timedelta(days=60))
     ttl = item_ttl(memcached_server.port, memcached_store.key_prefix + rec.key)
-    assert 60 * 86400 - 60 < ttl <= 60 * 86400 + 2
+    assert 60 * 86400 - 90 < ttl <= 60 * 86400 + 90
     memcached_store.touch(rec.key, utcnow() + timedelta(hours=1))
     ttl = item_ttl(memcached_server.port, memcached_store.key_prefix + rec.key)
     assert 3600 - 60 < ttl <= 3602
