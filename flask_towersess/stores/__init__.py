@@ -24,7 +24,9 @@ from urllib.parse import urlsplit
 from ..errors import ConfigurationError
 from .base import Counting
 from .base import CountingPerUser
+from .base import LegacyKeys
 from .base import Migrating
+from .base import PerUserIndex
 from .base import Purging
 from .base import Record
 from .base import SessionStore
@@ -45,8 +47,10 @@ __all__ = [
     "CountingPerUser",
     "MemcachedStore",
     "MemoryStore",
+    "LegacyKeys",
     "Migrating",
     "MongoDBStore",
+    "PerUserIndex",
     "Purging",
     "Record",
     "RedisStore",

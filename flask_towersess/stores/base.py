@@ -78,6 +78,37 @@ def check_key(key: object) -> str:
     )
 
 
+#: The most characters of a ``User-Agent`` a record keeps: real browsers
+#: send 100 to 250; the rest of a longer one is dropped.
+USER_AGENT_LENGTH = 256
+#: The most characters of a user id a per-user index takes (a longer one is
+#: refused with ``ValueError``): room for a UUID, an e-mail address, a
+#: composite key.
+USER_ID_LENGTH = 255
+#: The most characters of a client address: an IPv6 address with an IPv4
+#: tail (``ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255``).
+IP_LENGTH = 45
+
+
+def check_user_id(user_id: object) -> str:
+    """Return ``user_id`` if a per-user index can take it; raise otherwise.
+
+    :raises TypeError: not a ``str``.
+    :raises ValueError: empty, longer than :data:`USER_ID_LENGTH`, or
+        holding a control character.
+
+    .. versionadded:: 0.2
+    """
+    if type(user_id) is not str:
+        raise TypeError(f"a user id is a str, not {type(user_id).__qualname__}")
+    if not 0 < len(user_id) <= USER_ID_LENGTH or not user_id.isprintable():
+        raise ValueError(
+            f"not a user id: 1 to {USER_ID_LENGTH} printable characters"
+            f" (got a str of {len(user_id)} characters)"
+        )
+    return user_id
+
+
 #: How many characters of a session key :func:`short_key` shows: enough to
 #: tell sessions apart in a log, far too few to use (keys made by this
 #: package carry 256 bits; six characters are 36 of them).
@@ -153,23 +184,72 @@ def checked_record(
     return Record(key, payload, expires_at, int(version))
 
 
+def checked_info(record: Record, **fields: object) -> Record:
+    """``record`` with the per-user fields a backend returned (``user_id``,
+    ``created_at``, ``last_active_at``, ``user_agent``, ``ip``), each one
+    of a wrong type or size replaced by ``None``: they are shown in a
+    device list, never trusted.
+
+    .. versionadded:: 0.2
+    """
+    clean: dict[str, t.Any] = {}
+    for name, value in fields.items():
+        if name in ("created_at", "last_active_at"):
+            ok = isinstance(value, datetime) and value.tzinfo is not None
+        elif name == "user_id":
+            ok = type(value) is str and 0 < len(value) <= USER_ID_LENGTH
+        elif name == "user_agent":
+            ok = type(value) is str and len(value) <= USER_AGENT_LENGTH
+        elif name == "ip":
+            ok = type(value) is str and len(value) <= IP_LENGTH
+        else:
+            raise TypeError(f"not a per-user field: {name}")
+        clean[name] = value if ok else None
+    return dataclasses.replace(record, **clean)
+
+
 @dataclasses.dataclass(frozen=True)
 class Record:
     """One stored session.
 
-    :param key: the session key (the ID the cookie carries).
+    :param key: the record's key. Since 0.2 the session layer stores a
+        session under the SHA-256 of the key its cookie carries (see
+        :func:`~flask_towersess.session.stored_key`), never the key itself.
     :param payload: the serialized session state, opaque to the store.
     :param expires_at: aware UTC datetime after which the record is gone; a
         store never returns a record whose ``expires_at`` has passed.
     :param version: starts at 1 and grows by one with every save; saves are
         compare-and-set on it, so concurrent writers cannot overwrite each
         other unnoticed.
+    :param user_id: who the session belongs to, ``None`` for an anonymous
+        one. A store with a :class:`PerUserIndex` lists the record under
+        that user; others may ignore it.
+    :param created_at: when the session began (unchanged when its key is
+        cycled).
+    :param last_active_at: when the session was last written or touched.
+    :param user_agent: the browser's ``User-Agent`` when it was last
+        written (``SESSION_RECORD_USER_AGENT``), at most
+        :data:`USER_AGENT_LENGTH` characters.
+    :param ip: the client's address when it was last written
+        (``SESSION_RECORD_IP``).
+
+    A store without a per-user index need not keep the last five fields:
+    the session layer does not read them back.
+
+    .. versionchanged:: 0.2
+        ``user_id``, ``created_at``, ``last_active_at``, ``user_agent`` and
+        ``ip``.
     """
 
     key: str
     payload: bytes
     expires_at: datetime
     version: int = 1
+    user_id: str | None = None
+    created_at: datetime | None = None
+    last_active_at: datetime | None = None
+    user_agent: str | None = None
+    ip: str | None = None
 
     def is_expired(self, now: datetime | None = None) -> bool:
         return self.expires_at <= (now or utcnow())
@@ -241,6 +321,19 @@ class SessionStore(abc.ABC):
     def delete(self, key: str) -> None:
         """Delete the record, if there is one."""
 
+    def delete_many(self, keys: t.Collection[str]) -> None:
+        """Delete the records of ``keys`` that exist.
+
+        The default calls :meth:`delete` for each; a store overrides it
+        with one round trip (``DELETE ... IN``, a multi-key ``DEL``,
+        ``delete_many``): revoking all of a user's sessions, or
+        invalidating them in a cache, must not cost a round trip each.
+
+        .. versionadded:: 0.2
+        """
+        for key in keys:
+            self.delete(key)
+
     def exists(self, key: str) -> bool:
         """Whether a live record is stored under ``key``."""
         return self.load(key) is not None
@@ -282,6 +375,14 @@ class SessionStore(abc.ABC):
         .. versionadded:: 0.2
         """
         return self if isinstance(self, Counting) else None
+
+    def as_per_user(self) -> PerUserIndex | None:
+        """This store as a :class:`PerUserIndex` store, or ``None`` if it
+        keeps no per-user index.
+
+        .. versionadded:: 0.2
+        """
+        return self if isinstance(self, PerUserIndex) else None
 
     def as_counting_per_user(self) -> CountingPerUser | None:
         """This store as a :class:`CountingPerUser` store, or ``None`` if it
@@ -425,6 +526,46 @@ class Migrating(t.Protocol):
         an SQL schema (the default for a subclass)."""
         return None
 
+    def pending_migrations(self) -> list[str]:
+        """What :meth:`migrate` would still do, one line each (a missing
+        table, column or index); empty when nothing is left. For
+        ``flask sessions migrate --check``.
+
+        .. versionadded:: 0.2
+        """
+        return []
+
+
+#: The form of a key as the session layer stores it since 0.2: the SHA-256
+#: of the cookie's key, in lowercase hex (see
+#: :func:`flask_towersess.session.stored_key`). 0.1 stored the cookie's key
+#: itself: 43 characters of the URL-safe alphabet, never of this form.
+HASHED_KEY_PATTERN = re.compile(r"[0-9a-f]{64}")
+
+
+@t.runtime_checkable
+class LegacyKeys(t.Protocol):
+    """A store that may hold records 0.1 wrote under the cookie's key
+    itself, and can list them, for the key-hashing step of
+    ``flask sessions migrate``.
+
+    .. versionadded:: 0.2
+    """
+
+    def unhashed_keys(
+        self, cursor: str | None, limit: int
+    ) -> tuple[list[str], str | None]:
+        """Up to about ``limit`` keys of live records not of
+        :data:`HASHED_KEY_PATTERN`, from ``cursor`` (``None``: the start),
+        and the cursor to go on from (``None`` when there are no more).
+        Records rewritten meanwhile may or may not be listed."""
+        ...
+
+    def count_unhashed(self) -> int:
+        """How many live records are stored under keys not of
+        :data:`HASHED_KEY_PATTERN`."""
+        ...
+
 
 @t.runtime_checkable
 class Counting(t.Protocol):
@@ -445,13 +586,62 @@ class Counting(t.Protocol):
 
 
 @t.runtime_checkable
+class PerUserIndex(t.Protocol):
+    """A store that indexes its records by :attr:`Record.user_id`: the
+    per-user sessions API (:meth:`~flask_towersess.SessionExt.sessions_for`,
+    :meth:`~flask_towersess.SessionExt.revoke`, ``SESSION_MAX_PER_USER``)
+    works on it.
+
+    The index is kept by the store's own writes: :meth:`SessionStore.create`
+    and :meth:`SessionStore.save` index a record with a ``user_id`` (and
+    move its entry when the user changes), :meth:`SessionStore.delete`,
+    :meth:`SessionStore.touch` and expiry keep it current, with no round
+    trip a request would not make anyway. It must be exact without help:
+    never an expired, deleted or anonymous record, whether or not anything
+    purged, and whatever notifications the backend has turned off.
+
+    .. versionadded:: 0.2
+    """
+
+    def sessions_of(self, user_id: str) -> list[Record]:
+        """The live records of ``user_id``, with their per-user fields, in
+        any order. ``payload`` may be empty: the list is for showing, and
+        never decoded. Costs a fixed number of round trips, and time in
+        proportion to that user's live sessions.
+
+        :raises ValueError: ``user_id`` is not a user id
+            (:func:`check_user_id`).
+        """
+        ...
+
+    def delete_sessions_of(
+        self,
+        user_id: str,
+        keys: t.Collection[str] | None = None,
+        *,
+        keep: str | None = None,
+    ) -> list[str]:
+        """Delete the live records of ``user_id`` (all, or those of
+        ``keys``; a key of another user's record is left alone), except
+        ``keep``, in a fixed number of round trips. Returns the keys
+        deleted."""
+        ...
+
+    def trim_sessions_of(self, user_id: str, limit: int, *, keep: str) -> list[str]:
+        """Delete the least recently active live records of ``user_id``
+        beyond the ``limit`` most recent, never ``keep``, as one atomic step
+        (two logins racing cannot leave more than ``limit``). Returns the
+        keys deleted."""
+        ...
+
+
+@t.runtime_checkable
 class CountingPerUser(t.Protocol):
     """A store with a per-user index that can say which users hold the
     most live sessions, for ``flask sessions stats --top N``.
 
-    No built-in store has it yet: they keep no per-user index, and counting
-    by decoding every payload would be slow and would guess at the app's
-    data.
+    Counting by decoding every payload would be slow and would guess at the
+    app's data: only a store with a :class:`PerUserIndex` has it.
 
     .. versionadded:: 0.2
     """
