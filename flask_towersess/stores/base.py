@@ -628,10 +628,15 @@ class PerUserIndex(t.Protocol):
         ...
 
     def trim_sessions_of(self, user_id: str, limit: int, *, keep: str) -> list[str]:
-        """Delete the least recently active live records of ``user_id``
-        beyond the ``limit`` most recent, never ``keep``, as one atomic step
-        (two logins racing cannot leave more than ``limit``). Returns the
-        keys deleted."""
+        """Delete the live records of ``user_id`` other than ``keep`` and
+        the ``limit`` most recently active, in one atomic step. Returns the
+        keys deleted.
+
+        "Most recently active" orders by ``(last_active_at, key)``,
+        descending (a record without ``last_active_at`` counts as least
+        recent): one total order, so two logins trimming at once agree on
+        which records survive, and never end each other's new session
+        unless the limit leaves room for one of them only."""
         ...
 
 

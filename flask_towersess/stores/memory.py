@@ -14,6 +14,7 @@ import os
 import threading
 import typing as t
 from datetime import datetime
+from datetime import timezone
 
 from ..errors import CreateError
 from ..errors import UpdateError
@@ -199,16 +200,9 @@ class MemoryStore(
         """.. versionadded:: 0.2"""
         check_user_id(user_id)
         with self._lock:
-            others = [
-                record
-                for record in self._live_of(user_id, utcnow())
-                if record.key != keep
-            ]
-            excess = len(others) + 1 - limit
-            if excess <= 0:
-                return []
-            others.sort(key=_recency)
-            ended = [record.key for record in others[:excess]]
+            live = self._live_of(user_id, utcnow())
+            live.sort(key=_recency, reverse=True)
+            ended = [record.key for record in live[limit:] if record.key != keep]
             for key in ended:
                 self._remove(key)
             return ended
@@ -284,7 +278,10 @@ class MemoryStore(
             return len(self._records)
 
 
+_NEVER = datetime.min.replace(tzinfo=timezone.utc)
+
+
 def _recency(record: Record) -> tuple[datetime, str]:
-    """Least recently active first; records without the field first."""
-    moment = record.last_active_at or record.created_at or record.expires_at
-    return (moment, record.key)
+    """The order of :meth:`MemoryStore.trim_sessions_of`: least recently
+    active first; a record without ``last_active_at`` before all others."""
+    return (record.last_active_at or _NEVER, record.key)
