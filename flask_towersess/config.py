@@ -75,6 +75,26 @@ def _optional_count(name: str, value: t.Any) -> int | None:
     )
 
 
+def _optional_positive_count(name: str, value: t.Any) -> int | None:
+    if value is None or (
+        isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    ):
+        return value
+    raise ConfigurationError(
+        f"{name} must be a whole number of at least 1, or None; got {value!r}."
+    )
+
+
+def _optional_positive_duration(name: str, value: t.Any) -> timedelta | None:
+    duration = _optional_duration(name, value)
+    if duration is not None and duration <= timedelta(0):
+        raise ConfigurationError(
+            f"{name} must be a positive number of seconds or timedelta, or None;"
+            f" got {value!r}."
+        )
+    return duration
+
+
 def _size(name: str, value: t.Any) -> int | None:
     if value is None or (
         isinstance(value, int) and not isinstance(value, bool) and value > 0
@@ -123,6 +143,18 @@ SETTINGS: dict[str, Setting] = {
     # fixation), and the signed-in session ended at logout.
     "SESSION_CYCLE_ON_LOGIN": Setting(True, _flag, (bool,)),
     "SESSION_FLUSH_ON_LOGOUT": Setting(True, _flag, (bool,)),
+    # Per-user sessions: what a session records for a device list, how
+    # many sessions one user may hold (None: no limit), and the age at
+    # which a session ends however active (None: no such age).
+    "SESSION_RECORD_USER_AGENT": Setting(True, _flag, (bool,)),
+    "SESSION_RECORD_IP": Setting(False, _flag, (bool,)),
+    "SESSION_MAX_PER_USER": Setting(None, _optional_positive_count, (type(None),)),
+    "SESSION_ABSOLUTE_LIFETIME": Setting(
+        None, _optional_positive_duration, (type(None),)
+    ),
+    # Look up a key 0.1 stored unhashed when its hash is not found, and
+    # store it hashed; off once `flask sessions migrate --check` passes.
+    "SESSION_LEGACY_KEYS": Setting(True, _flag, (bool,)),
 }
 
 #: The defaults ``init_app`` sets, by key.

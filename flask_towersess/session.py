@@ -11,6 +11,7 @@ admin tasks, tests).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import random
 import secrets
@@ -23,8 +24,11 @@ from datetime import timezone
 
 from flask import current_app
 from flask import has_app_context
+from flask import has_request_context
+from flask import request
 from flask.sessions import SessionMixin
 
+from . import config
 from ._persisted import Identity
 from ._persisted import Persisted
 from ._persisted import merge
@@ -44,7 +48,10 @@ from .signals import session_key_cycled
 from .signals import session_save_conflict
 from .signals import session_store_unavailable
 from .stores._fork import ProcessGuard
+from .stores.base import IP_LENGTH
 from .stores.base import KEY_PATTERN as _KEY_PATTERN
+from .stores.base import USER_AGENT_LENGTH
+from .stores.base import USER_ID_LENGTH
 from .stores.base import Record
 from .stores.base import SessionStore
 from .stores.base import short_key
@@ -107,6 +114,28 @@ def _identity(data: t.Mapping[str, t.Any]) -> Identity:
     return (name, data.get(FRESH_KEY) is True)
 
 
+def _client() -> tuple[str | None, str | None]:
+    """The ``User-Agent`` and the address of the request's client, as the
+    app records them (``SESSION_RECORD_USER_AGENT``, ``SESSION_RECORD_IP``);
+    ``(None, None)`` outside a request."""
+    if not has_request_context():
+        return None, None
+    settings = current_app.config
+    user_agent = ip = None
+    if config.read(settings, "SESSION_RECORD_USER_AGENT"):
+        user_agent = request.headers.get("User-Agent")
+        if user_agent is not None:
+            # Shown in a page later: no control characters, bounded.
+            user_agent = "".join(
+                char for char in user_agent[:USER_AGENT_LENGTH] if char.isprintable()
+            )
+    if config.read(settings, "SESSION_RECORD_IP"):
+        ip = request.remote_addr
+        if ip is not None and len(ip) > IP_LENGTH:
+            ip = None
+    return user_agent, ip
+
+
 class _RetryLocks:
     """Lets one thread of a process at a time retry saves of one session.
 
@@ -152,6 +181,30 @@ def _signal_sender() -> Flask | None:
 def new_session_key() -> str:
     """A fresh session key: 256 random bits from :mod:`secrets`, URL-safe."""
     return secrets.token_urlsafe(32)
+
+
+def stored_key(key: str) -> str:
+    """The key a session is stored under: the SHA-256 of the key its cookie
+    carries, in lowercase hex.
+
+    A copy of the store (a dump, a replica, a backup, a Redis ``SCAN``)
+    then holds nothing a cookie can carry: the cookie's key is 256 random
+    bits, so its hash cannot be inverted or guessed, and a hash sent as a
+    cookie is hashed again and found nowhere. Unkeyed on purpose: no secret
+    to rotate or lose, and the same key on every app sharing the store.
+
+    >>> stored_key("Yq3Zk1bG0xWm8aE2cV5nR7tL9pH4sJ6dF1gK3hN5oQ0")[:12]
+    'f8d5d0b8a7e1'
+
+    .. versionadded:: 0.2
+    """
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+#: The length of the keys 0.1 made (and stored unhashed): only a cookie key
+#: of this length is looked up unhashed (``SESSION_LEGACY_KEYS``). A stored
+#: hash (64 characters) sent as a cookie is never looked up as it is.
+LEGACY_KEY_LENGTH = 43
 
 
 def is_valid_session_key(key: object) -> bool:
@@ -213,6 +266,43 @@ def _normalize_expiry(value: int | float | timedelta | datetime | None) -> Expir
         "set_expiry() takes seconds, a timedelta, a datetime, 0 or None;"
         f" got {type(value).__qualname__}"
     )
+
+
+class _Decoded(t.NamedTuple):
+    """A payload as :meth:`ServerSession._decode` read it."""
+
+    data: dict[str, t.Any]
+    expiry: Expiry
+    #: When the session began, and when its user last changed (the start
+    #: of SESSION_ABSOLUTE_LIFETIME), in whole seconds since the epoch;
+    #: ``None`` in a payload 0.1 wrote.
+    created: int | None = None
+    since: int | None = None
+
+
+def _epoch_seconds(value: object) -> int | None:
+    if type(value) is int and 0 <= value <= _MAX_EPOCH_SECONDS:
+        return value
+    return None
+
+
+#: The latest moment a payload's times may name (year 9999): beyond it a
+#: datetime cannot be made, and no payload this package wrote holds one.
+_MAX_EPOCH_SECONDS = 253402300799
+
+
+def _index_user(data: t.Mapping[str, t.Any]) -> str | None:
+    """The user a per-user index lists the session under: the user id as a
+    string, for the types apps and Flask-Login write (``str``, ``int``);
+    ``None`` for anonymous, and for a value no index can hold."""
+    user = data.get(USER_ID_KEY)
+    if type(user) is int:
+        user = str(user)
+    elif type(user) is not str:
+        return None
+    if not 0 < len(user) <= USER_ID_LENGTH or not user.isprintable():
+        return None
+    return user
 
 
 class RequestEnd(t.NamedTuple):
@@ -327,6 +417,23 @@ class ServerSession(SessionMixin):
     _reported_failure: StoreUnavailable | None = None
     _cookie_key: str | None = None
     _resign_cookie = False
+    #: The cookie's key and the key it is stored under (its hash), last
+    #: computed: most requests hash one key once.
+    _hashed: tuple[str, str] = ("", "")
+    #: When the session began, and when its user last changed, in seconds
+    #: since the epoch (see _Decoded); ``None`` until read or first written.
+    _created: int | None = None
+    _since: int | None = None
+    #: The longest a session may live, counted from ``_since``, however
+    #: active (``SESSION_ABSOLUTE_LIFETIME``); ``None``: no such limit.
+    absolute_lifetime: timedelta | None = None
+    #: Whether a key of the length 0.1 made is looked up unhashed when its
+    #: hash is not found (``SESSION_LEGACY_KEYS``), and rewritten hashed.
+    legacy_keys = True
+    #: Whether this request moved the session to a (new) user: set by the
+    #: save that did, for what the interface adds to the response.
+    logged_in_now = False
+    _login_pending = False
 
     @property
     def _key(self) -> str | None:
@@ -342,6 +449,25 @@ class ServerSession(SessionMixin):
         if self._key_resolver is not None:
             self._key  # noqa: B018 - record which key the cookie carried first
         self._key_value = value
+
+    def _stored(self, key: str) -> str:
+        """The key the store knows ``key``'s session by (its hash)."""
+        hashed = self._hashed
+        if hashed[0] != key:
+            hashed = self._hashed = (key, stored_key(key))
+        return hashed[1]
+
+    @property
+    def stored_key(self) -> str | None:
+        """The key the store holds this session under (the SHA-256 of
+        :attr:`session_key`); ``None`` while there is no key. Safe to log
+        a prefix of; the public handle of a session in
+        :meth:`~flask_towersess.SessionExt.sessions_for` is derived from it.
+
+        .. versionadded:: 0.2
+        """
+        key = self._key
+        return None if key is None else self._stored(key)
 
     @property
     def lifetime(self) -> timedelta:
@@ -441,7 +567,7 @@ class ServerSession(SessionMixin):
         if key is None or persisted.must_create or self._read_failure is not None:
             return {}
         try:
-            record = self.store.load(key)
+            record = self._fetch(key)
         except StoreUnavailable as exc:
             self._read_failure = exc
             self._report_unavailable(exc, "load")
@@ -453,13 +579,60 @@ class ServerSession(SessionMixin):
             return {}
         persisted.remember(record)
         persisted.from_store = True
-        data, expiry = self._decode(record)
+        decoded = self._decode(record, key)
         if not persisted.expiry_changed:
-            self._expiry = expiry
-        persisted.identity = _identity(data)
-        return data
+            self._expiry = decoded.expiry
+        self._created = decoded.created
+        self._since = decoded.since
+        persisted.identity = _identity(decoded.data)
+        return decoded.data
 
-    def _decode(self, record: Record) -> tuple[dict[str, t.Any], Expiry]:
+    def _fetch(self, key: str) -> Record | None:
+        """The live record of ``key``: under its hash, or (a session 0.1
+        stored) under the key itself, which is then moved under its hash."""
+        stored = self._stored(key)
+        record = self.store.load(stored)
+        if record is None and self.legacy_keys and len(key) == LEGACY_KEY_LENGTH:
+            legacy = self.store.load(key)
+            if legacy is not None:
+                return self._rehash(key, legacy)
+            # Another request may have moved it between the two reads.
+            record = self.store.load(stored)
+        return record
+
+    def _rehash(self, key: str, legacy: Record) -> Record | None:
+        """Store the record 0.1 kept under ``key`` itself under its hash,
+        and delete the unhashed one; return the record now stored.
+
+        The payload moves as it is (a sealed one stays valid: the cipher
+        binds the cookie's key, not the stored one); the per-user fields are
+        filled from it, so the session joins its user's index.
+
+        .. versionadded:: 0.2
+        """
+        data = self._decode(legacy, key).data
+        now = utcnow()
+        record = Record(
+            self._stored(key),
+            legacy.payload,
+            legacy.expires_at,
+            1,
+            _index_user(data),
+            now,
+            now,
+        )
+        try:
+            self.store.create(record)
+        except CreateError:
+            # Another request (or `flask sessions migrate`) moved it first.
+            moved = self.store.load(record.key)
+        else:
+            moved = record
+        self.store.delete(key)
+        return moved
+
+    def _decode(self, record: Record, key: str) -> _Decoded:
+        """The state in ``record`` (stored for the cookie key ``key``)."""
         try:
             payload = record.payload
             # Refused before any work: a stored payload larger than a save
@@ -473,7 +646,7 @@ class ServerSession(SessionMixin):
                         f"{len(payload)} bytes, more than SESSION_MAX_PAYLOAD_SIZE"
                     )
             if self.cipher is not None:
-                payload = self.cipher.open(payload, record.key)
+                payload = self.cipher.open(payload, key)
             state = self.serializer.loads(payload)
             data = state["data"]
             expiry = state.get("expiry")
@@ -485,11 +658,16 @@ class ServerSession(SessionMixin):
             # so say so where security events go.
             security_logger.warning(
                 "Session %s: undecodable payload (%s); using an empty session",
-                short_key(record.key),
+                short_key(self._stored(key)),
                 exc,
             )
-            return {}, None
-        return data, expiry
+            return _Decoded({}, None)
+        return _Decoded(
+            data,
+            expiry,
+            _epoch_seconds(state.get("created")),
+            _epoch_seconds(state.get("since")),
+        )
 
     def load(self) -> dict[str, t.Any]:
         """Read the session from the store and return its data.
@@ -502,7 +680,9 @@ class ServerSession(SessionMixin):
 
     def exists(self, session_key: str) -> bool:
         """Whether the store holds a live session under ``session_key``."""
-        return is_valid_session_key(session_key) and self.store.exists(session_key)
+        return (
+            is_valid_session_key(session_key) and self._fetch(session_key) is not None
+        )
 
     # -- the mapping -----------------------------------------------------------
 
@@ -578,7 +758,7 @@ class ServerSession(SessionMixin):
         self.modified = True
 
     def __repr__(self) -> str:
-        key = short_key(self._key) if self._key else None
+        key = short_key(self._stored(self._key)) if self._key else None
         data = "<not loaded>" if self._data is None else self._data
         return f"<{type(self).__name__} {key} {data!r}>"
 
@@ -612,9 +792,10 @@ class ServerSession(SessionMixin):
         """Seconds from ``modification`` (default: now) until expiry."""
         if expiry is _MISSING:
             expiry = self._current_expiry()
-        if not isinstance(expiry, datetime):
+        if not isinstance(expiry, datetime) and self.absolute_lifetime is None:
             return self._inactivity_age(expiry)
-        delta = expiry - (modification or utcnow())
+        now = modification or utcnow()
+        delta = self.get_expiry_date(modification=now, expiry=expiry) - now
         return delta.days * 86400 + delta.seconds
 
     def get_expiry_date(
@@ -624,9 +805,33 @@ class ServerSession(SessionMixin):
         if expiry is _MISSING:
             expiry = self._current_expiry()
         if isinstance(expiry, datetime):
-            return expiry
-        age = self._inactivity_age(expiry)
-        return (modification or utcnow()) + timedelta(seconds=age)
+            moment = expiry
+        else:
+            age = self._inactivity_age(expiry)
+            moment = (modification or utcnow()) + timedelta(seconds=age)
+        if self.absolute_lifetime is not None:
+            return min(moment, self.absolute_deadline())
+        return moment
+
+    def absolute_deadline(self) -> datetime:
+        """When the session ends however active it is: its age limit
+        (:attr:`absolute_lifetime`) counted from its start or its last
+        change of user. Far in the future without a limit.
+
+        .. versionadded:: 0.2
+        """
+        limit = self.absolute_lifetime
+        if limit is None:
+            return _LATEST_EXPIRY
+        since = self._since
+        if since is None or self._identity_changed():
+            start = utcnow()  # the next save starts it
+        else:
+            start = datetime.fromtimestamp(since, timezone.utc)
+        try:
+            return start + limit
+        except OverflowError:
+            return _LATEST_EXPIRY
 
     def _inactivity_age(self, expiry: int | None) -> int:
         """Seconds of inactivity a session lives: its own setting, or the
@@ -643,7 +848,17 @@ class ServerSession(SessionMixin):
     # -- writing ---------------------------------------------------------------
 
     def _payload(self) -> bytes:
-        state: dict[str, t.Any] = {"data": self._data or {}}
+        now = None
+        if self._created is None:
+            now = int(time.time())
+            self._created = now
+        if self._since is None:
+            self._since = now or int(time.time())
+        state: dict[str, t.Any] = {
+            "data": self._data or {},
+            "created": self._created,
+            "since": self._since,
+        }
         if self._expiry is not None:
             state["expiry"] = self._expiry
         return self.serializer.dumps(state)
@@ -651,9 +866,28 @@ class ServerSession(SessionMixin):
     def _record(
         self, key: str, payload: bytes, expires_at: datetime, version: int
     ) -> Record:
+        """The record of this session's state, stored for cookie key ``key``."""
         if self.cipher is not None:
+            # Bound to the cookie's key, which the store never holds: a
+            # payload copied to another record does not open there.
             payload = self.cipher.seal(payload, key)
-        return Record(key, payload, expires_at, version)
+        data = self._data or {}
+        user = _index_user(data)
+        created_at = None
+        if self._created is not None:
+            created_at = datetime.fromtimestamp(self._created, timezone.utc)
+        user_agent, ip = _client()
+        return Record(
+            self._stored(key),
+            payload,
+            expires_at,
+            version,
+            user,
+            created_at,
+            utcnow(),
+            user_agent,
+            ip,
+        )
 
     def _after_write(self, record: Record) -> None:
         self._persisted.written(record, _identity(self._data or {}))
@@ -715,12 +949,36 @@ class ServerSession(SessionMixin):
             raise StoreUnavailable() from self._read_failure.__cause__
         try:
             self._save(must_create)
+            if self._login_pending:
+                self._login_pending = False
+                self._limit_sessions_per_user()
         except StoreUnavailable as exc:
             self._report_unavailable(exc, "save")
             raise
 
+    def _limit_sessions_per_user(self) -> None:
+        """After a log-in, end the user's least recently active sessions
+        beyond ``SESSION_MAX_PER_USER``."""
+        if not has_app_context():
+            return
+        limit = config.read(current_app.config, "SESSION_MAX_PER_USER")
+        user = _index_user(self._data or {})
+        key = self.stored_key
+        if limit is None or user is None or key is None:
+            return
+        per_user = self.store.as_per_user()
+        if per_user is None:
+            return  # init_app refuses the setting on such a store
+        ended = per_user.trim_sessions_of(user, limit, keep=key)
+        if ended and session_ended.receivers:
+            sender = _signal_sender()
+            for stored in ended:
+                session_ended.send(sender, session=None, key=stored, reason="limit")
+
     def _save(self, must_create: bool) -> None:
         if self._key is None:
+            if _index_user(self._data or {}) is not None:
+                self.logged_in_now = self._login_pending = True
             self.create()
             return
         persisted = self._persisted
@@ -730,9 +988,10 @@ class ServerSession(SessionMixin):
             if self._key == self._cookie_key:
                 # Never a record under a key the client sent: a copied cookie
                 # of a session that ended must not work again.
-                if self.store.exists(self._key):
+                if self._fetch(self._key) is not None:
                     raise CreateError(
-                        f"a session with key {short_key(self._key)} exists"
+                        "a session with key"
+                        f" {short_key(self._stored(self._key))} exists"
                     )
                 self.create()
             else:
@@ -746,19 +1005,24 @@ class ServerSession(SessionMixin):
             # The data was replaced (clear()) before it was ever loaded: the
             # compare-and-set still needs the stored version, and the
             # identity check whom the stored session belonged to.
-            record = self.store.load(self._key)
+            record = self._fetch(self._key)
             if record is None:
                 self._key = None
                 self.create()
                 return
             persisted.remember(record)
-            persisted.identity = _identity(self._decode(record)[0])
-        if (
-            self.cycle_on_login
-            and not persisted.must_create
-            and self._identity_changed()
-        ):
-            self.cycle_key()
+            decoded = self._decode(record, self._key)
+            persisted.identity = _identity(decoded.data)
+            self._created = decoded.created
+        if self._identity_changed():
+            # A log-in (or a log-out kept as an anonymous session): the
+            # absolute lifetime starts again, and the key moves on.
+            self._since = None
+            self.logged_in_now = self._login_pending = (
+                _index_user(self._data or {}) is not None
+            )
+            if self.cycle_on_login and not persisted.must_create:
+                self.cycle_key()
         if persisted.must_create:
             self._move_to_current_key()
             return
@@ -798,7 +1062,11 @@ class ServerSession(SessionMixin):
                 except VersionConflict:
                     retries += 1
                     if session_save_conflict.receivers:
-                        self._send(session_save_conflict, key=key, retries=retries)
+                        self._send(
+                            session_save_conflict,
+                            key=self._stored(key),
+                            retries=retries,
+                        )
                     if retries == 1:
                         deadline = time.monotonic() + self.save_timeout.total_seconds()
                         held = _retry_locks.acquire(key, deadline)
@@ -891,14 +1159,16 @@ class ServerSession(SessionMixin):
             if session_created.receivers:
                 self._send(session_created, key=record.key)
         elif session_key_cycled.receivers:
-            self._send(session_key_cycled, old_key=old, new_key=record.key)
+            self._send(
+                session_key_cycled, old_key=self._stored(old), new_key=record.key
+            )
 
     def _retirement(self) -> Record:
         """What ends the record :meth:`cycle_key` moves from: a next version
         that has expired already, so no store returns it again."""
         key, version = self._persisted.moving_from, self._persisted.moving_version
         assert key is not None and version is not None
-        return Record(key, b"", _RETIRED_AT, version + 1)
+        return Record(self._stored(key), b"", _RETIRED_AT, version + 1)
 
     def _create_at_current_key(self) -> None:
         assert self._key is not None
@@ -913,10 +1183,10 @@ class ServerSession(SessionMixin):
         """Re-apply this session's changes on top of the record stored under
         ``key`` (its own key, or the one :meth:`cycle_key` moves it from)."""
         assert self._data is not None
-        record = self.store.load(key)
+        record = self.store.load(self._stored(key))
         if record is None:
             raise UpdateError("the session was deleted while this request was using it")
-        theirs, their_expiry = self._decode(record)
+        theirs, their_expiry = self._decode(record, key)[:2]
         persisted = self._persisted
         if persisted.cleared:
             merged = dict(self._data)
@@ -924,9 +1194,9 @@ class ServerSession(SessionMixin):
             baseline = persisted.baseline(key)
             before: dict[str, t.Any] = {}
             if baseline is not None:
-                before = self._decode(Record(record.key, baseline, record.expires_at))[
-                    0
-                ]
+                before = self._decode(
+                    Record(record.key, baseline, record.expires_at), key
+                ).data
             merged = merge(self._data, theirs, before, self._changed)
         self._data = merged
         if not persisted.expiry_changed:
@@ -951,7 +1221,7 @@ class ServerSession(SessionMixin):
             key, payload = self._key, persisted.payload
         if key is None or payload is None:  # nothing was stored
             return dict(data)
-        before = self._decode(Record(key, payload, utcnow()))[0]
+        before = self._decode(Record(key, payload, utcnow()), key).data
         return written_since(data, before, self._changed)
 
     def end_identity(self) -> None:
@@ -985,7 +1255,7 @@ class ServerSession(SessionMixin):
         """Delete the record of ``session_key`` (default: this session's)."""
         key = self._key if session_key is None else session_key
         if key is not None:
-            self.store.delete(key)
+            self.store.delete(self._stored(key))
 
     def flush(self) -> None:
         """Log out: remove the data, delete the record, forget the key.
@@ -1020,7 +1290,7 @@ class ServerSession(SessionMixin):
             # Cleared before it was ever read: the move still needs the
             # version it retires.
             try:
-                record = self.store.load(key)
+                record = self._fetch(key)
             except StoreUnavailable as exc:
                 self._report_unavailable(exc, "load")
                 raise
@@ -1089,8 +1359,10 @@ class ServerSession(SessionMixin):
         if key is None:
             return False
         expires_at = utcnow() + timedelta(seconds=age)
+        if self.absolute_lifetime is not None:
+            expires_at = min(expires_at, self.absolute_deadline())
         try:
-            self.store.touch(key, expires_at)
+            self.store.touch(self._stored(key), expires_at)
         except StoreUnavailable as exc:
             self._report_unavailable(exc, "touch")
             raise
@@ -1110,7 +1382,7 @@ class ServerSession(SessionMixin):
             keys.append(self._key)
         try:
             for key in keys:
-                self.store.delete(key)
+                self.store.delete(self._stored(key))
         except StoreUnavailable as exc:
             self._report_unavailable(exc, "delete")
             raise
@@ -1119,7 +1391,7 @@ class ServerSession(SessionMixin):
         if keys and session_ended.receivers:
             # One session ended, whichever of its records it had: the
             # current one if written, else the one cycle_key() moved from.
-            self._send(session_ended, key=keys[-1], reason=reason)
+            self._send(session_ended, key=self._stored(keys[-1]), reason=reason)
 
     # -- signals -----------------------------------------------------------------
 

@@ -22,10 +22,13 @@ used outside any app context (a script, an admin task) sends with
 :class:`~flask_towersess.ServerSession`. A receiver should take ``**extra``
 as well, so a later version can add arguments without breaking it.
 
-**Session keys are secrets.** ``key``, ``old_key`` and ``new_key`` are
-whole session keys: whoever reads one can use the session. Never log them
-or use them as metric labels; where a key must be shown, show
-:func:`~flask_towersess.stores.base.short_key` of it.
+**Keys are the stored ones.** ``key``, ``old_key`` and ``new_key`` are
+the keys the store holds the session under (:attr:`ServerSession.stored_key
+<flask_towersess.ServerSession.stored_key>`, the SHA-256 of the cookie's
+key), never the cookie's key: nothing a receiver sees works as a cookie.
+They still name one session each: do not use them as metric labels, and
+where one is shown, show :func:`~flask_towersess.stores.base.short_key` of
+it, as this package's own logs do.
 
 Receivers run in the request, synchronously, and an exception in one ends
 the request with it: keep them short and let them not fail. With no
@@ -49,7 +52,7 @@ _signals = Namespace()
 #: moves to a new key (:data:`session_key_cycled` is).
 #:
 #: :param session: the :class:`~flask_towersess.ServerSession`.
-#: :param key: its new key (a secret).
+#: :param key: its stored key.
 session_created = _signals.signal("session-created")
 
 #: A session moved to a fresh key and the record under its old key was
@@ -59,8 +62,8 @@ session_created = _signals.signal("session-created")
 #: called: a request that fails before its session is saved sends nothing.
 #:
 #: :param session: the :class:`~flask_towersess.ServerSession`.
-#: :param old_key: the key it had (a secret, no longer valid).
-#: :param new_key: the key it has now (a secret).
+#: :param old_key: the stored key it had (no longer valid).
+#: :param new_key: the stored key it has now.
 session_key_cycled = _signals.signal("session-key-cycled")
 
 #: A stored session was ended: its record deleted. Sent when it is deleted,
@@ -69,8 +72,9 @@ session_key_cycled = _signals.signal("session-key-cycled")
 #: :meth:`~flask_towersess.ServerSession.delete`, which deletes a record by
 #: key, like a store call, whether a session uses it or not.
 #:
-#: :param session: the :class:`~flask_towersess.ServerSession`.
-#: :param key: the key of the deleted record (a secret).
+#: :param session: the :class:`~flask_towersess.ServerSession`; ``None``
+#:     for sessions ended on the server, with ``"revoke"`` or ``"limit"``.
+#: :param key: the stored key of the deleted record.
 #: :param reason: why, one of
 #:
 #:     - ``"flush"``: :meth:`~flask_towersess.ServerSession.flush` was called;
@@ -79,9 +83,14 @@ session_key_cycled = _signals.signal("session-key-cycled")
 #:     - ``"emptied"``: the request left the session empty (``clear()``, or
 #:       every key popped), which ends it at the end of the request.
 #:
-#:     Ending a user's sessions on the server (revocation, to come in a
-#:     later version) will send it too, with ``"revoke"``; count the values
-#:     you do not know as "other".
+#:     - ``"revoke"``: :meth:`~flask_towersess.SessionExt.revoke` (or
+#:       ``flask sessions revoke``) ended it, in whichever request or
+#:       process called it;
+#:     - ``"limit"``: a log-in of its user went beyond
+#:       ``SESSION_MAX_PER_USER``, and it was the least recently active.
+#:
+#:     Count the values you do not know as "other": later versions may
+#:     add some.
 session_ended = _signals.signal("session-ended")
 
 #: A save lost a compare-and-set: another request saved the same session
@@ -93,7 +102,7 @@ session_ended = _signals.signal("session-ended")
 #: :class:`~flask_towersess.SessionInterrupted`.
 #:
 #: :param session: the :class:`~flask_towersess.ServerSession`.
-#: :param key: the key of the record that changed (a secret).
+#: :param key: the stored key of the record that changed.
 #: :param retries: which retry this conflict leads to: 1 for the first.
 session_save_conflict = _signals.signal("session-save-conflict")
 
