@@ -28,6 +28,8 @@ if t.TYPE_CHECKING:
     import sqlalchemy as sa
     from flask import Flask
 
+    from .per_user import SessionInfo
+
 #: The file of the zero-configuration SQLite store, in the instance folder.
 DEFAULT_SQLITE_FILENAME = "flask_towersess.sqlite3"
 
@@ -96,9 +98,16 @@ class SessionExt:
             from .crypto import PayloadCipher
 
             cipher = PayloadCipher(keys)
-        interface = ServerSessionInterface(
-            self._make_store(app), serializer=serializer, cipher=cipher
-        )
+        store = self._make_store(app)
+        if (
+            config.read(app.config, "SESSION_MAX_PER_USER") is not None
+            and store.as_per_user() is None
+        ):
+            raise ConfigurationError(
+                f"SESSION_MAX_PER_USER needs a store with a per-user index;"
+                f" {store.describe()} keeps none."
+            )
+        interface = ServerSessionInterface(store, serializer=serializer, cipher=cipher)
         app.session_interface = interface
         app.extensions["towersess"] = self
         self._interfaces[app] = interface
@@ -112,6 +121,7 @@ class SessionExt:
         """End the session at Flask-Login's logout, when Flask-Login is
         installed (its signals are sent with the app as sender)."""
         try:
+            from flask_login import user_accessed
             from flask_login import user_logged_out
         except ImportError:
             return
@@ -121,6 +131,14 @@ class SessionExt:
         # and a changed user id moves the session to a fresh key at save
         # (ServerSession.user_id).
         user_logged_out.connect(self._on_logout, app)
+        # Sent first thing whenever Flask-Login loads the user: before it
+        # would trust a remember-me cookie.
+        user_accessed.connect(self._on_user_accessed, app)
+
+    def _on_user_accessed(self, app: Flask, **kwargs: t.Any) -> None:
+        from ._remember import refuse_revoked_cookie
+
+        refuse_revoked_cookie(app, self.get_store(app))
 
     def _on_logout(self, app: Flask, **kwargs: t.Any) -> None:
         session = _current_server_session()
@@ -198,6 +216,106 @@ class SessionExt:
         """The store of ``app`` (default: the current app)."""
         return self.get_interface(app).store
 
+    # -- per-user sessions -------------------------------------------------------
+
+    def sessions_for(
+        self, user_id: str | int, *, app: Flask | None = None
+    ) -> list[SessionInfo]:
+        """The live sessions of ``user_id``, most recently active first: a
+        device list.
+
+        Never an expired, revoked or anonymous session, whether or not
+        ``purge-expired`` ever ran. Inside a request, the request's own
+        session has ``current`` set. Works outside a request too (a script,
+        a CLI command) with ``app=``.
+
+        .. code-block:: python
+
+            @app.get("/account/sessions")
+            @login_required
+            def my_sessions():
+                ext = current_app.extensions["towersess"]
+                return render_template(
+                    "sessions.html", sessions=ext.sessions_for(current_user.id)
+                )
+
+        :raises ConfigurationError: the store keeps no per-user index
+            (:class:`~flask_towersess.stores.PerUserIndex`).
+        :raises ValueError: ``user_id`` is not a user id.
+
+        .. versionadded:: 0.2
+        """
+        from .per_user import current_stored_key
+        from .per_user import list_sessions
+
+        store = self.get_store(app)
+        current = current_stored_key() if self._is_current(app) else None
+        return list_sessions(store, user_id, current=current)
+
+    def revoke(
+        self,
+        user_id: str | int,
+        session_id: str | None = None,
+        *,
+        keep_current: bool = False,
+        app: Flask | None = None,
+    ) -> int:
+        """End one session of ``user_id`` (``session_id``: a
+        :attr:`SessionInfo.id <flask_towersess.per_user.SessionInfo.id>`)
+        or all of them; return how many ended.
+
+        Effective on the next request in every process sharing the store,
+        caches included; a request that read a revoked session before and
+        saves after cannot bring it back (it ends with
+        :class:`~flask_towersess.SessionInterrupted`). All of a user's
+        sessions end in a fixed number of store round trips however many
+        there are. A handle only ends a session of the user it is given
+        with.
+
+        :param keep_current: keep the session of the request asking ("sign
+            out everywhere else"); its remember-me cookie, if it has one,
+            stays valid.
+        :param app: the app whose store to use, outside a request.
+
+        Revoking all of a user's sessions also stops Flask-Login's
+        remember-me cookies issued before it (see :doc:`/per-user`).
+
+        .. versionadded:: 0.2
+        """
+        from ._remember import remember_duration
+        from .per_user import revoke_sessions
+        from .per_user import signal_revoked
+        from .session import _signal_sender
+
+        target: t.Any = current_app if app is None else app
+        store = self.get_store(app)
+        session = _current_server_session() if self._is_current(app) else None
+        current = session.stored_key if session is not None else None
+        ended = revoke_sessions(
+            store,
+            user_id,
+            session_id,
+            keep=current if keep_current else None,
+            remember_for=remember_duration(target),
+        )
+        signal_revoked(_signal_sender(), (key for key in ended if key != current))
+        if session is not None:
+            if current is not None and current in ended:
+                # This request's own session ended: it must not be saved
+                # back (nor fail to be); the cookie goes at the end.
+                session.end_revoked()
+            elif keep_current and session_id is None:
+                session.restamp_remember = True
+        return len(ended)
+
+    def _is_current(self, app: Flask | None) -> bool:
+        """Whether ``app`` is the app of the request being served."""
+        from flask import has_request_context
+
+        if not has_request_context():
+            return False
+        return app is None or app is current_app._get_current_object()  # type: ignore[attr-defined]
+
 
 @contextlib.contextmanager
 def _naming_setting(setting: str) -> t.Iterator[None]:
@@ -229,8 +347,11 @@ def _create_folder_on_connect(engine: sa.engine.Engine, folder: str) -> None:
 
 
 def _current_server_session() -> ServerSession | None:
+    from flask import has_request_context
     from flask import session
 
+    if not has_request_context():
+        return None
     obj = session._get_current_object()  # type: ignore[attr-defined]
     return obj if isinstance(obj, ServerSession) else None
 

@@ -389,6 +389,11 @@ class ServerSessionInterface(SessionInterface):
         )
         if not self.get_cycle_on_login(app):
             session.cycle_on_login = False
+        absolute = config.read(app.config, "SESSION_ABSOLUTE_LIFETIME")
+        if absolute is not None:
+            session.absolute_lifetime = absolute
+        if not config.read(app.config, "SESSION_LEGACY_KEYS"):
+            session.legacy_keys = False
         return session
 
     def _key_from_request(
@@ -421,6 +426,10 @@ class ServerSessionInterface(SessionInterface):
         except HTTPException as exc:  # StoreUnavailable, SessionInterrupted
             self._respond_with_error(app, response, exc)
             return
+        if session.logged_in_now or session.restamp_remember:
+            from ._remember import after_login
+
+            after_login(app, session, response)
         if end.delete_cookie:
             self._delete_cookie(app, response)
         # Flask's rule, through Flask's hook, so an app overrides it as it

@@ -434,6 +434,9 @@ class ServerSession(SessionMixin):
     #: save that did, for what the interface adds to the response.
     logged_in_now = False
     _login_pending = False
+    #: Whether the interface re-stamps the remember-me cookie this request
+    #: carries (its user's other sessions were revoked, this one kept).
+    restamp_remember = False
 
     @property
     def _key(self) -> str | None:
@@ -1273,6 +1276,14 @@ class ServerSession(SessionMixin):
         self._expiry = None
         self.accessed = True
         self.modified = True
+
+    def end_revoked(self) -> None:
+        """This session was revoked while the request used it: forget it
+        without saving (its record is gone already).
+
+        .. versionadded:: 0.2
+        """
+        self._end("revoke")
 
     def cycle_key(self) -> None:
         """Move the data to a fresh key and delete the old record.

@@ -1,0 +1,167 @@
+"""Flask-Login's remember-me cookie, held to revocations.
+
+Flask-Login's remember cookie carries the user id and an HMAC of it: the
+same value every time it is issued, valid until it expires (a year by
+default). Ending a user's sessions on the server does not touch it, so on
+its own it would log a revoked user straight back in (Laravel's issue
+24857). Two pieces stop that:
+
+- when a log-in sets the remember cookie, a companion cookie
+  (``<REMEMBER_COOKIE_NAME>_issued``) records, signed with the app's secret
+  key, the moment it was issued;
+- :meth:`SessionExt.revoke <flask_towersess.SessionExt.revoke>` of all of
+  a user's sessions leaves a mark in the store with that moment; right
+  before Flask-Login would load a user from the remember cookie (its
+  ``user_accessed`` signal, sent first thing in every user load), a cookie
+  of a revoked user issued before the mark, or without a companion (a
+  cookie 0.1 issued), is turned away: Flask-Login is told to clear it, and
+  the request stays anonymous.
+
+.. versionadded:: 0.2
+"""
+
+from __future__ import annotations
+
+import hashlib
+import typing as t
+from datetime import timedelta
+
+from flask import current_app
+from flask import request
+from itsdangerous import BadSignature
+from itsdangerous import Signer
+
+from .per_user import revoked_at
+from .session import ServerSession
+from .stores._epoch import from_epoch_micros
+from .stores._epoch import to_epoch_micros
+from .stores.base import utcnow
+
+if t.TYPE_CHECKING:
+    from datetime import datetime
+
+    from flask import Flask
+    from flask import Response
+
+    from .stores.base import SessionStore
+
+#: Flask-Login's defaults, for an app that does not set them.
+_DEFAULT_COOKIE_NAME = "remember_token"
+_DEFAULT_DURATION = timedelta(days=365)
+_SALT = "flask-towersess.remember-issued"
+
+
+def remember_cookie_name(app: Flask) -> str:
+    name: str = app.config.get("REMEMBER_COOKIE_NAME", _DEFAULT_COOKIE_NAME)
+    return name
+
+
+def issued_cookie_name(app: Flask) -> str:
+    """The companion cookie's name: the remember cookie's, ``_issued``."""
+    return f"{remember_cookie_name(app)}_issued"
+
+
+def remember_duration(app: Flask) -> timedelta:
+    """How long Flask-Login's remember cookie lasts."""
+    value = app.config.get("REMEMBER_COOKIE_DURATION", _DEFAULT_DURATION)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return timedelta(seconds=value)
+    return value if isinstance(value, timedelta) else _DEFAULT_DURATION
+
+
+def _signer(app: Flask) -> Signer:
+    return Signer(app.secret_key or "", salt=_SALT, digest_method=hashlib.sha256)
+
+
+def issued_at(app: Flask) -> datetime | None:
+    """When the request's remember cookie was issued, from its companion;
+    ``None`` without a valid one."""
+    value = request.cookies.get(issued_cookie_name(app))
+    if not value or len(value) > 200:
+        return None
+    try:
+        micros = int(_signer(app).unsign(value))
+    except (BadSignature, ValueError):
+        return None
+    return from_epoch_micros(micros)
+
+
+def stamp_issued(app: Flask, response: Response) -> None:
+    """Set the companion cookie to now, with the remember cookie's
+    attributes."""
+    config = app.config
+    value = _signer(app).sign(str(to_epoch_micros(utcnow()))).decode()
+    response.set_cookie(
+        issued_cookie_name(app),
+        value,
+        max_age=int(remember_duration(app).total_seconds()),
+        domain=config.get("REMEMBER_COOKIE_DOMAIN"),
+        path=config.get("REMEMBER_COOKIE_PATH", "/"),
+        secure=bool(config.get("REMEMBER_COOKIE_SECURE", False)),
+        httponly=bool(config.get("REMEMBER_COOKIE_HTTPONLY", True)),
+        samesite=config.get("REMEMBER_COOKIE_SAMESITE"),
+    )
+
+
+def sets_remember_cookie(
+    app: Flask, session: ServerSession, response: Response
+) -> bool:
+    """Whether this response sets Flask-Login's remember cookie (or will:
+    Flask-Login's after-request handler may run after ours)."""
+    if session.get("_remember") == "set":
+        return True
+    prefix = f"{remember_cookie_name(app)}="
+    return any(
+        header.startswith(prefix) and not header.startswith(f"{prefix};")
+        for header in response.headers.getlist("Set-Cookie")
+    )
+
+
+def after_login(app: Flask, session: ServerSession, response: Response) -> None:
+    """At the end of a request that logged a user in, or that revoked the
+    user's other sessions and keeps this one: stamp the remember cookie
+    this device holds or is given."""
+    if getattr(app, "login_manager", None) is None:
+        return
+    carried = request.cookies.get(remember_cookie_name(app)) is not None
+    if sets_remember_cookie(app, session, response) or (
+        session.restamp_remember and carried
+    ):
+        stamp_issued(app, response)
+
+
+def refuse_revoked_cookie(app: Flask, store: SessionStore) -> None:
+    """Before Flask-Login loads a user: if it would load one from a remember
+    cookie issued before that user's sessions were all revoked, make it
+    clear the cookie instead."""
+    name = remember_cookie_name(app)
+    cookie = request.cookies.get(name)
+    if not cookie:
+        return
+    from flask import session
+
+    server_session = session._get_current_object()  # type: ignore[attr-defined]
+    if not isinstance(server_session, ServerSession):
+        return
+    if (
+        server_session.get("_user_id") is not None
+        or server_session.get("_remember") == "clear"
+    ):
+        return  # Flask-Login loads the user from the session, not the cookie
+    from flask_login.utils import decode_cookie
+
+    user_id = decode_cookie(cookie)
+    if user_id is None:
+        return  # a forged cookie: Flask-Login refuses it itself
+    revoked = revoked_at(store, str(user_id))
+    if revoked is None:
+        return
+    issued = issued_at(app)
+    if issued is None or issued <= revoked:
+        # Flask-Login reads this before the cookie, and clears the cookie
+        # at the end of the request.
+        server_session["_remember"] = "clear"
+        current_app.logger.info(
+            "A remember-me cookie issued before its user's sessions were"
+            " revoked was refused."
+        )
