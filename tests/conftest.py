@@ -15,6 +15,7 @@ pytest_plugins = [
     "tests.fixtures_mongodb",
     "tests.fixtures_redis",
     "tests.fixtures_memcached",
+    "tests.legacy",
 ]
 
 #: Every store the shared contract runs on; each name has a ``<name>_store``
