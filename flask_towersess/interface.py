@@ -389,11 +389,7 @@ class ServerSessionInterface(SessionInterface):
         )
         if not self.get_cycle_on_login(app):
             session.cycle_on_login = False
-        absolute = config.read(app.config, "SESSION_ABSOLUTE_LIFETIME")
-        if absolute is not None:
-            session.absolute_lifetime = absolute
-        if not config.read(app.config, "SESSION_LEGACY_KEYS"):
-            session.legacy_keys = False
+        session.served = (app, request)
         return session
 
     def _key_from_request(

@@ -24,8 +24,6 @@ from datetime import timezone
 
 from flask import current_app
 from flask import has_app_context
-from flask import has_request_context
-from flask import request
 from flask.sessions import SessionMixin
 
 from . import config
@@ -60,6 +58,7 @@ from .stores.base import utcnow
 if t.TYPE_CHECKING:
     from blinker import Signal
     from flask import Flask
+    from flask import Request
 
     from .crypto import PayloadCipher
 
@@ -114,24 +113,32 @@ def _identity(data: t.Mapping[str, t.Any]) -> Identity:
     return (name, data.get(FRESH_KEY) is True)
 
 
-def _client() -> tuple[str | None, str | None]:
-    """The ``User-Agent`` and the address of the request's client, as the
-    app records them (``SESSION_RECORD_USER_AGENT``, ``SESSION_RECORD_IP``);
-    ``(None, None)`` outside a request."""
-    if not has_request_context():
+def _client(
+    served: tuple[Flask, Request] | None,
+) -> tuple[str | None, str | None]:
+    """The ``User-Agent`` and the address of the client of ``served`` (the
+    app and request the session serves), as the app records them
+    (``SESSION_RECORD_USER_AGENT``, ``SESSION_RECORD_IP``); ``(None, None)``
+    outside a request."""
+    if served is None:
         return None, None
-    settings = current_app.config
+    app, request = served
+    settings = app.config
+    # Straight from the WSGI environ, as werkzeug's own properties read
+    # them (after a ProxyFix, too): this runs on every write.
+    environ = request.environ
     user_agent = ip = None
     if config.read(settings, "SESSION_RECORD_USER_AGENT"):
-        user_agent = request.headers.get("User-Agent")
+        user_agent = environ.get("HTTP_USER_AGENT")
         if user_agent is not None:
-            # Shown in a page later: no control characters, bounded.
-            user_agent = "".join(
-                char for char in user_agent[:USER_AGENT_LENGTH] if char.isprintable()
-            )
+            # Shown in a page later: bounded, and no control characters
+            # (checked in one C call: real browsers send none).
+            user_agent = user_agent[:USER_AGENT_LENGTH]
+            if not user_agent.isprintable():
+                user_agent = "".join(filter(str.isprintable, user_agent))
     if config.read(settings, "SESSION_RECORD_IP"):
-        ip = request.remote_addr
-        if ip is not None and len(ip) > IP_LENGTH:
+        ip = environ.get("REMOTE_ADDR")
+        if not isinstance(ip, str) or len(ip) > IP_LENGTH:
             ip = None
     return user_agent, ip
 
@@ -424,16 +431,18 @@ class ServerSession(SessionMixin):
     #: since the epoch (see _Decoded); ``None`` until read or first written.
     _created: int | None = None
     _since: int | None = None
-    #: The longest a session may live, counted from ``_since``, however
-    #: active (``SESSION_ABSOLUTE_LIFETIME``); ``None``: no such limit.
-    absolute_lifetime: timedelta | None = None
-    #: Whether a key of the length 0.1 made is looked up unhashed when its
-    #: hash is not found (``SESSION_LEGACY_KEYS``), and rewritten hashed.
-    legacy_keys = True
+    # SESSION_ABSOLUTE_LIFETIME and SESSION_LEGACY_KEYS, read from the
+    # served app's config when first needed (most requests never need
+    # them), or set on the session.
+    _absolute_lifetime: t.Any = _MISSING
+    _legacy_keys: t.Any = _MISSING
     #: Whether this request moved the session to a (new) user: set by the
     #: save that did, for what the interface adds to the response.
     logged_in_now = False
     _login_pending = False
+    #: The app and request the session serves (set by the interface); what
+    #: a write records of the client comes from them.
+    served: tuple[Flask, Request] | None = None
     #: Whether the interface re-stamps the remember-me cookie this request
     #: carries (its user's other sessions were revoked, this one kept).
     restamp_remember = False
@@ -452,6 +461,48 @@ class ServerSession(SessionMixin):
         if self._key_resolver is not None:
             self._key  # noqa: B018 - record which key the cookie carried first
         self._key_value = value
+
+    @property
+    def absolute_lifetime(self) -> timedelta | None:
+        """The longest the session may live, counted from its start or its
+        last change of user, however active (``SESSION_ABSOLUTE_LIFETIME``
+        of the app it serves); ``None``: no such limit.
+
+        .. versionadded:: 0.2
+        """
+        value = self._absolute_lifetime
+        if value is _MISSING:
+            served = self.served
+            value = self._absolute_lifetime = (
+                None
+                if served is None
+                else config.read(served[0].config, "SESSION_ABSOLUTE_LIFETIME")
+            )
+        return t.cast("timedelta | None", value)
+
+    @absolute_lifetime.setter
+    def absolute_lifetime(self, value: timedelta | None) -> None:
+        self._absolute_lifetime = value
+
+    @property
+    def legacy_keys(self) -> bool:
+        """Whether a key of the length 0.1 made is looked up unhashed when
+        its hash is not found, and then stored hashed
+        (``SESSION_LEGACY_KEYS`` of the app it serves; true outside one).
+
+        .. versionadded:: 0.2
+        """
+        value = self._legacy_keys
+        if value is _MISSING:
+            served = self.served
+            value = self._legacy_keys = served is None or config.read(
+                served[0].config, "SESSION_LEGACY_KEYS"
+            )
+        return bool(value)
+
+    @legacy_keys.setter
+    def legacy_keys(self, value: bool) -> None:
+        self._legacy_keys = value
 
     def _stored(self, key: str) -> str:
         """The key the store knows ``key``'s session by (its hash)."""
@@ -879,7 +930,7 @@ class ServerSession(SessionMixin):
         created_at = None
         if self._created is not None:
             created_at = datetime.fromtimestamp(self._created, timezone.utc)
-        user_agent, ip = _client()
+        user_agent, ip = _client(self.served)
         return Record(
             self._stored(key),
             payload,
