@@ -45,8 +45,15 @@ def expected_lines(store: SessionStore, live: int, expired: int) -> list[str]:
     return [
         f"live sessions: {live}",
         f"expired sessions (not yet purged): {expired}{note}",
-        f"sessions per user: {NO_PER_USER_INDEX}",
+        f"sessions per user: {per_user_text(store)}",
     ]
+
+
+def per_user_text(store: SessionStore) -> str:
+    """What stats says per user of a store holding anonymous sessions only."""
+    if store.as_counting_per_user() is None:
+        return NO_PER_USER_INDEX
+    return "no user has a live session"
 
 
 # -- stats on every store --------------------------------------------------------
@@ -85,13 +92,13 @@ def test_stats_counts_live_and_expired(store: SessionStore) -> None:
     assert result.exit_code == 0, result.output
     live_line, expired_line, per_user_line = result.stdout.splitlines()
     assert live_line == "live sessions: 3"
-    assert per_user_line == f"sessions per user: {NO_PER_USER_INDEX}"
+    assert per_user_line == f"sessions per user: {per_user_text(store)}"
 
     figures = json.loads(invoke(app, "stats", "--json").stdout)
     assert figures["live"] == 3
     assert figures["store"] == store.describe()
     assert figures["expires_natively"] is store.expires_natively
-    assert figures["per_user"] is None
+    assert figures["per_user"] == (None if store.as_counting_per_user() is None else [])
     if store.as_purging() is None:
         # Redis: an expired record was never kept.
         assert figures["expired"] == 0
@@ -225,7 +232,9 @@ def test_caching_store_counts_and_indexes_through_its_durable_store() -> None:
     add_records(caching, expired=1, live=2)
     assert caching.as_counting() is caching
     assert caching.count_live() == 2
-    assert caching.as_counting_per_user() is durable
+    # The durable store's capability, on the caching store itself.
+    assert caching.as_counting_per_user() is caching
+    assert caching.per_user_counts(5) == durable.per_user_counts(5)  # type: ignore[attr-defined]
     assert CachingStore(MemoryStore(), UncountableStore()).as_counting() is None
 
 

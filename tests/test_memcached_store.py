@@ -35,7 +35,9 @@ from flask_towersess.errors import VersionConflict
 from flask_towersess.session import new_session_key
 from flask_towersess.stores import store_for
 from flask_towersess.stores import store_from_url
+from flask_towersess.stores.base import LegacyKeys
 from flask_towersess.stores.base import Migrating
+from flask_towersess.stores.base import PerUserIndex
 from flask_towersess.stores.base import Purging
 from flask_towersess.stores.base import Record
 from flask_towersess.stores.base import utcnow
@@ -138,6 +140,13 @@ def test_no_purging_no_migrating(memcached_store: MemcachedStore) -> None:
     assert memcached_store.as_purging() is None
     assert memcached_store.as_migrating() is None
     assert not isinstance(memcached_store, (Purging, Migrating))
+
+
+def test_no_per_user_index(memcached_store: MemcachedStore) -> None:
+    # memcached can neither list nor index its items.
+    assert memcached_store.as_per_user() is None
+    assert memcached_store.as_counting_per_user() is None
+    assert not isinstance(memcached_store, (PerUserIndex, LegacyKeys))
 
 
 # -- compare-and-set ---------------------------------------------------------
@@ -447,6 +456,40 @@ def test_several_servers_share_the_keys(
     with pytest.raises(StoreUnavailable):
         for rec in records:
             store.load(rec.key)
+    store.close()
+
+
+def test_delete_many_is_one_round_trip_per_server(
+    memcached_factory: Callable[..., MemcachedProcess],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    servers = [memcached_factory() for _ in range(2)]
+    url = "memcached://" + ",".join(f"127.0.0.1:{s.port}" for s in servers)
+    store = MemcachedStore.from_url(url, key_prefix=unique_prefix(), **STORE_OPTIONS)
+    records = [record(b"%d" % n) for n in range(40)]
+    for rec in records:
+        store.create(rec)
+    calls: list[int] = []
+    for node in store._nodes.values():
+        client = node.client
+        real = client.delete_many
+
+        def counted(
+            names: t.Any, *args: t.Any, _real: t.Any = real, **kw: t.Any
+        ) -> t.Any:
+            calls.append(len(names))
+            return _real(names, *args, **kw)
+
+        monkeypatch.setattr(client, "delete", None)  # never one by one
+        monkeypatch.setattr(client, "delete_many", counted)
+    store.delete_many([rec.key for rec in records[:30]] + [new_session_key()])
+    assert len(calls) == 2 and sum(calls) == 31
+    assert [store.load(rec.key) for rec in records[:30]] == [None] * 30
+    assert all(store.load(rec.key) is not None for rec in records[30:])
+    store.delete_many([])
+    with pytest.raises(ValueError):
+        store.delete_many([records[30].key, "no good"])
+    assert store.load(records[30].key) is not None  # checked before sending
     store.close()
 
 

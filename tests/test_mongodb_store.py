@@ -225,7 +225,8 @@ def test_expires_natively() -> None:
 
 def test_migrate_creates_the_ttl_index(plain_store: MongoDBStore) -> None:
     lines = plain_store.migrate()
-    assert len(lines) == 1 and "created TTL index" in lines[0]
+    assert len(lines) == 2 and "created TTL index" in lines[0]
+    assert "created per-user index" in lines[1]
     index = plain_store.collection.index_information()["expires_at_1"]
     assert list(index["key"]) == [("expires_at", 1)]
     assert index["expireAfterSeconds"] == 0
@@ -235,7 +236,8 @@ def test_migrate_is_idempotent(plain_store: MongoDBStore) -> None:
     plain_store.migrate()
     before = plain_store.collection.index_information()
     lines = plain_store.migrate()
-    assert len(lines) == 1 and "already exists; nothing to do" in lines[0]
+    assert len(lines) == 1 and "already exist; nothing to do" in lines[0]
+    assert plain_store.pending_migrations() == []
     assert plain_store.collection.index_information() == before
 
 

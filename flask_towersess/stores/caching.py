@@ -75,11 +75,14 @@ from ._fork import ProcessGuard
 from .base import BatchCallback
 from .base import Counting
 from .base import CountingPerUser
+from .base import LegacyKeys
 from .base import Migrating
+from .base import PerUserIndex
 from .base import Purging
 from .base import Record
 from .base import SessionStore
 from .base import check_key
+from .base import check_user_id
 from .base import refuse_record
 from .base import short_key
 from .base import utcnow
@@ -158,7 +161,19 @@ class CachingStore(SessionStore, Purging, Migrating, Counting):
         waited on by every request. It is :class:`~.base.Purging` when its
         durable store is, and :class:`~.base.Migrating` when either store
         is (see :meth:`~.base.SessionStore.as_purging`).
+    .. versionchanged:: 0.2
+        It is a :class:`~.base.PerUserIndex` (and
+        :class:`~.base.CountingPerUser`, :class:`~.base.LegacyKeys`) exactly
+        when its durable store is one: ``CachingStore(cache, store)`` is
+        then an instance of a subclass with those methods, so ``isinstance``
+        and :meth:`~.base.SessionStore.as_per_user` tell the truth.
     """
+
+    def __new__(cls, cache: SessionStore, store: SessionStore, **_: t.Any) -> t.Any:
+        # The capabilities are the durable store's: a runtime-checkable
+        # protocol sees methods, so they live on a subclass chosen here, not
+        # on this class (which would then always "be" a PerUserIndex).
+        return super().__new__(_with_capabilities(cls, *_capabilities(store)))
 
     def __init__(
         self,
@@ -231,16 +246,25 @@ class CachingStore(SessionStore, Purging, Migrating, Counting):
     # -- cache health (the circuit breaker) -------------------------------------
 
     def _cache_failed(
-        self, action: str, key: str, exc: TowerSessError, *, owes_delete: bool
+        self,
+        action: str,
+        key: str,
+        exc: TowerSessError,
+        *,
+        owes_delete: bool,
+        owed_too: t.Iterable[str] = (),
     ) -> None:
-        """Stop calling the cache for ``retry_after``; remember ``key`` when
-        its entry may now be stale (a write the cache did not get)."""
+        """Stop calling the cache for ``retry_after``; remember ``key`` (and
+        ``owed_too``) when its entry may now be stale (a write the cache did
+        not get)."""
         health = self._health
         with health.mutex:
             was_in_use = not health.skip_until
             health.skip_until = time.monotonic() + self.retry_after.total_seconds()
             if owes_delete:
                 self._owe(health, key)
+                for other in owed_too:
+                    self._owe(health, other)
         if was_in_use:
             logger.warning(
                 "session cache: %s failed for key %s: %s; serving sessions from"
@@ -367,6 +391,41 @@ class CachingStore(SessionStore, Purging, Migrating, Counting):
             self.cache.delete(key)
         except TowerSessError as exc:
             self._cache_failed("invalidating", key, exc, owes_delete=True)
+
+    def _invalidate_many(self, keys: t.Collection[str]) -> None:
+        """Delete the cache entries of ``keys`` in one cache call; on
+        failure, owe them all and carry on (as :meth:`_invalidate`)."""
+        if not keys:
+            return
+        if self._skipping_cache():
+            health = self._health
+            with health.mutex:
+                if health.skip_until:
+                    for key in keys:
+                        self._owe(health, key)
+                    return
+        try:
+            self.cache.delete_many(keys)
+        except TowerSessError as exc:
+            first, *rest = keys
+            self._cache_failed(
+                "invalidating", first, exc, owes_delete=True, owed_too=rest
+            )
+
+    def _lose_track(self, action: str, exc: BaseException) -> None:
+        """A durable deletion failed and which keys it deleted is unknown:
+        treat the cache as owed more deletes than it can remember (it is
+        read past for ``max_age``, as after a long cache outage)."""
+        health = self._health
+        with health.mutex:
+            health.owed = None
+            health.skip_until = health.skip_until or time.monotonic()
+        logger.warning(
+            "session cache: %s failed in the durable store (%s); not reading"
+            " the cache until entries it may have left stale are gone",
+            action,
+            _reason(exc),
+        )
 
     # -- reads -----------------------------------------------------------------
 
@@ -510,6 +569,18 @@ class CachingStore(SessionStore, Purging, Migrating, Counting):
         finally:
             self._invalidate(key)
 
+    def delete_many(self, keys: t.Collection[str]) -> None:
+        """Delete in the durable store (its one round trip), then the cache
+        entries, in one cache call, whatever the durable outcome.
+
+        .. versionadded:: 0.2
+        """
+        wanted = [check_key(key) for key in keys]
+        try:
+            self.store.delete_many(wanted)
+        finally:
+            self._invalidate_many(wanted)
+
     # -- maintenance -------------------------------------------------------------
 
     # A caching store has the capabilities of its two stores: known only
@@ -528,10 +599,6 @@ class CachingStore(SessionStore, Purging, Migrating, Counting):
     def as_counting(self) -> Counting | None:
         # The durable store holds every session; the cache holds only some.
         return self if self.store.as_counting() is not None else None
-
-    def as_counting_per_user(self) -> CountingPerUser | None:
-        # The durable store's index, as it is: the cache keeps none.
-        return self.store.as_counting_per_user()
 
     def count_live(self) -> int:
         """The durable store's count: the cache holds only some sessions.
@@ -596,3 +663,125 @@ class CachingStore(SessionStore, Purging, Migrating, Counting):
             f"CachingStore(cache={self.cache.describe()},"
             f" store={self.store.describe()})"
         )
+
+
+# -- the durable store's per-user capabilities --------------------------------
+#
+# Each is a mixin a CachingStore gets when its durable store has the
+# capability (see CachingStore.__new__). Listings and counts come from the
+# durable store (the cache holds no index, and only some sessions); deletions
+# are the durable store's, then the deleted keys' cache entries go in one
+# cache call, or are owed to the cache like any missed invalidation.
+
+
+class _PerUserCaching(CachingStore, PerUserIndex):
+    def sessions_of(self, user_id: str) -> list[Record]:
+        """The durable store's listing.
+
+        .. versionadded:: 0.2
+        """
+        return t.cast(PerUserIndex, self.store.as_per_user()).sessions_of(user_id)
+
+    def delete_sessions_of(
+        self,
+        user_id: str,
+        keys: t.Collection[str] | None = None,
+        *,
+        keep: str | None = None,
+    ) -> list[str]:
+        """Delete in the durable store, then the deleted keys' cache entries.
+
+        If the durable store fails, the keys it may have deleted are those
+        of ``keys`` (their entries are deleted), or unknown (the cache is
+        read past until every entry from before has expired).
+
+        .. versionadded:: 0.2
+        """
+        check_user_id(user_id)
+        if keep is not None:
+            check_key(keep)
+        wanted = None if keys is None else [check_key(key) for key in keys]
+        durable = t.cast(PerUserIndex, self.store.as_per_user())
+        try:
+            ended = durable.delete_sessions_of(user_id, wanted, keep=keep)
+        except BaseException as exc:
+            if wanted is None:
+                self._lose_track("revoking the sessions of a user", exc)
+            else:
+                self._invalidate_many([key for key in wanted if key != keep])
+            raise
+        self._invalidate_many(ended)
+        return ended
+
+    def trim_sessions_of(self, user_id: str, limit: int, *, keep: str) -> list[str]:
+        """Trim in the durable store, then delete the trimmed keys' cache
+        entries (see :meth:`delete_sessions_of` for a durable failure).
+
+        .. versionadded:: 0.2
+        """
+        check_user_id(user_id)
+        check_key(keep)
+        durable = t.cast(PerUserIndex, self.store.as_per_user())
+        try:
+            ended = durable.trim_sessions_of(user_id, limit, keep=keep)
+        except BaseException as exc:
+            self._lose_track("trimming the sessions of a user", exc)
+            raise
+        self._invalidate_many(ended)
+        return ended
+
+
+class _CountingPerUserCaching(CachingStore, CountingPerUser):
+    def per_user_counts(self, top: int) -> list[tuple[str, int]]:
+        """The durable store's counts.
+
+        .. versionadded:: 0.2
+        """
+        durable = t.cast(CountingPerUser, self.store.as_counting_per_user())
+        return durable.per_user_counts(top)
+
+
+class _LegacyKeysCaching(CachingStore, LegacyKeys):
+    def unhashed_keys(
+        self, cursor: str | None, limit: int
+    ) -> tuple[list[str], str | None]:
+        """The durable store's.
+
+        .. versionadded:: 0.2
+        """
+        return t.cast(LegacyKeys, self.store).unhashed_keys(cursor, limit)
+
+    def count_unhashed(self) -> int:
+        """The durable store's.
+
+        .. versionadded:: 0.2
+        """
+        return t.cast(LegacyKeys, self.store).count_unhashed()
+
+
+def _capabilities(store: SessionStore) -> tuple[bool, bool, bool]:
+    return (
+        store.as_per_user() is not None,
+        store.as_counting_per_user() is not None,
+        isinstance(store, LegacyKeys),
+    )
+
+
+_MIXINS = (_PerUserCaching, _CountingPerUserCaching, _LegacyKeysCaching)
+_classes: dict[tuple[type, bool, bool, bool], type] = {}
+_classes_lock = threading.Lock()
+
+
+def _with_capabilities(cls: type, per_user: bool, counting: bool, legacy: bool) -> type:
+    """``cls``, or a subclass of it with the mixins of the capabilities
+    given; one class per combination, made once."""
+    if not (per_user or counting or legacy) or issubclass(cls, _MIXINS):
+        return cls
+    with _classes_lock:
+        made = _classes.get((cls, per_user, counting, legacy))
+        if made is None:
+            chosen = (per_user, counting, legacy)
+            bases = tuple(m for m, on in zip(_MIXINS, chosen) if on)
+            made = type(cls.__name__, (*bases, cls), {"__module__": cls.__module__})
+            _classes[cls, per_user, counting, legacy] = made
+        return made

@@ -497,6 +497,27 @@ class MemcachedStore(SessionStore):
         with self._translated_errors, node.lock:
             node.client.delete(name, noreply=False)
 
+    def delete_many(self, keys: t.Collection[str]) -> None:
+        """Delete the items of ``keys``: one round trip per server that
+        holds any of them (pymemcache sends a server all its ``delete``
+        commands in one write, then reads the replies).
+
+        memcached keeps no index by user (it can neither list nor index its
+        items), so this store is no :class:`~.base.PerUserIndex`: this is
+        for a :class:`~.caching.CachingStore` invalidating the sessions its
+        durable store revoked.
+
+        .. versionadded:: 0.2
+        """
+        by_node: dict[int, tuple[_Node, list[str]]] = {}
+        for key in keys:
+            name = self.key_prefix + check_key(key)
+            node = self._node(name)
+            by_node.setdefault(id(node), (node, []))[1].append(name)
+        for node, names in by_node.values():
+            with self._translated_errors, node.lock:
+                node.client.delete_many(names, noreply=False)
+
     def close(self) -> None:
         """Close the client if :meth:`from_url` created it; otherwise no-op."""
         owned, self._owned = self._owned, False

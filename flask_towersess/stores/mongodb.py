@@ -2,7 +2,14 @@
 
 One document per session::
 
-    {"_id": "<session key>", "payload": BinData, "expires_at": ISODate, "version": 3}
+    {"_id": "<session key>", "payload": BinData, "expires_at": ISODate, "version": 3,
+     "user_id": "42", "created_at": ISODate, "last_active_at": ISODate,
+     "user_agent": "Mozilla/5.0 ...", "ip": "203.0.113.7"}
+
+The per-user fields (since 0.2) are left out when they are ``None``: an
+anonymous session has no ``user_id`` field at all, so the partial index on
+``(user_id, expires_at)`` (:data:`USER_INDEX_NAME`) holds the sessions of
+users only, and each entry carries its document's own expiry.
 
 :meth:`MongoDBStore.migrate` creates a TTL index on ``expires_at`` with
 ``expireAfterSeconds=0``, so the server deletes a document once its
@@ -21,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import re
 import typing as t
 from datetime import datetime
 from datetime import timezone
@@ -39,13 +47,19 @@ from ._fork import ProcessGuard
 from ._urls import redact_message
 from ._urls import redact_url
 from ._urls import url_location
+from .base import KEY_PATTERN
 from .base import BatchCallback
 from .base import Counting
+from .base import CountingPerUser
+from .base import LegacyKeys
 from .base import Migrating
+from .base import PerUserIndex
 from .base import Purging
 from .base import Record
 from .base import SessionStore
 from .base import check_key
+from .base import check_user_id
+from .base import checked_info
 from .base import checked_record
 from .base import refuse_record
 from .base import short_key
@@ -58,6 +72,20 @@ logger = logging.getLogger(__name__)
 
 #: Name of the TTL index :meth:`MongoDBStore.migrate` creates.
 TTL_INDEX_NAME = "expires_at_1"
+
+#: Name of the per-user index :meth:`MongoDBStore.migrate` creates (since
+#: 0.2): ``(user_id, expires_at)``, on documents that have a ``user_id``.
+USER_INDEX_NAME = "user_id_1_expires_at_1"
+_USER_INDEX_KEY = [("user_id", 1), ("expires_at", 1)]
+_USER_INDEX_FILTER = {"user_id": {"$exists": True}}
+
+#: The per-user fields a document carries (when not ``None``).
+_INFO_FIELDS = ("user_id", "created_at", "last_active_at", "user_agent", "ip")
+_DATE_FIELDS = frozenset({"created_at", "last_active_at"})
+#: What a listing reads: everything but the payload.
+_LISTING = {"payload": False}
+#: An ``_id`` of the form the session layer stores keys in since 0.2.
+_HASHED_ID = re.compile(r"^[0-9a-f]{64}$")
 
 _INSTALL_HINT = (
     "MongoDBStore needs pymongo: install flask-towersess[mongodb]"
@@ -142,7 +170,15 @@ def _from_bson_date(value: datetime) -> datetime:
     return value.astimezone(timezone.utc)
 
 
-class MongoDBStore(SessionStore, Purging, Migrating, Counting):
+class MongoDBStore(
+    SessionStore,
+    Purging,
+    Migrating,
+    Counting,
+    PerUserIndex,
+    CountingPerUser,
+    LegacyKeys,
+):
     """Keep sessions in a MongoDB collection.
 
     :param collection: a pymongo ``Collection`` (a mongomock one works too,
@@ -284,12 +320,21 @@ class MongoDBStore(SessionStore, Purging, Migrating, Counting):
 
     @staticmethod
     def _document(record: Record) -> dict[str, t.Any]:
-        return {
+        """The document of ``record``, without its ``None`` fields (an
+        anonymous session has no ``user_id``: the per-user index skips it)."""
+        document = {
             "_id": record.key,
             "payload": bytes(record.payload),
             "expires_at": _to_bson_date(record.expires_at),
             "version": record.version,
         }
+        if record.user_id is not None:
+            document["user_id"] = check_user_id(record.user_id)
+        for name in _INFO_FIELDS[1:]:
+            value = getattr(record, name)
+            if value is not None:
+                document[name] = _to_bson_date(value) if name in _DATE_FIELDS else value
+        return document
 
     @staticmethod
     def _record(key: str, document: t.Mapping[str, t.Any]) -> Record | None:
@@ -342,11 +387,18 @@ class MongoDBStore(SessionStore, Purging, Migrating, Counting):
         check_key(record.key)
         document = self._document(record)
         del document["_id"]
+        update: dict[str, t.Any] = {"$set": document}
+        # A field now None is removed: a user_id that goes (a retired key, a
+        # logout that keeps the session) takes the index entry with it.
+        gone = {name: "" for name in _INFO_FIELDS if name not in document}
+        if gone:
+            update["$unset"] = gone
         query = self._live(record.key, utcnow())
         query["version"] = expected_version
         with self._translated_errors:
-            # No upsert: a deleted or expired session must stay gone.
-            result = self.collection.update_one(query, {"$set": document})
+            # No upsert: a deleted or expired session must stay gone. One
+            # command, as before 0.2: the per-user fields ride along.
+            result = self.collection.update_one(query, update)
             if result.matched_count:
                 return
             # Tell "gone" from "changed by someone else": one more read, only
@@ -362,16 +414,230 @@ class MongoDBStore(SessionStore, Purging, Migrating, Counting):
 
     def touch(self, key: str, expires_at: datetime) -> None:
         check_key(key)
+        now = utcnow()
         with self._translated_errors:
+            # The index entry's deadline is the document's own expires_at:
+            # moving it moves the entry, in the same write.
             self.collection.update_one(
-                self._live(key, utcnow()),
-                {"$set": {"expires_at": _to_bson_date(expires_at)}},
+                self._live(key, now),
+                {
+                    "$set": {
+                        "expires_at": _to_bson_date(expires_at),
+                        "last_active_at": _to_bson_date(now),
+                    }
+                },
             )
 
     def delete(self, key: str) -> None:
         check_key(key)
         with self._translated_errors:
             self.collection.delete_one({"_id": key})
+
+    def delete_many(self, keys: t.Collection[str]) -> None:
+        """Delete the documents of ``keys``: one ``delete_many``.
+
+        .. versionadded:: 0.2
+        """
+        wanted = [check_key(key) for key in keys]
+        if not wanted:
+            return
+        with self._translated_errors:
+            self.collection.delete_many({"_id": {"$in": wanted}})
+
+    # -- the per-user index ------------------------------------------------------
+
+    @staticmethod
+    def _of_user(user_id: str, now: datetime) -> dict[str, t.Any]:
+        # Equality on user_id implies the partial index's {"$exists": true},
+        # so the server uses the index: the cost follows the user's live
+        # sessions, whatever the collection holds.
+        return {"user_id": user_id, "expires_at": {"$gt": _to_bson_date(now)}}
+
+    def _listed(self, document: t.Mapping[str, t.Any]) -> Record | None:
+        key = document.get("_id")
+        if not isinstance(key, str):
+            return None
+        record = self._record(key, {**document, "payload": b""})
+        if record is None:
+            return None
+        fields = {}
+        for name in _INFO_FIELDS:
+            value = document.get(name)
+            if name in _DATE_FIELDS and isinstance(value, datetime):
+                value = _from_bson_date(value)
+            fields[name] = value
+        return checked_info(record, **fields)
+
+    def sessions_of(self, user_id: str) -> list[Record]:
+        """The live documents of ``user_id``, without their payload: one
+        ``find`` on the per-user index.
+
+        .. versionadded:: 0.2
+        """
+        check_user_id(user_id)
+        with self._translated_errors:
+            documents = list(
+                self.collection.find(self._of_user(user_id, utcnow()), _LISTING)
+            )
+        return [r for r in map(self._listed, documents) if r is not None]
+
+    def delete_sessions_of(
+        self,
+        user_id: str,
+        keys: t.Collection[str] | None = None,
+        *,
+        keep: str | None = None,
+    ) -> list[str]:
+        """Delete the live documents of ``user_id`` (those of ``keys``
+        only, if given) but ``keep``: two round trips however many there
+        are, a ``find`` of their keys and one ``delete_many``.
+
+        The delete repeats the user and the expiry: a document that changed
+        hands meanwhile (a retired key) is left alone.
+
+        .. versionadded:: 0.2
+        """
+        check_user_id(user_id)
+        if keep is not None:
+            check_key(keep)
+        query = self._of_user(user_id, utcnow())
+        ids: dict[str, t.Any] = {}
+        if keys is not None:
+            ids["$in"] = [check_key(key) for key in keys]
+            if not ids["$in"]:
+                return []
+        if keep is not None:
+            ids["$ne"] = keep
+        if ids:
+            query["_id"] = ids
+        with self._translated_errors:
+            found = [
+                document["_id"]
+                for document in self.collection.find(query, {"_id": True})
+            ]
+            if not found:
+                return []
+            self.collection.delete_many({**query, "_id": {"$in": found}})
+        return found
+
+    def trim_sessions_of(self, user_id: str, limit: int, *, keep: str) -> list[str]:
+        """Delete the live documents of ``user_id`` but ``keep`` and the
+        ``limit`` most recently active: a ``find`` of their keys and
+        activity, then one ``delete_many``.
+
+        "Atomic" here, without multi-document transactions (a standalone
+        server and mongomock have none): the outcome is one a single step
+        could have had. The trim deletes only documents that were outside
+        the ``limit`` most recent (by ``(last_active_at, key)``, one total
+        order) when it read them, and only if their ``last_active_at`` has
+        not moved since: a session active meanwhile, or created meanwhile,
+        is never deleted by it. Two trims racing therefore each delete
+        only what both orders agree is beyond the limit, plus, where the
+        limit leaves room for one of the two new sessions only, the older
+        of them.
+
+        .. versionadded:: 0.2
+        """
+        check_user_id(user_id)
+        check_key(keep)
+        if limit < 0:
+            raise ValueError("limit must be 0 or more")
+        query = self._of_user(user_id, utcnow())
+        with self._translated_errors:
+            documents = list(
+                self.collection.find(query, {"_id": True, "last_active_at": True})
+            )
+            live = [
+                (_recency(document.get("last_active_at"), document["_id"]), document)
+                for document in documents
+                if isinstance(document.get("_id"), str)
+            ]
+            live.sort(key=lambda pair: pair[0], reverse=True)
+            ended = [document for _, document in live[limit:]]
+            ended = [document for document in ended if document["_id"] != keep]
+            if not ended:
+                return []
+            # Each as it was read: {"last_active_at": None} matches a
+            # document without the field, as it was.
+            self.collection.delete_many(
+                {
+                    "user_id": user_id,
+                    "$or": [
+                        {
+                            "_id": document["_id"],
+                            "last_active_at": document.get("last_active_at"),
+                        }
+                        for document in ended
+                    ],
+                }
+            )
+        return [document["_id"] for document in ended]
+
+    def per_user_counts(self, top: int) -> list[tuple[str, int]]:
+        """The ``top`` users with the most live documents: one aggregation
+        over the per-user index.
+
+        .. versionadded:: 0.2
+        """
+        if top < 1:
+            return []
+        pipeline: list[dict[str, t.Any]] = [
+            {
+                "$match": {
+                    "user_id": {"$exists": True, "$type": "string"},
+                    "expires_at": {"$gt": _to_bson_date(utcnow())},
+                }
+            },
+            {"$group": {"_id": "$user_id", "count": {"$sum": 1}}},
+            {"$sort": {"count": -1, "_id": 1}},
+            {"$limit": int(top)},
+        ]
+        with self._translated_errors:
+            rows = list(self.collection.aggregate(pipeline))
+        return [
+            (row["_id"], int(row["count"]))
+            for row in rows
+            if isinstance(row.get("_id"), str)
+        ]
+
+    # -- keys 0.1 stored unhashed --------------------------------------------------
+
+    @staticmethod
+    def _unhashed(now: datetime) -> dict[str, t.Any]:
+        return {
+            "_id": {"$type": "string", "$not": _HASHED_ID},
+            "expires_at": {"$gt": _to_bson_date(now)},
+        }
+
+    def unhashed_keys(
+        self, cursor: str | None, limit: int
+    ) -> tuple[list[str], str | None]:
+        """Live documents whose ``_id`` is not of
+        :data:`~.base.HASHED_KEY_PATTERN`, in ``_id`` order from ``cursor``.
+
+        .. versionadded:: 0.2
+        """
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        query = self._unhashed(utcnow())
+        if cursor is not None:
+            query["_id"]["$gt"] = cursor
+        with self._translated_errors:
+            ids = [
+                document["_id"]
+                for document in self.collection.find(query, {"_id": True})
+                .sort("_id", 1)
+                .limit(limit)
+            ]
+        # An _id no session key has (written by something else) is skipped,
+        # not handed to a caller that would refuse it.
+        keys = [key for key in ids if KEY_PATTERN.fullmatch(key)]
+        return keys, (ids[-1] if len(ids) == limit else None)
+
+    def count_unhashed(self) -> int:
+        """.. versionadded:: 0.2"""
+        with self._translated_errors:
+            return self.collection.count_documents(self._unhashed(utcnow()))
 
     def exists(self, key: str) -> bool:
         check_key(key)
@@ -432,40 +698,112 @@ class MongoDBStore(SessionStore, Purging, Migrating, Counting):
             if on_batch is not None and deleted:
                 on_batch(deleted)
 
-    def migrate(self) -> list[str]:
-        """Create the TTL index on ``expires_at`` (``expireAfterSeconds=0``).
-
-        Idempotent. An index on ``expires_at`` alone with other options (no
-        TTL, or another ``expireAfterSeconds``) is dropped and created again
-        as the TTL index, since MongoDB refuses two indexes on one key.
-        """
+    def _plan(self) -> list[tuple[str, t.Callable[[], object]]]:
+        """What :meth:`migrate` has to do, from ``index_information()``: a
+        line and an action each."""
         where = f"MongoDB collection {self._where}"
-        lines: list[str] = []
-        with self._translated_errors:
-            for name, spec in self.collection.index_information().items():
-                # Directions may come back as 1 or 1.0, or a string such
-                # as "hashed"; only an ascending index on expires_at alone
-                # can be the TTL index.
-                if [tuple(part) for part in spec["key"]] != [("expires_at", 1)]:
-                    continue
+        steps: list[tuple[str, t.Callable[[], object]]] = []
+        ttl_ok = user_ok = False
+        for name, spec in self.collection.index_information().items():
+            # Directions may come back as 1 or 1.0, or a string such as
+            # "hashed"; only ascending indexes on exactly these keys count.
+            key = [tuple(part) for part in spec["key"]]
+            if key == [("expires_at", 1)]:
                 ttl = spec.get("expireAfterSeconds")
                 if ttl is not None and int(ttl) == 0:
-                    return [
-                        f"{where}: TTL index {name!r} on expires_at"
-                        " (expireAfterSeconds=0) already exists; nothing to do"
-                    ]
-                self._drop_index(name)
-                lines.append(
-                    f"{where}: dropped index {name!r} on expires_at"
-                    f" (expireAfterSeconds={ttl}) to replace it"
+                    ttl_ok = True
+                    continue
+                # MongoDB refuses two indexes on one key: replace it.
+                steps.append(
+                    (
+                        f"{where}: dropped index {name!r} on expires_at"
+                        f" (expireAfterSeconds={ttl}) to replace it",
+                        functools.partial(self._drop_index, name),
+                    )
                 )
-            name = self.collection.create_index(
-                [("expires_at", 1)], name=TTL_INDEX_NAME, expireAfterSeconds=0
+            elif key == _USER_INDEX_KEY:
+                if spec.get("partialFilterExpression") == _USER_INDEX_FILTER:
+                    user_ok = True
+                    continue
+                steps.append(
+                    (
+                        f"{where}: dropped index {name!r} on (user_id,"
+                        " expires_at) (not partial on user_id) to replace it",
+                        functools.partial(self._drop_index, name),
+                    )
+                )
+        if ttl_ok:
+            steps = [step for step in steps if "on expires_at" not in step[0]]
+        else:
+            steps.append(
+                (
+                    f"{where}: created TTL index {TTL_INDEX_NAME!r} on"
+                    " expires_at (expireAfterSeconds=0)",
+                    functools.partial(
+                        self.collection.create_index,
+                        [("expires_at", 1)],
+                        name=TTL_INDEX_NAME,
+                        expireAfterSeconds=0,
+                    ),
+                )
             )
-        lines.append(
-            f"{where}: created TTL index {name!r} on expires_at (expireAfterSeconds=0)"
-        )
-        return lines
+        if user_ok:
+            steps = [step for step in steps if "(user_id," not in step[0]]
+        else:
+            steps.append(
+                (
+                    f"{where}: created per-user index {USER_INDEX_NAME!r} on"
+                    " (user_id, expires_at), partial on documents with a user_id",
+                    functools.partial(
+                        self.collection.create_index,
+                        _USER_INDEX_KEY,
+                        name=USER_INDEX_NAME,
+                        partialFilterExpression=_USER_INDEX_FILTER,
+                    ),
+                )
+            )
+        return steps
+
+    def migrate(self) -> list[str]:
+        """Create the TTL index on ``expires_at`` (``expireAfterSeconds=0``)
+        and the per-user index on ``(user_id, expires_at)``, partial on
+        documents that have a ``user_id`` (:data:`USER_INDEX_NAME`).
+
+        Idempotent. An index on ``expires_at`` alone with other options (no
+        TTL, or another ``expireAfterSeconds``), or on ``(user_id,
+        expires_at)`` not partial on ``user_id``, is dropped and created
+        again, since MongoDB refuses two indexes on one key. A collection
+        0.1 created (the TTL index alone) gains the per-user index; its
+        documents need no rewrite (those without a ``user_id`` are
+        anonymous to the index until the session layer saves them again).
+
+        .. versionchanged:: 0.2
+            The per-user index.
+        """
+        with self._translated_errors:
+            steps = self._plan()
+            for _, action in steps:
+                action()
+        if not steps:
+            return [
+                f"MongoDB collection {self._where}: TTL index {TTL_INDEX_NAME!r}"
+                f" and per-user index {USER_INDEX_NAME!r} already exist;"
+                " nothing to do"
+            ]
+        return [line for line, _ in steps]
+
+    def pending_migrations(self) -> list[str]:
+        """What :meth:`migrate` would do, from ``index_information()``;
+        empty when both indexes exist.
+
+        .. versionadded:: 0.2
+        """
+        with self._translated_errors:
+            steps = self._plan()
+        return [
+            line.replace(": created ", ": create ").replace(": dropped ", ": drop ")
+            for line, _ in steps
+        ]
 
     def _drop_index(self, name: str) -> None:
         errors = _driver_errors()
@@ -483,6 +821,18 @@ class MongoDBStore(SessionStore, Purging, Migrating, Counting):
 
     def describe(self) -> str:
         return f"MongoDBStore({self._where})"
+
+
+_NEVER = datetime.min.replace(tzinfo=timezone.utc)
+
+
+def _recency(last_active_at: object, key: str) -> tuple[datetime, str]:
+    """The order of :meth:`MongoDBStore.trim_sessions_of`, as
+    :class:`~.memory.MemoryStore` has it: a document without a readable
+    ``last_active_at`` is the least recent."""
+    if isinstance(last_active_at, datetime):
+        return _from_bson_date(last_active_at), key
+    return _NEVER, key
 
 
 #: Server error codes of settings MongoDB refused: the credentials
