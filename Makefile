@@ -2,7 +2,7 @@
 #   make demo   run the example app on the embedded SQLite store (http://127.0.0.1:5000)
 #   make test   install everything (venv, PostgreSQL, MariaDB, Redis, Chromium) and run the tests
 #   make docs   build the HTML docs and run every example in them (warnings are errors)
-#   make bench  run the benchmarks (ARGS="purge", "load", "http", "serializer", "contention")
+#   make bench  run the benchmarks (ARGS="purge", "load", "http", "serializer", "contention", "per-user")
 # ARGS are passed on: make test ARGS="-x -k redis", make demo ARGS="--port 8000"
 
 VENV := .venv

@@ -1,4 +1,5 @@
-"""``python -m benchmarks [requests|purge|load|http|serializer|contention] [options]``.
+"""``python -m benchmarks [NAME] [options]``: NAME is one of requests, purge,
+load, http, serializer, contention, per-user.
 
 Without a benchmark name, runs ``requests`` (the per-request overhead
 benchmark). ``python -m benchmarks NAME --help`` lists a benchmark's options.
@@ -19,6 +20,7 @@ BENCHMARKS = {
     "http": ".http",
     "serializer": ".serializer",
     "contention": ".contention",
+    "per-user": ".per_user",
 }
 
 
