@@ -9,10 +9,14 @@ only use :func:`~flask_towersess.testing.session_data` may not have.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
+import time
 import typing as t
+import uuid
 from datetime import datetime
 from datetime import timedelta
+from datetime import timezone
 
 import pytest
 
@@ -20,11 +24,15 @@ from .errors import CreateError
 from .errors import UpdateError
 from .errors import VersionConflict
 from .session import new_session_key
+from .session import stored_key
+from .stores.base import USER_ID_LENGTH
+from .stores.base import LegacyKeys
+from .stores.base import PerUserIndex
 from .stores.base import Record
 from .stores.base import SessionStore
 from .stores.base import utcnow
 
-__all__ = ["StoreContract", "make_record"]
+__all__ = ["StoreContract", "make_record", "user_record"]
 
 
 def make_record(
@@ -38,6 +46,43 @@ def make_record(
     return Record(
         new_session_key(), payload, utcnow() + timedelta(seconds=seconds), version
     )
+
+
+def user_record(
+    user_id: str | None,
+    *,
+    seconds: float = 600,
+    user_agent: str | None = "Test/1.0",
+    ip: str | None = None,
+    last_active_at: datetime | None = None,
+) -> Record:
+    """A record of ``user_id`` under a fresh hashed key (as the session
+    layer stores them), with the per-user fields set.
+
+    .. versionadded:: 0.2
+    """
+    now = utcnow()
+    return Record(
+        stored_key(new_session_key()),
+        b"data",
+        now + timedelta(seconds=seconds),
+        1,
+        user_id,
+        now,
+        last_active_at or now,
+        user_agent,
+        ip,
+    )
+
+
+def _user() -> str:
+    return f"user-{uuid.uuid4().hex[:12]}"
+
+
+_MS = timedelta(milliseconds=2)
+_LONG_AGO = datetime(2000, 1, 1, tzinfo=timezone.utc)
+#: Stands for "the store has no per-user index" in the per-user tests.
+_NO_INDEX = object()
 
 
 def _whole_milliseconds(moment: datetime) -> datetime:
@@ -379,6 +424,206 @@ class StoreContract:
         assert loaded is not None
         assert loaded.version == rounds + 1
         assert loaded.payload == b"%d/%d" % (winners[-1][0], rounds - 1)
+
+    # -- the per-user index (a store that is a PerUserIndex) ---------------------
+
+    @pytest.fixture
+    def per_user(self, store: SessionStore) -> PerUserIndex:
+        """The store under test as a per-user index; a store without one
+        passes these tests by not having it."""
+        index = store.as_per_user()
+        if index is None:
+            if isinstance(store, PerUserIndex):
+                pytest.fail("as_per_user() says no, isinstance says yes")
+            return t.cast(PerUserIndex, _NO_INDEX)
+        return index
+
+    def test_per_user_listing_holds_the_fields(
+        self, store: SessionStore, per_user: PerUserIndex
+    ) -> None:
+        if per_user is _NO_INDEX:
+            return
+        user = _user()
+        record = user_record(user, user_agent="Browser/1.0", ip="203.0.113.9")
+        store.create(record)
+        store.create(user_record(None))  # anonymous: never listed
+        (listed,) = per_user.sessions_of(user)
+        assert listed.key == record.key
+        assert listed.user_id == user
+        assert listed.user_agent == "Browser/1.0"
+        assert listed.ip == "203.0.113.9"
+        assert listed.created_at is not None and listed.last_active_at is not None
+        assert abs(listed.created_at - t.cast(datetime, record.created_at)) < _MS
+        assert abs(listed.expires_at - record.expires_at) < timedelta(seconds=1)
+        assert per_user.sessions_of(_user()) == []
+
+    def test_per_user_listing_never_holds_an_expired_record(
+        self, store: SessionStore, per_user: PerUserIndex
+    ) -> None:
+        if per_user is _NO_INDEX:
+            return
+        user = _user()
+        live = user_record(user)
+        store.create(live)
+        store.create(user_record(user, seconds=1))
+        time.sleep(1.2)  # expired by now; nothing was purged
+        assert [r.key for r in per_user.sessions_of(user)] == [live.key]
+        assert per_user.delete_sessions_of(user, keep=live.key) == []
+
+    def test_a_retired_or_moved_record_leaves_the_listing(
+        self, store: SessionStore, per_user: PerUserIndex
+    ) -> None:
+        if per_user is _NO_INDEX:
+            return
+        user, other = _user(), _user()
+        old, new = user_record(user), user_record(user)
+        store.create(old)
+        store.create(new)
+        # cycle_key(): the old record is saved expired, with no user.
+        store.save(Record(old.key, b"", _LONG_AGO, 2), expected_version=1)
+        assert [r.key for r in per_user.sessions_of(user)] == [new.key]
+        # A log-in as another user on the same record moves its entry.
+        moved = dataclasses.replace(new, version=2, user_id=other)
+        store.save(moved, expected_version=1)
+        assert per_user.sessions_of(user) == []
+        assert [r.key for r in per_user.sessions_of(other)] == [new.key]
+        anonymous = dataclasses.replace(moved, version=3, user_id=None)
+        store.save(anonymous, expected_version=2)
+        assert per_user.sessions_of(other) == []
+        assert store.load(new.key) is not None
+
+    def test_delete_and_delete_many_leave_the_listing(
+        self, store: SessionStore, per_user: PerUserIndex
+    ) -> None:
+        if per_user is _NO_INDEX:
+            return
+        user = _user()
+        records = [user_record(user) for _ in range(4)]
+        for record in records:
+            store.create(record)
+        store.delete(records[0].key)
+        store.delete_many([records[1].key, records[2].key, new_session_key()])
+        assert [r.key for r in per_user.sessions_of(user)] == [records[3].key]
+        assert store.load(records[1].key) is None
+
+    def test_touch_keeps_the_entry_and_marks_activity(
+        self, store: SessionStore, per_user: PerUserIndex
+    ) -> None:
+        if per_user is _NO_INDEX:
+            return
+        user = _user()
+        before = utcnow() - timedelta(hours=1)
+        record = user_record(user, seconds=2, last_active_at=before)
+        store.create(record)
+        later = utcnow() + timedelta(minutes=10)
+        store.touch(record.key, later)
+        time.sleep(2.2)  # past the first expiry: the entry must follow the touch
+        (listed,) = per_user.sessions_of(user)
+        assert abs(listed.expires_at - later) < timedelta(seconds=1)
+        assert listed.last_active_at is not None and listed.last_active_at > before
+
+    def test_delete_sessions_of_one_user_only(
+        self, store: SessionStore, per_user: PerUserIndex
+    ) -> None:
+        if per_user is _NO_INDEX:
+            return
+        user, other = _user(), _user()
+        mine = [user_record(user) for _ in range(3)]
+        theirs = user_record(other)
+        for record in (*mine, theirs):
+            store.create(record)
+        # Keys of another user's record are left alone.
+        assert per_user.delete_sessions_of(user, [theirs.key, mine[0].key]) == [
+            mine[0].key
+        ]
+        ended = per_user.delete_sessions_of(user, keep=mine[1].key)
+        assert ended == [mine[2].key]
+        assert [r.key for r in per_user.sessions_of(user)] == [mine[1].key]
+        assert sorted(per_user.delete_sessions_of(user)) == [mine[1].key]
+        assert per_user.sessions_of(user) == []
+        assert store.load(theirs.key) is not None
+        assert [r.key for r in per_user.sessions_of(other)] == [theirs.key]
+
+    def test_trim_keeps_the_most_recent(
+        self, store: SessionStore, per_user: PerUserIndex
+    ) -> None:
+        if per_user is _NO_INDEX:
+            return
+        user = _user()
+        now = utcnow()
+        records = [
+            user_record(user, last_active_at=now - timedelta(minutes=minutes))
+            for minutes in (50, 40, 30, 20, 10)
+        ]
+        for record in records:
+            store.create(record)
+        # keep: the least recent, which survives anyway.
+        ended = per_user.trim_sessions_of(user, 2, keep=records[0].key)
+        assert sorted(ended) == sorted(r.key for r in records[1:3])
+        left = {r.key for r in per_user.sessions_of(user)}
+        assert left == {records[0].key, records[3].key, records[4].key}
+        assert per_user.trim_sessions_of(user, 5, keep=records[4].key) == []
+
+    def test_twenty_sessions_of_one_user_at_once_are_all_listed(
+        self, store: SessionStore, per_user: PerUserIndex
+    ) -> None:
+        if per_user is _NO_INDEX:
+            return
+        user = _user()
+        records = [user_record(user) for _ in range(20)]
+        barrier = threading.Barrier(20)
+
+        def create(number: int) -> None:
+            barrier.wait(timeout=30)
+            store.create(records[number])
+
+        _run_threads(20, create, barrier)
+        assert {r.key for r in per_user.sessions_of(user)} == {r.key for r in records}
+
+    def test_a_thousand_logins_and_logouts_leave_nothing_listed(
+        self, store: SessionStore, per_user: PerUserIndex
+    ) -> None:
+        if per_user is _NO_INDEX:
+            return
+        user = _user()
+        for _ in range(1000):
+            record = user_record(user)
+            store.create(record)
+            store.delete(record.key)
+        assert per_user.sessions_of(user) == []
+        counting = store.as_counting_per_user()
+        if counting is not None:
+            assert user not in dict(counting.per_user_counts(1000))
+
+    def test_bad_user_ids_are_refused(
+        self, store: SessionStore, per_user: PerUserIndex
+    ) -> None:
+        if per_user is _NO_INDEX:
+            return
+        for bad in ("", "x" * (USER_ID_LENGTH + 1), "a\nb"):
+            with pytest.raises(ValueError):
+                per_user.sessions_of(bad)
+        with pytest.raises(TypeError):
+            per_user.sessions_of(t.cast(str, 42))
+
+    def test_unhashed_keys_are_listed_for_the_upgrade(
+        self, store: SessionStore
+    ) -> None:
+        if not isinstance(store, LegacyKeys):
+            return
+        legacy = [make_record(b"0.1") for _ in range(5)]  # 43-character keys
+        for record in legacy:
+            store.create(record)
+        store.create(user_record(None))  # hashed: not listed
+        found: list[str] = []
+        cursor = None
+        for _ in range(100):
+            keys, cursor = store.unhashed_keys(cursor, 2)
+            found.extend(keys)
+            if cursor is None:
+                break
+        assert sorted(set(found)) == sorted(r.key for r in legacy)
+        assert store.count_unhashed() == 5
 
 
 def _run_threads(
