@@ -1,4 +1,5 @@
-"""A small but real app on flask-towersess: sign up, log in, count, log out.
+"""A small but real app on flask-towersess: sign up, log in, count, see
+your sessions, log out.
 
 Run it with ``make demo`` (or ``flask --app examples/app.py run``). With no
 configuration the sessions live in SQLite in the instance folder; set
@@ -14,12 +15,17 @@ What to look at:
   deleted at log-out, on the server and in the browser.
 - The ``session`` cookie only ever holds a signed session key: look at it in
   the browser's developer tools while you use the page.
+- "Your sessions" (``/sessions``) lists every device the user is logged in
+  on (``SessionExt.sessions_for``), and signs out one of them or all the
+  others (``SessionExt.revoke``): log in from two browsers to try it. It
+  posts a session's public handle, never its key. It needs a store with a
+  per-user index (every built-in store but memcached).
 - Every page is sent with ``Cache-Control: no-store``, so that no cache keeps
   a user's page, and the back button after logging out does not show it.
 
 A real app would also protect its forms against CSRF (Flask-WTF); the
 ``SameSite=Lax`` cookie set here already keeps other sites from posting them
-with the user's session.
+with the user's session, the sign-out forms included.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from flask import session
 from flask import url_for
 from flask_login import LoginManager
 from flask_login import UserMixin
+from flask_login import current_user
 from flask_login import login_required
 from flask_login import login_user
 from flask_login import logout_user
@@ -50,6 +57,9 @@ from werkzeug.security import generate_password_hash
 from werkzeug.wrappers import Response
 
 from flask_towersess import SessionExt
+
+if t.TYPE_CHECKING:
+    from datetime import datetime
 
 #: The users' table, in ``USERS_DATABASE`` (created on first use).
 SCHEMA = """
@@ -74,11 +84,15 @@ TEMPLATES = {
   .flash { padding: .5em; background: #e8f0fe; }
   .flash.error { background: #fde8e8; }
   label { display: block; margin: .5em 0; }
+  table { border-collapse: collapse; width: 100%; }
+  th, td { text-align: left; padding: .3em .5em; border-bottom: 1px solid #ddd; }
+  td form { display: inline; }
 </style>
 <nav>
   <a href="{{ url_for('index') }}">Home</a>
   {% if current_user.is_authenticated %}
     | <a href="{{ url_for('counter') }}">Counter</a>
+    | <a href="{{ url_for('my_sessions') }}">Your sessions</a>
     | <form method="post" action="{{ url_for('logout') }}">
         <button id="logout">Log out</button>
       </form>
@@ -114,6 +128,50 @@ TEMPLATES = {
 <p>{{ current_user.username }}, you have loaded this page
    <strong id="count">{{ count }}</strong> time{{ "" if count == 1 else "s" }}.</p>
 <p><a href="{{ url_for('counter') }}">Once more</a></p>
+{% endblock %}
+""",
+    "sessions.html": """{% extends "layout.html" %}
+{% block title %}Your sessions{% endblock %}
+{% block content %}
+{% if sessions is none %}
+  <p id="no-index">This session store keeps no per-user index, so your
+     sessions cannot be listed here. Every built-in store but memcached
+     keeps one.</p>
+{% else %}
+<p id="count-devices">You are logged in on {{ sessions|length }} device{{
+   "" if sessions|length == 1 else "s" }}.</p>
+<table id="sessions">
+  <tr><th>Device</th><th>Signed in</th><th>Last active</th><th>Expires</th>
+      <th></th></tr>
+  {% for info in sessions %}
+  <tr class="session{{ ' current' if info.current }}" data-id="{{ info.id }}">
+    <td class="device">{{ info.user_agent or "Unknown device" }}
+      {% if info.current %}
+      <strong class="this-device">(this device)</strong>{% endif %}</td>
+    <td>{{ info.created_at|when }}</td>
+    <td>{{ info.last_active_at|when }}</td>
+    <td>{{ info.expires_at|when }}</td>
+    <td>
+    {% if info.current %}
+      <form method="post" action="{{ url_for('logout') }}">
+        <button class="sign-out">Sign out this device</button>
+      </form>
+    {% else %}
+      <form method="post" action="{{ url_for('revoke_session') }}">
+        <input type="hidden" name="id" value="{{ info.id }}">
+        <button class="sign-out">Sign out this device</button>
+      </form>
+    {% endif %}
+    </td>
+  </tr>
+  {% endfor %}
+</table>
+{% if sessions|length > 1 %}
+<form method="post" action="{{ url_for('revoke_other_sessions') }}">
+  <p><button id="sign-out-others">Sign out everywhere else</button></p>
+</form>
+{% endif %}
+{% endif %}
 {% endblock %}
 """,
     "form.html": """{% extends "layout.html" %}
@@ -194,6 +252,11 @@ def load_user(user_id: str) -> User | None:
     return None if row is None else User(row["id"], row["username"])
 
 
+def when(moment: datetime | None) -> str:
+    """A session's time, as the sessions page shows it."""
+    return "-" if moment is None else moment.strftime("%Y-%m-%d %H:%M UTC")
+
+
 def safe_next(target: str | None) -> str:
     """Where to go after logging in: a path on this site, never elsewhere."""
     if target:
@@ -235,8 +298,9 @@ def create_app(
         app.config["SESSION_STORE"] = os.environ["SESSION_STORE"]
     app.config.update(config or {})
     app.jinja_loader = DictLoader(TEMPLATES)
+    app.jinja_env.filters["when"] = when
 
-    SessionExt(app)
+    sessions = SessionExt(app)
 
     @app.context_processor
     def flashed_messages() -> dict[str, t.Any]:
@@ -317,6 +381,39 @@ def create_app(
     def counter() -> str:
         count = session["counter"] = session.get("counter", 0) + 1
         return render_template("counter.html", count=count)
+
+    @app.get("/sessions")
+    @login_required
+    def my_sessions() -> str:
+        # Every device the user is logged in on, most recently active first;
+        # the request's own session has `current` set. A store without a
+        # per-user index (memcached) cannot list them: say so.
+        if sessions.get_store(app).as_per_user() is None:
+            return render_template("sessions.html", sessions=None)
+        return render_template(
+            "sessions.html", sessions=sessions.sessions_for(current_user.id)
+        )
+
+    @app.post("/sessions/revoke")
+    @login_required
+    def revoke_session() -> Response:
+        # The form posts the session's public handle: not its key, and it
+        # ends nothing when given with another user's id, so the user id
+        # comes from the login, never from the form.
+        handle = request.form.get("id", "")
+        # Never None: revoke(user_id, None) would end all of them.
+        if handle and sessions.revoke(current_user.id, handle):
+            flash("That device has been signed out.")
+        else:
+            flash("That session had already ended.", "error")
+        return redirect(url_for("my_sessions"))
+
+    @app.post("/sessions/revoke-others")
+    @login_required
+    def revoke_other_sessions() -> Response:
+        ended = sessions.revoke(current_user.id, keep_current=True)
+        flash(f"Signed out {ended} other session{'' if ended == 1 else 's'}.")
+        return redirect(url_for("my_sessions"))
 
     @app.post("/logout")
     def logout() -> Response:

@@ -201,7 +201,7 @@ def stored_key(key: str) -> str:
     to rotate or lose, and the same key on every app sharing the store.
 
     >>> stored_key("Yq3Zk1bG0xWm8aE2cV5nR7tL9pH4sJ6dF1gK3hN5oQ0")[:12]
-    'f8d5d0b8a7e1'
+    '10d4e7f17c69'
 
     .. versionadded:: 0.2
     """

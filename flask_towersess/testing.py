@@ -208,9 +208,12 @@ def session_key(client: FlaskClient, app: Flask | None = None) -> str | None:
     >>> before = session_key(client)
     >>> _ = client.post("/login")
     >>> after = session_key(client)
-    >>> store = sessions.get_store(app)
-    >>> after != before, store.exists(before), store.exists(after)
-    (True, False, True)
+    >>> from flask_towersess.session import stored_key
+    >>> store = sessions.get_store(app)  # it holds the keys' SHA-256
+    >>> after != before
+    True
+    >>> store.exists(stored_key(before)), store.exists(stored_key(after))
+    (False, True)
 
     .. versionadded:: 0.2
     """

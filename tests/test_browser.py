@@ -34,6 +34,7 @@ from flask import Flask
 from itsdangerous import Signer
 from werkzeug.serving import make_server
 
+from flask_towersess.session import stored_key
 from flask_towersess.stores.base import SessionStore
 
 from .services import service_unavailable
@@ -127,15 +128,17 @@ class Server(t.NamedTuple):
         return self.app.extensions["towersess"].get_store(self.app)  # type: ignore[no-any-return]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[Server]:
-    """The example app on 127.0.0.1 (a free port), in a thread."""
+def serve_example(
+    tmp_path_factory: pytest.TempPathFactory, store: str | None
+) -> t.Iterator[Server]:
+    """The example app on 127.0.0.1 (a free port), in a thread, on ``store``
+    (``None``: the SQLite default, whatever the environment)."""
     example = load_example()
     instance = tmp_path_factory.mktemp("browser") / "instance"
     app = example.create_app(
         {
             "SECRET_KEY": "browser test secret",
-            "SESSION_STORE": None,  # the SQLite default, whatever the environment
+            "SESSION_STORE": store,
             "SESSION_COOKIE_SAMESITE": "Lax",
         },
         instance_path=str(instance),
@@ -153,19 +156,37 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[Server]:
             each.extensions["towersess"].get_store(each).close()
 
 
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[Server]:
+    """The example app on its zero-config SQLite store."""
+    yield from serve_example(tmp_path_factory, None)
+
+
+#: The store the "Your sessions" page is driven on: one with a per-user
+#: index on this branch. The SQLite default (``None``) takes its place once
+#: its per-user index is merged.
+PER_USER_STORE = "memory://"
+
+
+@pytest.fixture(scope="module")
+def per_user_server(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[Server]:
+    """The example app on a store with a per-user index."""
+    yield from serve_example(tmp_path_factory, PER_USER_STORE)
+
+
 @pytest.fixture
 def new_context(
     browser: Browser,
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
-) -> t.Iterator[t.Callable[[], BrowserContext]]:
+) -> t.Iterator[t.Callable[..., BrowserContext]]:
     """Make browser contexts (separate cookie jars); closed after the test,
     with screenshots of their pages if it failed."""
     contexts: list[BrowserContext] = []
     failed_before = request.session.testsfailed
 
-    def make() -> BrowserContext:
-        context = browser.new_context()
+    def make(**options: t.Any) -> BrowserContext:
+        context = browser.new_context(**options)
         context.set_default_timeout(TIMEOUT_MS)
         contexts.append(context)
         return context
@@ -202,7 +223,7 @@ def save_screenshots(
 
 
 @pytest.fixture
-def page(new_context: t.Callable[[], BrowserContext]) -> Page:
+def page(new_context: t.Callable[..., BrowserContext]) -> Page:
     return new_context().new_page()
 
 
@@ -290,8 +311,8 @@ def test_cookie_is_httponly_samesite_and_holds_only_the_id(
     )
     key = signer.unsign(value).decode()
     assert key == value.partition(".")[0]
-    # The data is on the server, under that key.
-    record = server.store.load(key)
+    # The data is on the server, under that key's hash.
+    record = server.store.load(stored_key(key))
     assert record is not None
     assert b"counter" in record.payload
 
@@ -335,11 +356,11 @@ def test_logout_removes_the_cookie_and_back_shows_nothing(
     expect(page.locator("body")).to_contain_text(f"{name}, you have loaded this page")
     [cookie] = session_cookies(page.context)
     old_key = cookie["value"].partition(".")[0]
-    assert server.store.load(old_key) is not None
+    assert server.store.load(stored_key(old_key)) is not None
 
     log_out(page)
     assert session_cookies(page.context) == []
-    assert server.store.load(old_key) is None
+    assert server.store.load(stored_key(old_key)) is None
 
     # Back to the private pages: with Cache-Control: no-store, neither the
     # back/forward cache nor the HTTP cache may show them again, so each is
@@ -354,7 +375,7 @@ def test_logout_removes_the_cookie_and_back_shows_nothing(
 
 
 def test_second_context_does_not_share_the_session(
-    new_context: t.Callable[[], BrowserContext], server: Server
+    new_context: t.Callable[..., BrowserContext], server: Server
 ) -> None:
     first = new_context().new_page()
     name = unique_name("grace")
@@ -376,3 +397,119 @@ def test_second_context_does_not_share_the_session(
     expect(second.locator("#count")).to_have_text("1")
     first.reload()
     expect(first.locator("#count")).to_have_text("2")
+
+
+# -- "Your sessions" -------------------------------------------------------------
+
+
+def two_devices(
+    new_context: t.Callable[..., BrowserContext], server: Server
+) -> tuple[Page, Page, str]:
+    """A new user, logged in on a "laptop" and on a "phone": two browser
+    contexts, each with its own user agent and cookie jar."""
+    laptop = new_context(user_agent="Laptop browser").new_page()
+    phone = new_context(user_agent="Phone browser").new_page()
+    name = unique_name("sam")
+    sign_up(laptop, server, name)
+    log_in(phone, server, name)
+    return laptop, phone, name
+
+
+def session_rows(page: Page) -> t.Any:
+    return page.locator("#sessions tr.session")
+
+
+def open_sessions(page: Page, server: Server) -> None:
+    page.goto(f"{server.url}/")
+    page.click("text=Your sessions")
+    expect(page).to_have_url(f"{server.url}/sessions")
+
+
+def expect_devices(page: Page, current: str, others: list[str]) -> None:
+    """The sessions page lists ``current`` (marked as this device) and
+    ``others``, and nothing else."""
+    rows = session_rows(page)
+    expect(rows).to_have_count(1 + len(others))
+    this = page.locator("#sessions tr.session.current")
+    expect(this).to_have_count(1)
+    expect(this.locator(".device")).to_contain_text(current)
+    expect(this.locator(".this-device")).to_have_text("(this device)")
+    other_rows = page.locator("#sessions tr.session:not(.current)")
+    expect(other_rows.locator(".device")).to_have_text(
+        [re.compile(re.escape(name)) for name in sorted(others)]
+    )
+
+
+def expect_logged_out(page: Page, server: Server) -> None:
+    page.goto(f"{server.url}/sessions")
+    expect(page).to_have_url(re.compile(r"/login\?next=%2Fsessions$"))
+    page.goto(f"{server.url}/")
+    expect(page.locator("body")).to_contain_text("Not logged in.")
+
+
+def test_sign_out_another_device(
+    new_context: t.Callable[..., BrowserContext], per_user_server: Server
+) -> None:
+    server = per_user_server
+    laptop, phone, name = two_devices(new_context, server)
+    open_sessions(laptop, server)
+    expect_devices(laptop, "Laptop browser", ["Phone browser"])
+    open_sessions(phone, server)
+    expect_devices(phone, "Phone browser", ["Laptop browser"])
+    expect(phone.locator("#count-devices")).to_have_text(
+        "You are logged in on 2 devices."
+    )
+
+    # From the laptop, sign the phone out.
+    laptop.locator("#sessions tr.session:not(.current) button.sign-out").click()
+    expect(flash(laptop)).to_have_text("That device has been signed out.")
+    expect_devices(laptop, "Laptop browser", [])
+    expect(laptop.locator("#sign-out-others")).to_have_count(0)
+
+    # The phone's next request is logged out; the laptop is not.
+    phone.reload()
+    expect(phone).to_have_url(re.compile(r"/login\?next=%2Fsessions$"))
+    expect_logged_out(phone, server)
+    laptop.goto(f"{server.url}/")
+    expect(laptop.locator("#user")).to_have_text(name)
+
+    # Logging in again on the phone lists it again.
+    log_in(phone, server, name)
+    open_sessions(laptop, server)
+    expect_devices(laptop, "Laptop browser", ["Phone browser"])
+
+
+def test_sign_out_everywhere_else(
+    new_context: t.Callable[..., BrowserContext], per_user_server: Server
+) -> None:
+    server = per_user_server
+    laptop, phone, name = two_devices(new_context, server)
+    open_sessions(phone, server)
+    expect_devices(phone, "Phone browser", ["Laptop browser"])
+
+    # From the phone this time: everything but the phone ends.
+    phone.click("#sign-out-others")
+    expect(flash(phone)).to_have_text("Signed out 1 other session.")
+    expect_devices(phone, "Phone browser", [])
+
+    expect_logged_out(laptop, server)
+    phone.goto(f"{server.url}/counter")
+    expect(phone.locator("#count")).to_have_text("1")
+    # The laptop's old cookie is gone or dead: it has no session of the user.
+    for cookie in session_cookies(laptop.context):
+        key = cookie["value"].partition(".")[0]
+        record = server.store.load(stored_key(key))
+        assert record is None or record.user_id is None
+
+
+def test_sign_out_this_device_from_its_own_row(
+    new_context: t.Callable[..., BrowserContext], per_user_server: Server
+) -> None:
+    server = per_user_server
+    laptop, phone, _ = two_devices(new_context, server)
+    open_sessions(laptop, server)
+    laptop.locator("#sessions tr.session.current button.sign-out").click()
+    expect(flash(laptop)).to_have_text("You have been logged out.")
+    expect_logged_out(laptop, server)
+    open_sessions(phone, server)
+    expect_devices(phone, "Phone browser", [])

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import html
 import importlib.util
 import os
+import re
 import sqlite3
 import types
 import typing as t
@@ -14,6 +16,8 @@ from flask import Flask
 from werkzeug.security import check_password_hash
 
 from flask_towersess.extension import DEFAULT_SQLITE_FILENAME
+from flask_towersess.session import stored_key
+from flask_towersess.stores.base import PerUserIndex
 from flask_towersess.stores.base import SessionStore
 from flask_towersess.stores.memory import MemoryStore
 from flask_towersess.stores.sqlalchemy import SQLAlchemyStore
@@ -237,8 +241,8 @@ def test_login_cycles_the_key(app: Flask) -> None:
     after = cookie_key(client)
     assert after is not None and after != before
     store = store_of(app)
-    assert store.load(before) is None  # the pre-login ID is worthless now
-    assert store.load(after) is not None
+    assert store.load(stored_key(before)) is None  # the pre-login ID is worthless now
+    assert store.load(stored_key(after)) is not None
     # The data came along: the message flashed before the log-in is there.
     assert "Please log in to see that page." in client.get("/").text
 
@@ -253,8 +257,8 @@ def test_cookie_carries_only_the_signed_id(app: Flask) -> None:
     assert "ann" not in cookie.value
     key, signature = cookie.value.rsplit(".", 1)
     assert len(key) == 43 and signature
-    # The data is in the store, under that key; never the password.
-    record = store_of(app).load(key)
+    # The data is in the store, under that key's hash; never the password.
+    record = store_of(app).load(stored_key(key))
     assert record is not None
     assert b"counter" in record.payload and b"_user_id" in record.payload
     assert PASSWORD.encode() not in record.payload
@@ -274,7 +278,7 @@ def test_logout_deletes_the_record_and_the_cookie(app: Flask) -> None:
 
     response = client.post("/logout")
     assert response.status_code == 302
-    assert store.load(old_key) is None
+    assert store.load(stored_key(old_key)) is None
     # The "logged out" message waits in a fresh session of its own.
     assert cookie_key(client) != old_key
 
@@ -382,3 +386,233 @@ def test_instance_path_from_the_environment(
         assert os.path.exists(tmp_path / "elsewhere" / "demo_users.sqlite3")
     finally:
         store_of(app).close()
+
+
+def test_the_store_holds_no_session_key(app: Flask) -> None:
+    """The store knows the session by the SHA-256 of the cookie's key only:
+    a copy of the store holds nothing that works as a cookie."""
+    client = new_user(app)
+    client.get("/counter")
+    key = cookie_key(client)
+    assert key is not None
+    store = store_of(app)
+    assert store.load(key) is None
+    record = store.load(stored_key(key))
+    assert record is not None
+    assert record.key == stored_key(key) != key
+    assert key.encode() not in record.payload
+    # The hash sent back as a cookie names no session.
+    thief = app.test_client()
+    thief.set_cookie("session", record.key)
+    assert "Not logged in." in thief.get("/").text
+
+
+# -- "Your sessions" -------------------------------------------------------------
+
+#: The stores the sessions page is tested on: those with a per-user index on
+#: this branch. The SQLite default joins once its per-user index is merged.
+PER_USER_STORES = ["memory://"]
+SESSION_ROW = re.compile(
+    r'<tr class="session( current)?" data-id="([\w-]+)">\s*'
+    r'<td class="device">([^<]*?)\s*(?:<strong|</td>)'
+)
+
+
+@pytest.fixture(params=PER_USER_STORES)
+def per_user_app(
+    request: pytest.FixtureRequest, example: types.ModuleType, tmp_path: t.Any
+) -> t.Iterator[Flask]:
+    app = example.create_app(
+        {"TESTING": True, "SESSION_STORE": request.param},
+        instance_path=str(tmp_path / "instance"),
+    )
+    assert isinstance(store_of(app).as_per_user(), PerUserIndex)
+    yield app
+    store_of(app).close()
+
+
+def device(app: Flask, user_agent: str) -> t.Any:
+    """A test client that says it is ``user_agent``."""
+    client = app.test_client()
+    client.environ_base["HTTP_USER_AGENT"] = user_agent
+    return client
+
+
+def enter(client: t.Any, name: str = "ann", *, new: bool = False) -> None:
+    """Sign ``client`` up (``new``) or log it in, and show the message."""
+    response = signup(client, name) if new else login(client, name)
+    assert response.status_code == 302
+    client.get("/")
+
+
+def session_rows(client: t.Any) -> list[tuple[str, str, bool]]:
+    """The sessions page as ``(handle, device, this device)`` rows."""
+    page = client.get("/sessions")
+    assert page.status_code == 200
+    return [
+        (handle, html.unescape(device.strip()), bool(current))
+        for current, handle, device in SESSION_ROW.findall(page.text)
+    ]
+
+
+def logged_in(client: t.Any) -> bool:
+    response = client.get("/counter")
+    if response.status_code == 302:
+        assert response.headers["Location"] == "/login?next=%2Fcounter"
+        return False
+    assert response.status_code == 200
+    return True
+
+
+def test_sessions_page_needs_login(per_user_app: Flask) -> None:
+    response = per_user_app.test_client().get("/sessions")
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/login?next=%2Fsessions"
+    for path in ["/sessions/revoke", "/sessions/revoke-others"]:
+        response = per_user_app.test_client().post(path, data={"id": "x"})
+        assert response.status_code == 302
+        assert response.headers["Location"].startswith("/login?next=")
+
+
+def test_sessions_page_lists_every_device(per_user_app: Flask) -> None:
+    laptop, phone = device(per_user_app, "Laptop"), device(per_user_app, "Phone")
+    enter(laptop, new=True)
+    enter(phone)
+    bob = device(per_user_app, "Bob's")
+    enter(bob, "bob", new=True)
+
+    laptop_rows, phone_rows = session_rows(laptop), session_rows(phone)
+    # Each page marks its own device.
+    assert sorted((d, current) for _, d, current in laptop_rows) == [
+        ("Laptop", True),
+        ("Phone", False),
+    ]
+    assert sorted((d, current) for _, d, current in phone_rows) == [
+        ("Laptop", False),
+        ("Phone", True),
+    ]
+    assert {h for h, _, _ in laptop_rows} == {h for h, _, _ in phone_rows}
+    assert [d for _, d, _ in session_rows(bob)] == ["Bob's"]
+    page = laptop.get("/sessions").text
+    assert "You are logged in on 2 devices." in page
+    assert 'id="sign-out-others"' in page
+    # The page shows handles, never a session key or its stored form.
+    for client in (laptop, phone, bob):
+        key = cookie_key(client)
+        assert key is not None
+        assert key not in page and stored_key(key) not in page
+
+
+def test_sign_out_another_device(per_user_app: Flask) -> None:
+    laptop, phone = device(per_user_app, "Laptop"), device(per_user_app, "Phone")
+    enter(laptop, new=True)
+    enter(phone)
+    [(phone_handle, phone_device, _)] = [r for r in session_rows(laptop) if not r[2]]
+    assert phone_device == "Phone"
+
+    response = laptop.post("/sessions/revoke", data={"id": phone_handle})
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/sessions"
+    page = laptop.get("/sessions").text
+    assert flashes(page) == [
+        '<p class="flash message">That device has been signed out.</p>'
+    ]
+    assert [(d, c) for _, d, c in session_rows(laptop)] == [("Laptop", True)]
+    assert "You are logged in on 1 device." in laptop.get("/sessions").text
+    assert 'id="sign-out-others"' not in laptop.get("/sessions").text
+
+    # The phone's very next request is logged out; the laptop stays in.
+    assert not logged_in(phone)
+    assert "Not logged in." in phone.get("/").text
+    assert logged_in(laptop)
+
+    # The same handle again ends nothing.
+    laptop.post("/sessions/revoke", data={"id": phone_handle})
+    assert flashes(laptop.get("/sessions").text) == [
+        '<p class="flash error">That session had already ended.</p>'
+    ]
+    assert logged_in(laptop)
+
+
+def test_sign_out_everywhere_else(per_user_app: Flask) -> None:
+    laptop = device(per_user_app, "Laptop")
+    others = [device(per_user_app, name) for name in ("Phone", "Tablet")]
+    enter(laptop, new=True)
+    for other in others:
+        enter(other)
+    bob = device(per_user_app, "Bob's")
+    enter(bob, "bob", new=True)
+    assert len(session_rows(laptop)) == 3
+    for other in others:
+        assert len(session_rows(other)) == 3
+
+    response = laptop.post("/sessions/revoke-others")
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/sessions"
+    page = laptop.get("/sessions").text
+    assert flashes(page) == [
+        '<p class="flash message">Signed out 2 other sessions.</p>'
+    ]
+    assert [(d, c) for _, d, c in session_rows(laptop)] == [("Laptop", True)]
+    for other in others:
+        assert not logged_in(other)
+    assert logged_in(laptop)
+    # Another user's sessions are not touched.
+    assert logged_in(bob)
+    assert [d for _, d, _ in session_rows(bob)] == ["Bob's"]
+
+    # With nothing else left, it ends nothing.
+    laptop.post("/sessions/revoke-others")
+    assert flashes(laptop.get("/sessions").text) == [
+        '<p class="flash message">Signed out 0 other sessions.</p>'
+    ]
+    assert logged_in(laptop)
+
+
+def test_another_users_handle_ends_nothing(per_user_app: Flask) -> None:
+    ann = device(per_user_app, "Ann's")
+    enter(ann, new=True)
+    bob = device(per_user_app, "Bob's")
+    enter(bob, "bob", new=True)
+    [(ann_handle, _, _)] = session_rows(ann)
+
+    for handle in (ann_handle, "", "not-a-handle"):
+        bob.post("/sessions/revoke", data={"id": handle})
+        assert flashes(bob.get("/sessions").text) == [
+            '<p class="flash error">That session had already ended.</p>'
+        ]
+    bob.post("/sessions/revoke")  # no handle at all: never "all of them"
+    assert logged_in(ann) and logged_in(bob)
+    assert len(session_rows(ann)) == 1 and len(session_rows(bob)) == 1
+
+
+def test_sign_out_this_device_from_its_own_row(per_user_app: Flask) -> None:
+    laptop, phone = device(per_user_app, "Laptop"), device(per_user_app, "Phone")
+    enter(laptop, new=True)
+    enter(phone)
+    page = laptop.get("/sessions").text
+    current_row = page[page.index('class="session current"') :]
+    current_row = current_row[: current_row.index("</tr>")]
+    # Its own row logs this device out, as the "Log out" button does.
+    assert 'action="/logout"' in current_row
+    laptop.post("/logout")
+    assert not logged_in(laptop)
+    assert [(d, c) for _, d, c in session_rows(phone)] == [("Phone", True)]
+
+
+def test_sessions_page_on_a_store_without_a_per_user_index(
+    example: types.ModuleType, tmp_path: t.Any
+) -> None:
+    class NoIndexStore(MemoryStore):
+        def as_per_user(self) -> PerUserIndex | None:
+            return None
+
+    app = example.create_app(
+        {"TESTING": True, "SESSION_STORE": NoIndexStore()},
+        instance_path=str(tmp_path / "instance"),
+    )
+    client = new_user(app)
+    page = client.get("/sessions")
+    assert page.status_code == 200
+    assert 'id="no-index"' in page.text
+    assert 'id="sessions"' not in page.text
