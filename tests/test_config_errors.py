@@ -418,7 +418,16 @@ def test_redis_refusal_is_a_configuration_error(
 
 #: What the refusal message and docs/redis.rst tell an operator to allow.
 STORE_COMMANDS = ["get", "set", "del", "exists", "evalsha", "script|load", "ping"]
-SCRIPT_COMMANDS = ["getrange", "strlen", "setrange", "pexpireat"]
+SCRIPT_COMMANDS = [
+    "getrange",
+    "setrange",
+    "pexpireat",
+    "exists",
+    "zadd",
+    "zrem",
+    "zrange",
+    "zremrangebyscore",
+]
 
 
 @pytest.mark.parametrize("missing", [None, "evalsha", "script|load", "setrange"])
