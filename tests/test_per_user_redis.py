@@ -19,6 +19,7 @@ from datetime import timezone
 
 import pytest
 
+from flask_towersess.errors import UpdateError
 from flask_towersess.session import new_session_key
 from flask_towersess.stores import _header
 from flask_towersess.stores.base import CountingPerUser
@@ -551,3 +552,13 @@ def test_bad_user_ids_are_refused(rstore: RedisStore) -> None:
         rstore.delete_sessions_of(t.cast(str, 42))
     with pytest.raises(ValueError):
         rstore.delete_sessions_of("alice", ["not a key!"])
+
+
+def test_a_key_of_another_type_is_no_record(rstore: RedisStore) -> None:
+    key = stored_key(new_session_key())
+    rstore.client.hset(rstore.key_prefix + key, "field", "value")
+    rstore.touch(key, utcnow() + timedelta(minutes=5))
+    with pytest.raises(UpdateError):
+        rstore.save(Record(key, b"x", utcnow() + timedelta(minutes=5), 2), 1)
+    rstore.delete(key)
+    assert rstore.client.exists(rstore.key_prefix + key) == 0

@@ -1,24 +1,35 @@
 """A session store on Redis: standalone, Sentinel-managed or Cluster.
 
-Each session is one Redis string under ``key_prefix + session_key``. The
-value is a fixed 17-byte header followed by the payload::
-
-    offset  size  field
-    0       1     format tag, 0xF1 (format 1)
-    1       8     version, signed, big-endian
-    9       8     expires_at, microseconds since the Unix epoch, signed, big-endian
-    17      ...   payload (opaque bytes)
+Each session is one Redis string under ``key_prefix + session_key``: a
+binary header (version, expiry, and since 0.2 the per-user fields of
+:class:`~.base.Record`), then the payload. The formats are described in
+:mod:`~flask_towersess.stores._header`; records 0.1 wrote (format 1) are
+read, saved and touched as they are, and get format 2 on their next save.
 
 The key also carries a Redis expiry (``PXAT``) at the same moment, so Redis
 deletes expired sessions by itself: there is nothing to purge and nothing to
 migrate. Keeping the version and the expiry in the value lets :meth:`load`
-be a single ``GET``. Every operation reads or writes exactly one key, so the
-store works unchanged on Redis Cluster.
+be a single ``GET``.
+
+Since 0.2 the records of each user are indexed in a sorted set,
+``key_prefix + "u:{" + tag + "}"`` (``tag``: 128 bits of SHA-256 of the
+user id, a Cluster hash tag): member = the record's key, score = its
+expiry in milliseconds, and the set's own expiry = its greatest score.
+Entries carry their own deadline, so the index stays exact with keyspace
+notifications off, after the app was down, and on a Cluster: expired
+entries are dropped by the calls that read the index, and a listing reads
+each member's header, so a record that is gone, retired or of another
+user is never listed. The index is kept by the same scripts that write the
+records (standalone and Sentinel: no extra round trip). On a Cluster a
+user's index and records live in different slots, which one script cannot
+touch together; see :class:`RedisStore` for what that costs.
 
 redis-py is imported only when a store is built, so this module imports
 without it (``pip install 'flask-towersess[redis]'`` adds it).
 
 .. versionadded:: 0.1
+.. versionchanged:: 0.2
+    Record format 2 and the per-user index.
 """
 
 from __future__ import annotations
@@ -116,6 +127,15 @@ _CONFLICT = -1
 # that entries and the index end by themselves, with no keyspace
 # notification and no purge. The braces make the tag a Cluster hash tag.
 _LUA_HELPERS = """
+-- GETRANGE, '' for a key of another type (not a record either).
+local function getrange(k, first, last)
+  local v = redis.pcall('GETRANGE', k, first, last)
+  if type(v) == 'table' then
+    if string.find(v.err, 'WRONGTYPE', 1, true) then return '' end
+    error(v)  -- any other error (an ACL refusal) as it was
+  end
+  return v
+end
 local function i64(s, i)
   local n = 0
   for j = i, i + 7 do n = n * 256 + string.byte(s, j) end
@@ -132,9 +152,9 @@ local function tag_of(h)
 end
 -- The whole header of a format-2 record (without the payload), or ''.
 local function header(k)
-  local h = redis.call('GETRANGE', k, 0, 26)
+  local h = getrange(k, 0, 26)
   if #h < 27 or string.byte(h, 1) ~= 0xF2 then return '' end
-  return redis.call('GETRANGE', k, 0, 26 + u16(h, 26))
+  return getrange(k, 0, 26 + u16(h, 26))
 end
 -- The user id in a format-2 header, or nil.
 local function owner(h)
@@ -190,7 +210,7 @@ return 1
 _SAVE_SCRIPT = (
     _LUA_HELPERS
     + """
-local h = redis.call('GETRANGE', KEYS[1], 0, 59)
+local h = getrange(KEYS[1], 0, 59)
 if h == '' then
   return {0, ''}
 end
@@ -222,7 +242,7 @@ return {1, old}
 _TOUCH_SCRIPT = (
     _LUA_HELPERS
     + """
-local h = redis.call('GETRANGE', KEYS[1], 0, 59)
+local h = getrange(KEYS[1], 0, 59)
 local f = string.byte(h, 1)
 if f == 0xF1 and #h >= 17 then
   redis.call('SETRANGE', KEYS[1], 9, ARGV[1])
@@ -247,7 +267,7 @@ _DELETE_SCRIPT = (
     + """
 local tags = {}
 for i, k in ipairs(KEYS) do
-  tags[i] = tag_of(redis.call('GETRANGE', k, 0, 59))
+  tags[i] = tag_of(getrange(k, 0, 59))
   redis.call('DEL', k)
   if ARGV[2] ~= '1' then unindex(ARGV[1], tags[i], k) end
 end
@@ -458,14 +478,39 @@ class RedisStore(SessionStore, Counting, PerUserIndex, CountingPerUser, LegacyKe
     :param key_prefix: prepended to every session key; only keys under it
         are ever read or written.
 
-    Every operation is one round trip on one key: ``GET`` to load, ``SET NX
-    PXAT`` to create, a Lua compare-and-set to save, a small Lua script to
-    touch, ``DEL`` to delete. Connection failures and timeouts raise
-    :class:`~flask_towersess.errors.StoreUnavailable` with the redis-py
-    error as ``__cause__``; refused credentials, ACL permissions or database
-    number raise :class:`~flask_towersess.errors.ConfigurationError`.
+    Every request-path operation is one round trip: ``GET`` to load,
+    ``SET NX PXAT`` to create an anonymous session, and one Lua script each
+    to create a user's session, save (compare-and-set), touch and delete,
+    which keep the per-user index in the same script. Connection failures
+    and timeouts raise :class:`~flask_towersess.errors.StoreUnavailable`
+    with the redis-py error as ``__cause__``; refused credentials, ACL
+    permissions or database number raise
+    :class:`~flask_towersess.errors.ConfigurationError`.
 
-    Needs Redis 6.2 or later (``PXAT``).
+    On a Cluster a user's index is in another slot than their records, so
+    a script cannot keep both. What that costs, exactly:
+
+    - ``create`` and ``save`` of a user's record: the record's command and
+      the index's ``ZADD GT`` go in one pipeline (one round trip of
+      latency; two commands when two masters hold them). A save that
+      takes the record from one user to another (or to none: a retired
+      key, a logout by save) adds one round trip to the old user's index.
+    - ``touch`` and ``delete`` of a user's record: the script returns the
+      user's index tag from the header, and one more round trip fixes the
+      index. Anonymous records cost nothing more anywhere.
+    - ``sessions_of``: the index, then one pipelined request per master
+      holding the records, and one more to the index only if entries
+      outlived their records. ``delete_sessions_of``: the index, one
+      pipelined request per master, the index: three round trips however
+      many sessions. ``trim_sessions_of`` is not atomic there (see it).
+    - ``delete_many``: one pipelined request per master holding the
+      records, then one per master holding the users' indexes.
+
+    A failed ``SET NX`` or compare-and-set on a Cluster may leave an entry
+    whose record is not that user's: listings skip it and drop it, and it
+    ends at its deadline anyway.
+
+    Needs Redis 6.2 or later (``PXAT``, ``ZADD GT``).
 
     .. versionadded:: 0.1
     .. versionchanged:: 0.2
@@ -473,6 +518,9 @@ class RedisStore(SessionStore, Counting, PerUserIndex, CountingPerUser, LegacyKe
         expires sessions by itself and there is nothing to create, so the
         store is neither :class:`~.base.Purging` nor :class:`~.base.Migrating`.
         It is :class:`~.base.Counting`: :meth:`count_live` scans the keys.
+    .. versionchanged:: 0.2
+        :class:`~.base.PerUserIndex`, :class:`~.base.CountingPerUser` and
+        :class:`~.base.LegacyKeys`; records written in format 2.
     """
 
     expires_natively = True
