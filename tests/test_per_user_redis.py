@@ -447,6 +447,25 @@ def test_per_user_counts(rstore: RedisStore) -> None:
     assert rstore.per_user_counts(10) == [("bob", 5), ("alice", 3), ("carol", 1)]
 
 
+def test_per_user_counts_of_many_users(
+    rstore: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    users = [f"user-{i:03}" for i in range(60)]
+    for i, user in enumerate(users):
+        for _ in range(1 + i % 3):
+            rstore.create(record(user))
+    rstore.per_user_counts(1)  # the scripts loaded
+    with counting(monkeypatch) as sent:
+        counts = rstore.per_user_counts(100)
+    assert counts == sorted(
+        [(user, 1 + i % 3) for i, user in enumerate(users)],
+        key=lambda pair: (-pair[1], pair[0]),
+    )
+    if not is_cluster(rstore):
+        # SCAN, then one pipeline for all the indexes.
+        assert sent[0] <= 3
+
+
 # -- keys and records of 0.1 ----------------------------------------------------
 
 
@@ -508,25 +527,24 @@ def test_records_of_0_1_keep_working_and_are_upgraded_on_save(
 def test_hostile_stored_metadata_is_none_in_the_listing(rstore: RedisStore) -> None:
     r = record(active=utcnow() - timedelta(hours=1))
     tag = _header.index_tag("alice")
-    hostile = Record(
-        r.key,
-        b"x",
-        r.expires_at,
-        1,
-        user_id="alice",
-        created_at=r.created_at,
-        last_active_at=r.last_active_at,
-        user_agent="A" * 5000,  # longer than any the store writes
-        ip="\udcff",  # not UTF-8 once encoded: replaced, still too odd
-    )
     micros = (r.expires_at - EPOCH) // timedelta(microseconds=1)
-    value = _header.pack_v2(hostile, micros, tag)
-    # created_at out of any datetime's range, ip of invalid UTF-8.
-    value = value.replace(
-        struct.pack(">q", (r.created_at - EPOCH) // timedelta(microseconds=1)),  # type: ignore[operator]
-        struct.pack(">q", 2**62),
+    active = (r.last_active_at - EPOCH) // timedelta(microseconds=1)  # type: ignore[operator]
+
+    def text(data: bytes) -> bytes:
+        return struct.pack(">H", len(data)) + data
+
+    # Written by hand, as an attacker with access to Redis could: a
+    # created_at out of any datetime's range, a User-Agent longer than any
+    # the store writes, an ip of invalid UTF-8.
+    meta = (
+        bytes([len(tag)])
+        + tag.encode()
+        + struct.pack(">q", 2**62)
+        + text(b"alice")
+        + text(b"A" * 5000)
+        + text(b"\xff\xfe")
     )
-    value = value.replace(b"?", b"\xff")
+    value = struct.pack(">BqqqH", 0xF2, 1, micros, active, len(meta)) + meta + b"x"
     rstore.create(r)
     rstore.client.set(rstore.key_prefix + r.key, value, pxat=micros // 1000)
     (listed,) = rstore.sessions_of("alice")

@@ -436,7 +436,10 @@ class _Script(t.Protocol):
     :class:`~redis.commands.core.Script`, called with keys and arguments."""
 
     def __call__(
-        self, keys: t.Sequence[str], args: t.Sequence[bytes | str | int]
+        self,
+        keys: t.Sequence[str],
+        args: t.Sequence[bytes | str | int],
+        client: t.Any = None,
     ) -> t.Any: ...  # pragma: no cover
 
 
@@ -889,11 +892,7 @@ class RedisStore(SessionStore, Counting, PerUserIndex, CountingPerUser, LegacyKe
         index = self._index_key(tag)
         now_ms = to_epoch_micros(utcnow()) // 1000
         if not self._cluster:
-            flat = self._list_script([index], [now_ms, tag])
-            return [
-                (flat[i].decode("utf-8", "replace"), flat[i + 1])
-                for i in range(0, len(flat), 2)
-            ]
+            return _pairs(self._list_script([index], [now_ms, tag]))
         members = [
             m.decode("utf-8", "replace")
             for m in self._client.eval(_INDEX_SCRIPT, 1, index, "list", now_ms)
@@ -916,13 +915,35 @@ class RedisStore(SessionStore, Counting, PerUserIndex, CountingPerUser, LegacyKe
             self._client.eval(_INDEX_SCRIPT, 1, index, "rem", *dead)
         return entries
 
-    def _live_records(self, user_id: str | None, tag: str) -> list[Record]:
-        """The live records listed in the index of ``tag``, of ``user_id``
-        (``None``: of every user whose index it is)."""
+    def _entries_of_many(
+        self, tags: list[str]
+    ) -> t.Iterable[list[tuple[str, bytes]] | None]:
+        """What :meth:`_entries` reads for each of ``tags``: in one
+        pipeline on standalone Redis; ``None`` (read it then) on a
+        Cluster, where each index needs its own steps."""
+        if self._cluster:
+            return [None] * len(tags)
+        now_ms = to_epoch_micros(utcnow()) // 1000
+        pipe = self._client.pipeline(transaction=False)
+        for tag in tags:
+            self._list_script([self._index_key(tag)], [now_ms, tag], client=pipe)
+        return [_pairs(flat) for flat in pipe.execute()]
+
+    def _live_records(
+        self,
+        user_id: str | None,
+        tag: str,
+        entries: list[tuple[str, bytes]] | None = None,
+    ) -> list[Record]:
+        """The live records listed in the index of ``tag`` (its
+        ``entries``, if read already), of ``user_id`` (``None``: of every
+        user whose index it is)."""
         now = utcnow()
         start = len(self.key_prefix)
         records = []
-        for name, head in self._entries(tag):
+        if entries is None:
+            entries = self._entries(tag)
+        for name, head in entries:
             info = _header.parse_info(name[start:], head)
             if info is None or info.tag != tag or info.record.expires_at <= now:
                 continue
@@ -1072,8 +1093,9 @@ class RedisStore(SessionStore, Counting, PerUserIndex, CountingPerUser, LegacyKe
         """The ``top`` users with the most live sessions, most first.
 
         Walks the indexes with ``SCAN`` (on every primary of a Cluster),
-        and lists each as :meth:`sessions_of` does: its time grows with
-        the users and sessions of the whole store. For ``flask sessions
+        and lists each as :meth:`sessions_of` does (on standalone Redis,
+        :data:`SCAN_BATCH` indexes per pipeline): its time grows with the
+        users and sessions of the whole store. For ``flask sessions
         stats --top``, not for requests.
 
         .. versionadded:: 0.2
@@ -1091,12 +1113,13 @@ class RedisStore(SessionStore, Counting, PerUserIndex, CountingPerUser, LegacyKe
                     match=pattern, count=SCAN_BATCH, **options
                 )
             }
-            for tag in tags:
-                if len(tag) != _header.INDEX_TAG_LENGTH:
-                    continue
-                for record in self._live_records(None, tag):
-                    owner = t.cast(str, record.user_id)
-                    counts[owner] = counts.get(owner, 0) + 1
+            listed = [tag for tag in tags if len(tag) == _header.INDEX_TAG_LENGTH]
+            for first in range(0, len(listed), SCAN_BATCH):
+                batch = listed[first : first + SCAN_BATCH]
+                for tag, entries in zip(batch, self._entries_of_many(batch)):
+                    for record in self._live_records(None, tag, entries):
+                        owner = t.cast(str, record.user_id)
+                        counts[owner] = counts.get(owner, 0) + 1
         ranked = sorted(counts.items(), key=lambda pair: (-pair[1], pair[0]))
         return ranked[:top]
 
@@ -1231,6 +1254,14 @@ def _is_session_key(name: bytes) -> bool:
         return KEY_PATTERN.fullmatch(name.decode("ascii")) is not None
     except UnicodeDecodeError:
         return False
+
+
+def _pairs(flat: list[bytes]) -> list[tuple[str, bytes]]:
+    """The (full key, header) pairs of a reply of the listing script."""
+    return [
+        (flat[i].decode("utf-8", "replace"), flat[i + 1])
+        for i in range(0, len(flat), 2)
+    ]
 
 
 def _is_hashed(name: bytes) -> bool:
