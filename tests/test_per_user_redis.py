@@ -580,3 +580,28 @@ def test_a_key_of_another_type_is_no_record(rstore: RedisStore) -> None:
         rstore.save(Record(key, b"x", utcnow() + timedelta(minutes=5), 2), 1)
     rstore.delete(key)
     assert rstore.client.exists(rstore.key_prefix + key) == 0
+
+
+def test_cluster_trim_spares_a_session_touched_after_it_read(
+    redis_cluster_store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On a Cluster a trim reads, then ends: a session touched in between
+    # (now the most recent) is not ended on the strength of the old read.
+    store = redis_cluster_store
+    now = utcnow()
+    old = [record(active=now - timedelta(minutes=10 - i)) for i in range(4)]
+    for r in old:
+        store.create(r)
+    current = record()
+    store.create(current)
+    read = store._live_records
+
+    def read_then_touch(*args: t.Any) -> list[Record]:
+        records = read(*args)
+        store.touch(old[0].key, old[0].expires_at)
+        return records
+
+    monkeypatch.setattr(store, "_live_records", read_then_touch)
+    ended = store.trim_sessions_of("alice", 1, keep=current.key)
+    assert set(ended) == keys_of(old[1:])
+    assert keys_of(store.sessions_of("alice")) == {old[0].key, current.key}

@@ -131,6 +131,15 @@ def pack_v2(record: Record, micros: int, tag: str) -> bytes:
     return head + meta + record.payload
 
 
+def trim_state(record: Record) -> bytes:
+    """The version and ``last_active_at`` of ``record`` as a format-2
+    header holds them (bytes 1-8 and 17-24), to check that a record is
+    unchanged since it was read."""
+    return VERSION.pack(record.version) + _MICROS.pack(
+        _micros_or_none(record.last_active_at)
+    )
+
+
 def parse(store: str, key: str, value: bytes, prefix: str) -> Record | None:
     """The live record in ``value`` (either format), without its per-user
     fields; ``None`` if it has expired, and ``None`` with a warning (see

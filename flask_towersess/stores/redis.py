@@ -385,8 +385,10 @@ return header(KEYS[1])
 )
 
 # Cluster only: delete one record if it is a live record of user ARGV[1]
-# (ARGV[2] = now in microseconds). Returns {1, tag} if deleted, {0, tag} if
-# there is no live format-2 record, {-1, tag} if it is another user's.
+# (ARGV[2] = now in microseconds) and, if ARGV[3] is given, still at the
+# version and last activity (header bytes 2-9 and 18-25) a trim chose it
+# by. Returns {1, tag} if deleted, {0, tag} if there is no live format-2
+# record, {-1, tag} if it is another user's, {-2, tag} if it changed.
 _END_ONE_SCRIPT = (
     _LUA_HELPERS
     + """
@@ -394,6 +396,9 @@ local h = header(KEYS[1])
 if h == '' or i64(h, 10) <= tonumber(ARGV[2]) then return {0, ''} end
 local tag = tag_of(h)
 if owner(h) ~= ARGV[1] then return {-1, tag} end
+if ARGV[3] and string.sub(h, 2, 9) .. string.sub(h, 18, 25) ~= ARGV[3] then
+  return {-2, tag}
+end
 redis.call('DEL', KEYS[1])
 return {1, tag}
 """
@@ -1019,11 +1024,14 @@ class RedisStore(SessionStore, Counting, PerUserIndex, CountingPerUser, LegacyKe
         One script on standalone Redis and Sentinel, atomic. On a Cluster
         the records are in several slots, which no Redis command spans: the
         survivors are chosen from one reading of the index and the headers
-        (three round trips), then the others are ended, each by a script
-        that checks its user (one more round trip, and one to the index).
-        Two trims at once agree on the order, so neither ends a session
-        the other keeps unless the limit leaves room for one of them only;
-        a session created after the reading is not trimmed by that call.
+        (two or three round trips), then the others are ended, each by a
+        script that checks it is still the user's, at the version and last
+        activity it was chosen by (one round trip per master), and the
+        index is fixed (one more). So a session touched or saved after the
+        reading is spared, and two trims at once agree on the order: neither
+        ends a session the other keeps unless the limit leaves room for one
+        of them only. A session created after the reading is not trimmed
+        by that call (the next login's trim sees it).
 
         .. versionadded:: 0.2
         """
@@ -1040,10 +1048,15 @@ class RedisStore(SessionStore, Counting, PerUserIndex, CountingPerUser, LegacyKe
                 return self._keys_of(ended)
             live = self._live_records(user_id, tag)
             live.sort(key=_recency, reverse=True)
-            names = [
-                self._key(r.key) for r in live[limit:] if self._key(r.key) != keep_name
-            ]
-            return self._end_on_cluster(user_id, tag, names)
+            chosen = [r for r in live[limit:] if self._key(r.key) != keep_name]
+            # Each is ended only if unchanged since it was chosen: one
+            # touched or saved meanwhile may now be among the most recent.
+            return self._end_on_cluster(
+                user_id,
+                tag,
+                [self._key(r.key) for r in chosen],
+                [_header.trim_state(r) for r in chosen],
+            )
 
     def _end_args(
         self,
@@ -1068,21 +1081,31 @@ class RedisStore(SessionStore, Counting, PerUserIndex, CountingPerUser, LegacyKe
         start = len(self.key_prefix.encode())
         return [name[start:].decode("ascii") for name in names]
 
-    def _end_on_cluster(self, user_id: str, tag: str, names: list[str]) -> list[str]:
+    def _end_on_cluster(
+        self,
+        user_id: str,
+        tag: str,
+        names: list[str],
+        expected: list[bytes] | None = None,
+    ) -> list[str]:
         """Cluster: end the records of ``names`` that are live records of
-        ``user_id`` (one pipelined request per master), then drop their
-        entries (one round trip to the index)."""
+        ``user_id`` (and, with ``expected``, still at the version and last
+        activity packed there), one pipelined request per master; then
+        drop their entries (one round trip to the index)."""
         if not names:
             return []
         now = to_epoch_micros(utcnow())
         pipe = self._client.pipeline(transaction=False)
-        for name in names:
-            self._pipe_eval(pipe, _END_ONE_SCRIPT, name, user_id.encode(), now)
+        for i, name in enumerate(names):
+            state = () if expected is None else (expected[i],)
+            self._pipe_eval(pipe, _END_ONE_SCRIPT, name, user_id.encode(), now, *state)
         ended, dead = [], []
         for name, (status, other) in zip(names, pipe.execute()):
             if status == 1:
                 ended.append(name)
-            if status == 1 or status == 0 or other.decode("ascii", "replace") != tag:
+            if status in (0, 1) or (
+                status == -1 and other.decode("ascii", "replace") != tag
+            ):
                 dead.append(name)
         if dead:
             self._unindex_many({tag: dead})
