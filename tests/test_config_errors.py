@@ -418,10 +418,21 @@ def test_redis_refusal_is_a_configuration_error(
 
 #: What the refusal message and docs/redis.rst tell an operator to allow.
 STORE_COMMANDS = ["get", "set", "del", "exists", "evalsha", "script|load", "ping"]
-SCRIPT_COMMANDS = ["getrange", "strlen", "setrange", "pexpireat"]
+SCRIPT_COMMANDS = [
+    "getrange",
+    "setrange",
+    "pexpireat",
+    "exists",
+    "zadd",
+    "zrem",
+    "zrange",
+    "zremrangebyscore",
+]
 
 
-@pytest.mark.parametrize("missing", [None, "evalsha", "script|load", "setrange"])
+@pytest.mark.parametrize(
+    "missing", [None, "evalsha", "script|load", "setrange", "zadd", "getrange"]
+)
 def test_redis_commands_named_in_the_refusal_are_the_ones_needed(
     redis_with_password: RedisProcess,
     caplog: pytest.LogCaptureFixture,
@@ -454,6 +465,11 @@ def test_redis_commands_named_in_the_refusal_are_the_ones_needed(
         assert store.load(record.key) == Record(record.key, b"v2", later, 2)
         assert store.exists(record.key)
         store.delete(record.key)
+        # The per-user index: a user's record, listed and revoked.
+        mine = Record(new_session_key(), b"v1", record.expires_at, user_id="u1")
+        store.create(mine)
+        assert [r.key for r in store.sessions_of("u1")] == [mine.key]
+        assert store.delete_sessions_of("u1") == [mine.key]
         store.ping()
 
     try:

@@ -257,8 +257,10 @@ def test_stored_value_format(rstore: RedisStore) -> None:
     rstore.create(record)
     value = raw(rstore, record.key)
     assert value is not None
-    tag, version, micros = struct.unpack(">BQq", value[:17])
-    assert (tag, version, value[17:]) == (0xF1, 7, b"payload")
+    # Format 2 (0.2): tag, version, expiry, last_active_at, metadata length.
+    tag, version, micros, active, meta = struct.unpack(">BQqqH", value[:27])
+    assert (tag, version, value[27 + meta :]) == (0xF2, 7, b"payload")
+    assert active == -(2**63)  # no last_active_at
     epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
     assert epoch + timedelta(microseconds=micros) == expires_at
     # Redis's expiry is the record's, rounded down to the millisecond.
@@ -270,6 +272,22 @@ def test_stored_value_format(rstore: RedisStore) -> None:
         assert abs(now_ms + pttl(rstore, record.key) - micros // 1000) < 1000
     else:
         assert pexpiretime == micros // 1000
+
+
+def test_format_1_records_of_0_1_still_load_save_and_touch(rstore: RedisStore) -> None:
+    # What 0.1.0 wrote: tag 0xF1, version, expiry (microseconds), payload.
+    key = new_session_key()
+    expires_at = utcnow() + timedelta(minutes=5)
+    epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+    micros = (expires_at - epoch) // timedelta(microseconds=1)
+    value = struct.pack(">Bqq", 0xF1, 3, micros) + b"old"
+    rstore.client.set(rstore.key_prefix + key, value, pxat=micros // 1000)
+    assert rstore.load(key) == Record(key, b"old", expires_at, 3)
+    later = expires_at + timedelta(minutes=5)
+    rstore.touch(key, later)
+    assert rstore.load(key) == Record(key, b"old", later, 3)
+    rstore.save(Record(key, b"new", later, 4), 3)
+    assert rstore.load(key) == Record(key, b"new", later, 4)
 
 
 def test_keys_outside_the_prefix_are_untouched(rstore: RedisStore) -> None:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import struct
 import sys
 import threading
 import typing as t
@@ -44,17 +43,14 @@ from ..errors import SerializationError
 from ..errors import TowerSessError
 from ..errors import UpdateError
 from ..errors import VersionConflict
-from ._epoch import from_epoch_micros
+from . import _header
 from ._epoch import to_epoch_micros
 from ._errors import ErrorTranslation
 from ._errors import store_unavailable
 from ._urls import redact_url
-from .base import MAX_VERSION
-from .base import MIN_VERSION
 from .base import Record
 from .base import SessionStore
 from .base import check_key
-from .base import refuse_record
 from .base import short_key
 from .base import utcnow
 
@@ -86,12 +82,6 @@ DEFAULT_CLIENT_OPTIONS: dict[str, t.Any] = {"connect_timeout": 5.0, "timeout": 5
 #: What :meth:`MemcachedStore.cache_from_url` uses instead: a cache in front
 #: of a durable store must fail fast (see :data:`.redis.CACHE_CLIENT_OPTIONS`).
 CACHE_CLIENT_OPTIONS: dict[str, t.Any] = {"connect_timeout": 0.25, "timeout": 0.25}
-
-# The value header, as RedisStore writes it: a tag byte first, so a value
-# this store did not write (another app's under the same prefix, a
-# Flask-Session pickle) is recognised and ignored instead of misread.
-_TAG = 0xF1
-_HEADER = struct.Struct(">Bqq")
 
 #: How many times a compare-and-set is tried again when the CAS token moved
 #: but the version did not (a concurrent touch): each try is one round trip
@@ -130,11 +120,6 @@ def _expire(micros: int, now_micros: int) -> int:
         return seconds
     moment = -(-micros // 1_000_000) + 1
     return moment if moment <= _MAX_ABSOLUTE_EXPIRY else 0
-
-
-def _is_record(value: object) -> bool:
-    """Whether ``value`` has the form of a record of this store."""
-    return isinstance(value, bytes) and len(value) >= _HEADER.size and value[0] == _TAG
 
 
 class _Node(t.NamedTuple):
@@ -333,26 +318,9 @@ class MemcachedStore(SessionStore):
         a value this store did not write is refused."""
         if value is None:
             return None
-        if not _is_record(value):
-            refuse_record(
-                "MemcachedStore",
-                key,
-                f"not a flask-towersess session record under {self.key_prefix!r}",
-            )
-            return None
-        data = t.cast(bytes, value)
-        _, version, micros = _HEADER.unpack_from(data)
-        expires_at = from_epoch_micros(micros)
-        if expires_at is None:
-            refuse_record("MemcachedStore", key, "expiry out of range")
-            return None
-        if not MIN_VERSION <= version <= MAX_VERSION:
-            refuse_record("MemcachedStore", key, "version out of range")
-            return None
-        # memcached keeps an item up to two seconds past its expiry.
-        if expires_at <= utcnow():
-            return None
-        return Record(key, data[_HEADER.size :], expires_at, version)
+        if not isinstance(value, bytes):
+            value = b""  # refused by the parser, as any value not a record
+        return _header.parse("MemcachedStore", key, value, self.key_prefix)
 
     def _gets(self, key: str) -> tuple[Record | None, t.Any]:
         value, token = self._read(key, "gets")
@@ -394,7 +362,7 @@ class MemcachedStore(SessionStore):
     def create(self, record: Record) -> None:
         check_key(record.key)
         micros = to_epoch_micros(record.expires_at)
-        value = _HEADER.pack(_TAG, record.version, micros) + record.payload
+        value = _header.pack_v1(record.version, micros, record.payload)
         name = self.key_prefix + record.key
         for _ in range(_CAS_ATTEMPTS):
             expire = _expire(micros, to_epoch_micros(utcnow()))
@@ -415,7 +383,7 @@ class MemcachedStore(SessionStore):
             raw, token = self._read(record.key, "gets")
             if token is None:
                 continue  # gone meanwhile: add again
-            if not _is_record(raw) or self._parse(record.key, raw) is not None:
+            if not _header.is_record(raw) or self._parse(record.key, raw) is not None:
                 break
             expire = _expire(micros, to_epoch_micros(utcnow()))
             if self._write(
@@ -433,7 +401,7 @@ class MemcachedStore(SessionStore):
     def save(self, record: Record, expected_version: int) -> None:
         check_key(record.key)
         micros = to_epoch_micros(record.expires_at)
-        value = _HEADER.pack(_TAG, record.version, micros) + record.payload
+        value = _header.pack_v1(record.version, micros, record.payload)
         name = self.key_prefix + record.key
         for _ in range(_CAS_ATTEMPTS):
             current, token = self._gets(record.key)
@@ -476,7 +444,7 @@ class MemcachedStore(SessionStore):
             current, token = self._gets(key)
             if current is None:
                 return
-            value = _HEADER.pack(_TAG, current.version, micros) + current.payload
+            value = _header.pack_v1(current.version, micros, current.payload)
             expire = _expire(micros, to_epoch_micros(utcnow()))
             stored = self._write(
                 key,

@@ -1,33 +1,44 @@
 """A session store on Redis: standalone, Sentinel-managed or Cluster.
 
-Each session is one Redis string under ``key_prefix + session_key``. The
-value is a fixed 17-byte header followed by the payload::
-
-    offset  size  field
-    0       1     format tag, 0xF1 (format 1)
-    1       8     version, signed, big-endian
-    9       8     expires_at, microseconds since the Unix epoch, signed, big-endian
-    17      ...   payload (opaque bytes)
+Each session is one Redis string under ``key_prefix + session_key``: a
+binary header (version, expiry, and since 0.2 the per-user fields of
+:class:`~.base.Record`), then the payload. The formats are described in
+:mod:`~flask_towersess.stores._header`; records 0.1 wrote (format 1) are
+read, saved and touched as they are, and get format 2 on their next save.
 
 The key also carries a Redis expiry (``PXAT``) at the same moment, so Redis
 deletes expired sessions by itself: there is nothing to purge and nothing to
 migrate. Keeping the version and the expiry in the value lets :meth:`load`
-be a single ``GET``. Every operation reads or writes exactly one key, so the
-store works unchanged on Redis Cluster.
+be a single ``GET``.
+
+Since 0.2 the records of each user are indexed in a sorted set,
+``key_prefix + "u:{" + tag + "}"`` (``tag``: 128 bits of SHA-256 of the
+user id, a Cluster hash tag): member = the record's key, score = its
+expiry in milliseconds, and the set's own expiry = its greatest score.
+Entries carry their own deadline, so the index stays exact with keyspace
+notifications off, after the app was down, and on a Cluster: expired
+entries are dropped by the calls that read the index, and a listing reads
+each member's header, so a record that is gone, retired or of another
+user is never listed. The index is kept by the same scripts that write the
+records (standalone and Sentinel: no extra round trip). On a Cluster a
+user's index and records live in different slots, which one script cannot
+touch together; see :class:`RedisStore` for what that costs.
 
 redis-py is imported only when a store is built, so this module imports
 without it (``pip install 'flask-towersess[redis]'`` adds it).
 
 .. versionadded:: 0.1
+.. versionchanged:: 0.2
+    Record format 2 and the per-user index.
 """
 
 from __future__ import annotations
 
 import logging
-import struct
 import sys
 import typing as t
 from datetime import datetime
+from datetime import timezone
 from urllib.parse import SplitResult
 from urllib.parse import unquote
 from urllib.parse import urlsplit
@@ -39,18 +50,21 @@ from ..errors import StoreUnavailable
 from ..errors import TowerSessError
 from ..errors import UpdateError
 from ..errors import VersionConflict
-from ._epoch import from_epoch_micros
+from . import _header
 from ._epoch import to_epoch_micros
 from ._errors import ErrorTranslation
 from ._errors import store_unavailable
 from ._urls import redact_url
+from .base import HASHED_KEY_PATTERN
 from .base import KEY_PATTERN
-from .base import MAX_VERSION
-from .base import MIN_VERSION
 from .base import Counting
+from .base import CountingPerUser
+from .base import LegacyKeys
+from .base import PerUserIndex
 from .base import Record
 from .base import SessionStore
 from .base import check_key
+from .base import check_user_id
 from .base import refuse_record
 from .base import short_key
 from .base import utcnow
@@ -96,52 +110,299 @@ CACHE_CLIENT_OPTIONS: dict[str, t.Any] = {
     "socket_connect_timeout": 0.25,
 }
 
-# The value header. A tag byte first, so a value this store did not write
+# The value header (formats 1 and 2) is in _header.py, shared with the
+# memcached store. A tag byte first, so a value this store did not write
 # (another app, Flask-Session's pickles under the same "session:" prefix) is
 # recognised and ignored instead of being misread, and so a later format can
-# live next to this one.
-_TAG = 0xF1
-_HEADER = struct.Struct(">Bqq")
-# What a compare-and-set compares: the tag and the version.
-_VERSION_PREFIX = struct.Struct(">Bq")
-_EXPIRY = struct.Struct(">q")
-_EXPIRY_OFFSET = _VERSION_PREFIX.size
+# live next to these.
 
 # Replies of the save script.
 _SAVED = 1
 _MISSING = 0
 _CONFLICT = -1
 
+# Helpers every script starts with. A per-user index is a sorted set
+# "<prefix>u:{<index tag>}": member = a record's full key, score = the
+# record's expiry (ms), and the set's own expiry = its greatest score, so
+# that entries and the index end by themselves, with no keyspace
+# notification and no purge. The braces make the tag a Cluster hash tag.
+_LUA_HELPERS = """
+-- GETRANGE, '' for a key of another type (not a record either).
+local function getrange(k, first, last)
+  local v = redis.pcall('GETRANGE', k, first, last)
+  if type(v) == 'table' then
+    if string.find(v.err, 'WRONGTYPE', 1, true) then return '' end
+    error(v)  -- any other error (an ACL refusal) as it was
+  end
+  return v
+end
+local function i64(s, i)
+  local n = 0
+  for j = i, i + 7 do n = n * 256 + string.byte(s, j) end
+  if string.byte(s, i) >= 128 then n = n - 18446744073709551616 end
+  return n
+end
+local function u16(s, i)
+  return string.byte(s, i) * 256 + string.byte(s, i + 1)
+end
+-- The index tag in the first bytes of a value ('' if none, or format 1).
+local function tag_of(h)
+  if string.byte(h, 1) ~= 0xF2 or #h < 28 then return '' end
+  return string.sub(h, 29, 28 + string.byte(h, 28))
+end
+-- The whole header of a format-2 record (without the payload), or ''.
+local function header(k)
+  local h = getrange(k, 0, 26)
+  if #h < 27 or string.byte(h, 1) ~= 0xF2 then return '' end
+  return getrange(k, 0, 26 + u16(h, 26))
+end
+-- The user id in a format-2 header, or nil.
+local function owner(h)
+  local at = 29 + string.byte(h, 28) + 8
+  if #h < at + 1 then return nil end
+  local n = u16(h, at)
+  if n == 65535 then return nil end
+  return string.sub(h, at + 2, at + 1 + n)
+end
+-- The index's expiry is its greatest score (none left: the set is gone).
+local function fix_ttl(idx)
+  local top = redis.call('ZRANGE', idx, -1, -1, 'WITHSCORES')
+  if top[2] then redis.call('PEXPIREAT', idx, top[2]) end
+end
+local function unindex(prefix, tag, k)
+  if tag == '' then return end
+  local idx = prefix .. 'u:{' .. tag .. '}'
+  if redis.call('ZREM', idx, k) == 1 then fix_ttl(idx) end
+end
+local function index(idx, k, score)
+  if redis.call('EXISTS', k) == 0 then
+    -- Stored already expired: Redis dropped it at once.
+    if redis.call('ZREM', idx, k) == 1 then fix_ttl(idx) end
+    return
+  end
+  redis.call('ZADD', idx, score, k)
+  fix_ttl(idx)
+end
+"""
+
+# Create a record of a user and index it, in one atomic step (standalone
+# and Sentinel; on a Cluster the index lives in another slot).
+_CREATE_SCRIPT = (
+    _LUA_HELPERS
+    + """
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PXAT', ARGV[2]) then
+  return 0
+end
+index(KEYS[2], KEYS[1], ARGV[2])
+return 1
+"""
+)
+
 # Compare-and-set in one round trip. The script runs atomically on the
 # server, so no other client can slip a write between the check and the SET.
 # A missing key is reported, never recreated (a logout elsewhere must stick).
-# Only the header's tag and version are read: GETRANGE of a missing key is
-# the empty string, which no record is.
-_SAVE_SCRIPT = """
-local current = redis.call('GETRANGE', KEYS[1], 0, string.len(ARGV[1]) - 1)
-if current == '' then
-  return 0
+# Only the header's first bytes are read: GETRANGE of a missing key is the
+# empty string, which no record is. Either format is compared by its
+# version. The index entry moves with the user: out of the old user's
+# index (its tag read from the old header), into KEYS[2] (the new user's,
+# if any). ARGV[6] = '1' (Cluster): the old index is in another slot, so
+# the script only returns the old tag and the caller fixes that index.
+_SAVE_SCRIPT = (
+    _LUA_HELPERS
+    + """
+local h = getrange(KEYS[1], 0, 59)
+if h == '' then
+  return {0, ''}
 end
-if current ~= ARGV[1] then
-  return -1
+local f = string.byte(h, 1)
+if (f ~= 0xF1 and f ~= 0xF2) or string.sub(h, 2, 9) ~= ARGV[1] then
+  return {-1, ''}
 end
 redis.call('SET', KEYS[1], ARGV[2], 'PXAT', ARGV[3])
-return 1
-"""
-
-# Move the expiry without sending or rewriting the payload: patch the 8
-# expiry bytes of the header in place (SETRANGE keeps the key's TTL and
-# value) and move the TTL. A key that is missing, or is not a record of this
-# format, is left alone: SETRANGE would otherwise create it.
-_TOUCH_SCRIPT = """
-if redis.call('GETRANGE', KEYS[1], 0, 0) ~= ARGV[1]
-    or redis.call('STRLEN', KEYS[1]) < tonumber(ARGV[2]) then
-  return 0
+local old = tag_of(h)
+if ARGV[6] == '1' then
+  return {1, old}
 end
-redis.call('SETRANGE', KEYS[1], ARGV[3], ARGV[4])
-redis.call('PEXPIREAT', KEYS[1], ARGV[5])
-return 1
+if old ~= ARGV[4] or redis.call('EXISTS', KEYS[1]) == 0 then
+  unindex(ARGV[5], old, KEYS[1])
+end
+if KEYS[2] then
+  index(KEYS[2], KEYS[1], ARGV[3])
+end
+return {1, old}
 """
+)
+
+# Move the expiry without sending or rewriting the payload: patch the
+# header in place (SETRANGE keeps the key's TTL and value: the expiry, and
+# in format 2 last_active_at next to it) and move the TTL and the index
+# entry. A key that is missing, or is not a record, is left alone: SETRANGE
+# would otherwise create it. Returns the record's index tag ('' none; nil
+# for no record).
+_TOUCH_SCRIPT = (
+    _LUA_HELPERS
+    + """
+local h = getrange(KEYS[1], 0, 59)
+local f = string.byte(h, 1)
+if f == 0xF1 and #h >= 17 then
+  redis.call('SETRANGE', KEYS[1], 9, ARGV[1])
+elseif f == 0xF2 and #h >= 27 then
+  redis.call('SETRANGE', KEYS[1], 9, ARGV[1] .. ARGV[3])
+else
+  return false
+end
+redis.call('PEXPIREAT', KEYS[1], ARGV[2])
+local tag = tag_of(h)
+if tag ~= '' and ARGV[5] ~= '1' then
+  index(ARGV[4] .. 'u:{' .. tag .. '}', KEYS[1], ARGV[2])
+end
+return tag
+"""
+)
+
+# Delete records and their index entries. Returns their index tags ('' for
+# none). ARGV[2] = '1' (Cluster): one key, and the caller fixes the index.
+_DELETE_SCRIPT = (
+    _LUA_HELPERS
+    + """
+local tags = {}
+for i, k in ipairs(KEYS) do
+  tags[i] = tag_of(getrange(k, 0, 59))
+  redis.call('DEL', k)
+  if ARGV[2] ~= '1' then unindex(ARGV[1], tags[i], k) end
+end
+return tags
+"""
+)
+
+# The live entries of one index, as {member, header, ...}: first drop the
+# entries past their deadline, then those whose record is gone, is not of
+# format 2 or is in another index (its user changed, and a Cluster caller
+# has not moved the entry yet). ARGV[1] = now (ms), ARGV[2] = the index tag.
+# Standalone only: it reads the records, which on a Cluster are elsewhere.
+_LIST_SCRIPT = (
+    _LUA_HELPERS
+    + """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+local out = {}
+local dropped = false
+for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local h = header(m)
+  if h == '' or tag_of(h) ~= ARGV[2] then
+    redis.call('ZREM', KEYS[1], m)
+    dropped = true
+  else
+    out[#out + 1] = m
+    out[#out + 1] = h
+  end
+end
+if dropped then fix_ttl(KEYS[1]) end
+return out
+"""
+)
+
+# End sessions of one user, atomically (standalone only). ARGV: now (ms),
+# index tag, user id, now (microseconds), keep (full key or ''), limit
+# (-1: end all but keep), then the full keys to end ('*' alone: all).
+# Survivors of a trim: the `limit` most recent by (last_active_at, key),
+# descending, plus keep. Returns the full keys ended.
+_END_SCRIPT = (
+    _LUA_HELPERS
+    + """
+local function before(a, b)
+  for i = 1, math.min(#a, #b) do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x < y end
+  end
+  return #a < #b
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+local now = tonumber(ARGV[4])
+local wanted = nil
+if ARGV[7] ~= '*' then
+  wanted = {}
+  for i = 7, #ARGV do wanted[ARGV[i]] = true end
+end
+local live = {}
+for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local h = header(m)
+  if h == '' or tag_of(h) ~= ARGV[2] or i64(h, 10) <= now then
+    redis.call('ZREM', KEYS[1], m)
+  elseif owner(h) == ARGV[3] then
+    live[#live + 1] = {m, i64(h, 18)}
+  end
+end
+local limit = tonumber(ARGV[6])
+if limit >= 0 then
+  table.sort(live, function(a, b)
+    if a[2] ~= b[2] then return a[2] > b[2] end
+    return before(b[1], a[1])
+  end)
+end
+local ended = {}
+for i, e in ipairs(live) do
+  local m = e[1]
+  if m ~= ARGV[5] and i > limit and (wanted == nil or wanted[m]) then
+    redis.call('DEL', m)
+    redis.call('ZREM', KEYS[1], m)
+    ended[#ended + 1] = m
+  end
+end
+fix_ttl(KEYS[1])
+return ended
+"""
+)
+
+# Cluster only: the index's own commands, in its slot. ARGV[1] = 'add'
+# (ARGV[2] = score, then members: ZADD GT, a deadline never moves back, as
+# a save that raced may have raised it), 'rem' (members), or 'list'
+# (ARGV[2] = now in ms: drop the entries past their deadline, return the
+# rest).
+_INDEX_SCRIPT = (
+    _LUA_HELPERS
+    + """
+local idx = KEYS[1]
+if ARGV[1] == 'add' then
+  for i = 3, #ARGV do redis.call('ZADD', idx, 'GT', ARGV[2], ARGV[i]) end
+  fix_ttl(idx)
+  return 1
+elseif ARGV[1] == 'rem' then
+  for i = 2, #ARGV do redis.call('ZREM', idx, ARGV[i]) end
+  fix_ttl(idx)
+  return 1
+end
+redis.call('ZREMRANGEBYSCORE', idx, '-inf', ARGV[2])
+return redis.call('ZRANGE', idx, 0, -1)
+"""
+)
+
+# Cluster only: the header of one record ('' if none, or format 1).
+_HEADER_SCRIPT = (
+    _LUA_HELPERS
+    + """
+return header(KEYS[1])
+"""
+)
+
+# Cluster only: delete one record if it is a live record of user ARGV[1]
+# (ARGV[2] = now in microseconds) and, if ARGV[3] is given, still at the
+# version and last activity (header bytes 2-9 and 18-25) a trim chose it
+# by. Returns {1, tag} if deleted, {0, tag} if there is no live format-2
+# record, {-1, tag} if it is another user's, {-2, tag} if it changed.
+_END_ONE_SCRIPT = (
+    _LUA_HELPERS
+    + """
+local h = header(KEYS[1])
+if h == '' or i64(h, 10) <= tonumber(ARGV[2]) then return {0, ''} end
+local tag = tag_of(h)
+if owner(h) ~= ARGV[1] then return {-1, tag} end
+if ARGV[3] and string.sub(h, 2, 9) .. string.sub(h, 18, 25) ~= ARGV[3] then
+  return {-2, tag}
+end
+redis.call('DEL', KEYS[1])
+return {1, tag}
+"""
+)
 
 
 def _require_driver() -> None:
@@ -180,7 +441,10 @@ class _Script(t.Protocol):
     :class:`~redis.commands.core.Script`, called with keys and arguments."""
 
     def __call__(
-        self, keys: t.Sequence[str], args: t.Sequence[bytes | int]
+        self,
+        keys: t.Sequence[str],
+        args: t.Sequence[bytes | str | int],
+        client: t.Any = None,
     ) -> t.Any: ...  # pragma: no cover
 
 
@@ -210,7 +474,7 @@ class _Commands(t.Protocol):
     def register_script(self, script: str) -> _Script: ...  # pragma: no cover
 
 
-class RedisStore(SessionStore, Counting):
+class RedisStore(SessionStore, Counting, PerUserIndex, CountingPerUser, LegacyKeys):
     """Keep sessions in Redis, expired by Redis's own TTL.
 
     :param client: a redis-py :class:`redis.Redis`, a
@@ -222,14 +486,39 @@ class RedisStore(SessionStore, Counting):
     :param key_prefix: prepended to every session key; only keys under it
         are ever read or written.
 
-    Every operation is one round trip on one key: ``GET`` to load, ``SET NX
-    PXAT`` to create, a Lua compare-and-set to save, a small Lua script to
-    touch, ``DEL`` to delete. Connection failures and timeouts raise
-    :class:`~flask_towersess.errors.StoreUnavailable` with the redis-py
-    error as ``__cause__``; refused credentials, ACL permissions or database
-    number raise :class:`~flask_towersess.errors.ConfigurationError`.
+    Every request-path operation is one round trip: ``GET`` to load,
+    ``SET NX PXAT`` to create an anonymous session, and one Lua script each
+    to create a user's session, save (compare-and-set), touch and delete,
+    which keep the per-user index in the same script. Connection failures
+    and timeouts raise :class:`~flask_towersess.errors.StoreUnavailable`
+    with the redis-py error as ``__cause__``; refused credentials, ACL
+    permissions or database number raise
+    :class:`~flask_towersess.errors.ConfigurationError`.
 
-    Needs Redis 6.2 or later (``PXAT``).
+    On a Cluster a user's index is in another slot than their records, so
+    a script cannot keep both. What that costs, exactly:
+
+    - ``create`` and ``save`` of a user's record: the record's command and
+      the index's ``ZADD GT`` go in one pipeline (one round trip of
+      latency; two commands when two masters hold them). A save that
+      takes the record from one user to another (or to none: a retired
+      key, a logout by save) adds one round trip to the old user's index.
+    - ``touch`` and ``delete`` of a user's record: the script returns the
+      user's index tag from the header, and one more round trip fixes the
+      index. Anonymous records cost nothing more anywhere.
+    - ``sessions_of``: the index, then one pipelined request per master
+      holding the records, and one more to the index only if entries
+      outlived their records. ``delete_sessions_of``: the index, one
+      pipelined request per master, the index: three round trips however
+      many sessions. ``trim_sessions_of`` is not atomic there (see it).
+    - ``delete_many``: one pipelined request per master holding the
+      records, then one per master holding the users' indexes.
+
+    A failed ``SET NX`` or compare-and-set on a Cluster may leave an entry
+    whose record is not that user's: listings skip it and drop it, and it
+    ends at its deadline anyway.
+
+    Needs Redis 6.2 or later (``PXAT``, ``ZADD GT``).
 
     .. versionadded:: 0.1
     .. versionchanged:: 0.2
@@ -237,6 +526,9 @@ class RedisStore(SessionStore, Counting):
         expires sessions by itself and there is nothing to create, so the
         store is neither :class:`~.base.Purging` nor :class:`~.base.Migrating`.
         It is :class:`~.base.Counting`: :meth:`count_live` scans the keys.
+    .. versionchanged:: 0.2
+        :class:`~.base.PerUserIndex`, :class:`~.base.CountingPerUser` and
+        :class:`~.base.LegacyKeys`; records written in format 2.
     """
 
     expires_natively = True
@@ -261,6 +553,13 @@ class RedisStore(SessionStore, Counting):
         # (on every primary, on a Cluster) and the EVALSHA again.
         self._save_script = self._commands.register_script(_SAVE_SCRIPT)
         self._touch_script = self._commands.register_script(_TOUCH_SCRIPT)
+        self._create_script = self._commands.register_script(_CREATE_SCRIPT)
+        self._delete_script = self._commands.register_script(_DELETE_SCRIPT)
+        self._list_script = self._commands.register_script(_LIST_SCRIPT)
+        self._end_script = self._commands.register_script(_END_SCRIPT)
+        # The rest of redis-py's API (pipelines, EVAL, the Cluster's nodes).
+        self._client: t.Any = client
+        self._cluster = _is_cluster(client)
         from redis.exceptions import ResponseError
 
         self._unavailable_errors = _unavailable_errors()
@@ -395,6 +694,14 @@ class RedisStore(SessionStore, Counting):
             return store_unavailable(self._where, exc, logger)
         return None
 
+    def _index_key(self, tag: str) -> str:
+        return f"{self.key_prefix}u:{{{tag}}}"
+
+    def _mode(self) -> str:
+        # The scripts' last argument: "1" on a Cluster, where a script may
+        # touch only the keys it declares, all in one slot.
+        return "1" if self._cluster else "0"
+
     def load(self, key: str) -> Record | None:
         check_key(key)
         with self._translated_errors:
@@ -408,52 +715,63 @@ class RedisStore(SessionStore, Counting):
                 return None
         if value is None:
             return None
-        if len(value) < _HEADER.size or value[0] != _TAG:
-            # Another app's value under the prefix, or a damaged one.
-            refuse_record(
-                "RedisStore",
-                key,
-                f"not a flask-towersess session record under {self.key_prefix!r}",
-            )
-            return None
-        _, version, micros = _HEADER.unpack_from(value)
-        # The 8 bytes go up to year 294,000, a datetime only to 9999.
-        expires_at = from_epoch_micros(micros)
-        if expires_at is None:
-            refuse_record("RedisStore", key, "expiry out of range")
-            return None
-        if not MIN_VERSION <= version <= MAX_VERSION:
-            refuse_record("RedisStore", key, "version out of range")
-            return None
-        # Redis drops the key at the same moment (rounded down to the ms), so
-        # this only matters when the app's clock runs ahead of Redis's.
-        if expires_at <= utcnow():
-            return None
-        return Record(key, value[_HEADER.size :], expires_at, version)
+        return _header.parse("RedisStore", key, value, self.key_prefix)
 
     def create(self, record: Record) -> None:
         check_key(record.key)
+        user_id = record.user_id
+        tag = "" if user_id is None else _header.index_tag(check_user_id(user_id))
         micros = to_epoch_micros(record.expires_at)
-        value = _HEADER.pack(_TAG, record.version, micros) + record.payload
+        value = _header.pack_v2(record, micros, tag)
+        name = self._key(record.key)
+        pxat = _pxat(micros)
         # NX makes the existence check and the write one atomic step; the
         # expiry is in the same command so no key ever lives without a TTL.
         # An expiry already past stores nothing live: Redis drops the key.
         with self._translated_errors:
-            created = self._commands.set(
-                self._key(record.key), value, nx=True, pxat=_pxat(micros)
-            )
+            if not tag:
+                created = self._commands.set(name, value, nx=True, pxat=pxat)
+            elif not self._cluster:
+                created = self._create_script(
+                    [name, self._index_key(tag)], [value, pxat]
+                )
+            else:
+                # Two slots: the record and the index entry go in one
+                # pipeline (one round trip of latency, a command on each
+                # master). Should the SET NX fail, the entry names a record
+                # that is not this user's: listings skip it, and it ends at
+                # its deadline.
+                pipe = self._client.pipeline(transaction=False)
+                pipe.set(name, value, nx=True, pxat=pxat)
+                self._pipe_eval(
+                    pipe, _INDEX_SCRIPT, self._index_key(tag), "add", pxat, name
+                )
+                created = pipe.execute()[0]
         if not created:
             raise CreateError(f"a session with key {short_key(record.key)} exists")
 
     def save(self, record: Record, expected_version: int) -> None:
         check_key(record.key)
+        user_id = record.user_id
+        tag = "" if user_id is None else _header.index_tag(check_user_id(user_id))
         micros = to_epoch_micros(record.expires_at)
-        value = _HEADER.pack(_TAG, record.version, micros) + record.payload
+        value = _header.pack_v2(record, micros, tag)
+        name = self._key(record.key)
+        pxat = _pxat(micros)
+        args: list[bytes | str | int] = [
+            _header.VERSION.pack(expected_version),
+            value,
+            pxat,
+            tag.encode(),
+            self.key_prefix.encode(),
+            self._mode().encode(),
+        ]
         with self._translated_errors:
-            result = self._save_script(
-                [self._key(record.key)],
-                [_VERSION_PREFIX.pack(_TAG, expected_version), value, _pxat(micros)],
-            )
+            if not self._cluster:
+                keys = [name, self._index_key(tag)] if tag else [name]
+                result, old = self._save_script(keys, args)
+            else:
+                result, old = self._save_on_cluster(name, tag, micros, pxat, args)
         if result == _SAVED:
             return
         if result == _MISSING:
@@ -465,25 +783,423 @@ class RedisStore(SessionStore, Counting):
             )
         raise RuntimeError(f"unexpected reply from the save script: {result!r}")
 
+    def _save_on_cluster(
+        self,
+        name: str,
+        tag: str,
+        micros: int,
+        pxat: int,
+        args: list[bytes | str | int],
+    ) -> tuple[int, bytes]:
+        indexed = bool(tag) and micros > to_epoch_micros(utcnow())
+        if indexed:
+            # The compare-and-set and the new index entry in one pipeline;
+            # a failed compare-and-set leaves an entry that listings skip
+            # and that ends at its deadline.
+            pipe = self._client.pipeline(transaction=False)
+            self._pipe_eval(pipe, _SAVE_SCRIPT, name, *args)
+            self._pipe_eval(
+                pipe, _INDEX_SCRIPT, self._index_key(tag), "add", pxat, name
+            )
+            (result, old), _ = pipe.execute()
+        else:
+            result, old = self._save_script([name], args)
+        old_tag = old.decode("ascii", "replace")
+        if result == _SAVED and old_tag and (old_tag != tag or not indexed):
+            # The user changed (a retired key, a logout): one more round
+            # trip, to the old user's index.
+            self._client.eval(_INDEX_SCRIPT, 1, self._index_key(old_tag), "rem", name)
+        return result, old
+
     def touch(self, key: str, expires_at: datetime) -> None:
         check_key(key)
         micros = to_epoch_micros(expires_at)
+        name = self._key(key)
+        pxat = _pxat(micros)
+        now = to_epoch_micros(utcnow())
         with self._translated_errors:
-            self._touch_script(
-                [self._key(key)],
+            tag = self._touch_script(
+                [name],
                 [
-                    bytes([_TAG]),
-                    _HEADER.size,
-                    _EXPIRY_OFFSET,
-                    _EXPIRY.pack(micros),
-                    _pxat(micros),
+                    _header.VERSION.pack(micros),
+                    pxat,
+                    _header.VERSION.pack(now),
+                    self.key_prefix.encode(),
+                    self._mode().encode(),
                 ],
             )
+            if tag and self._cluster:
+                # The index is in another slot: one more round trip, for a
+                # record of a user only.
+                op = ("add", pxat) if micros > now else ("rem",)
+                index = self._index_key(tag.decode("ascii", "replace"))
+                self._client.eval(_INDEX_SCRIPT, 1, index, *op, name)
 
     def delete(self, key: str) -> None:
         check_key(key)
+        name = self._key(key)
         with self._translated_errors:
-            self._commands.delete(self._key(key))
+            (tag,) = self._delete_script([name], [self.key_prefix, self._mode()])
+            if tag and self._cluster:
+                index = self._index_key(tag.decode("ascii", "replace"))
+                self._client.eval(_INDEX_SCRIPT, 1, index, "rem", name)
+
+    def delete_many(self, keys: t.Collection[str]) -> None:
+        """Delete the records of ``keys`` and their index entries: one
+        script on standalone Redis; on a Cluster, one pipelined request
+        per master holding the records, then one per master holding the
+        indexes of the users among them.
+
+        .. versionadded:: 0.2
+        """
+        names = [self._key(check_key(key)) for key in keys]
+        if not names:
+            return
+        with self._translated_errors:
+            if not self._cluster:
+                self._delete_script(names, [self.key_prefix, "0"])
+                return
+            pipe = self._client.pipeline(transaction=False)
+            for name in names:
+                self._pipe_eval(pipe, _DELETE_SCRIPT, name, self.key_prefix, "1")
+            by_tag: dict[str, list[str]] = {}
+            for name, (tag,) in zip(names, pipe.execute()):
+                if tag:
+                    by_tag.setdefault(tag.decode("ascii", "replace"), []).append(name)
+            self._unindex_many(by_tag)
+
+    def _pipe_eval(self, pipe: t.Any, script: str, key: str, *args: t.Any) -> None:
+        """Cluster: queue ``EVAL script 1 key *args`` in ``pipe``.
+
+        EVAL, not EVALSHA: redis-py refuses EVALSHA in a Cluster pipeline
+        (a NOSCRIPT there could not be retried alone). The node is named:
+        left to find it, redis-py 8 asks the server with ``COMMAND
+        GETKEYS``, a round trip per command.
+        """
+        node = self._client.get_node_from_key(key)
+        pipe.execute_command("EVAL", script, 1, key, *args, target_nodes=node)
+
+    def _unindex_many(self, by_tag: dict[str, list[str]]) -> None:
+        """Cluster: remove entries from their indexes, one pipeline."""
+        if not by_tag:
+            return
+        pipe = self._client.pipeline(transaction=False)
+        for tag, names in by_tag.items():
+            self._pipe_eval(pipe, _INDEX_SCRIPT, self._index_key(tag), "rem", *names)
+        pipe.execute()
+
+    # -- the per-user index ------------------------------------------------
+
+    def _entries(self, tag: str) -> list[tuple[str, bytes]]:
+        """The (full key, header) of the entries of the index of ``tag``
+        whose records exist and are in that index; dead entries are
+        dropped on the way."""
+        index = self._index_key(tag)
+        now_ms = to_epoch_micros(utcnow()) // 1000
+        if not self._cluster:
+            return _pairs(self._list_script([index], [now_ms, tag]))
+        members = [
+            m.decode("utf-8", "replace")
+            for m in self._client.eval(_INDEX_SCRIPT, 1, index, "list", now_ms)
+        ]
+        if not members:
+            return []
+        pipe = self._client.pipeline(transaction=False)
+        for name in members:
+            self._pipe_eval(pipe, _HEADER_SCRIPT, name)
+        entries, dead = [], []
+        for name, head in zip(members, pipe.execute()):
+            info = _header.parse_info(name, head) if head else None
+            if info is None or info.tag != tag:
+                dead.append(name)
+            else:
+                entries.append((name, head))
+        if dead:
+            # Only when an entry outlived its record (deleted elsewhere, or
+            # moved by a save whose follow-up has not run yet).
+            self._client.eval(_INDEX_SCRIPT, 1, index, "rem", *dead)
+        return entries
+
+    def _entries_of_many(
+        self, tags: list[str]
+    ) -> t.Iterable[list[tuple[str, bytes]] | None]:
+        """What :meth:`_entries` reads for each of ``tags``: in one
+        pipeline on standalone Redis; ``None`` (read it then) on a
+        Cluster, where each index needs its own steps."""
+        if self._cluster:
+            return [None] * len(tags)
+        now_ms = to_epoch_micros(utcnow()) // 1000
+        pipe = self._client.pipeline(transaction=False)
+        for tag in tags:
+            self._list_script([self._index_key(tag)], [now_ms, tag], client=pipe)
+        return [_pairs(flat) for flat in pipe.execute()]
+
+    def _live_records(
+        self,
+        user_id: str | None,
+        tag: str,
+        entries: list[tuple[str, bytes]] | None = None,
+    ) -> list[Record]:
+        """The live records listed in the index of ``tag`` (its
+        ``entries``, if read already), of ``user_id`` (``None``: of every
+        user whose index it is)."""
+        now = utcnow()
+        start = len(self.key_prefix)
+        records = []
+        if entries is None:
+            entries = self._entries(tag)
+        for name, head in entries:
+            info = _header.parse_info(name[start:], head)
+            if info is None or info.tag != tag or info.record.expires_at <= now:
+                continue
+            owner = info.record.user_id
+            if owner is None or (user_id is not None and owner != user_id):
+                continue
+            if user_id is None and _header.index_tag(owner) != tag:
+                continue
+            records.append(info.record)
+        return records
+
+    def sessions_of(self, user_id: str) -> list[Record]:
+        """The live records of ``user_id``, with their per-user fields and
+        an empty payload.
+
+        One script on standalone Redis and Sentinel. On a Cluster: one call
+        to the index, one pipelined request per master holding the
+        records, and one more to the index only if entries outlived their
+        records.
+
+        .. versionadded:: 0.2
+        """
+        tag = _header.index_tag(check_user_id(user_id))
+        with self._translated_errors:
+            return self._live_records(user_id, tag)
+
+    def delete_sessions_of(
+        self,
+        user_id: str,
+        keys: t.Collection[str] | None = None,
+        *,
+        keep: str | None = None,
+    ) -> list[str]:
+        """End the live sessions of ``user_id`` (all, or those of ``keys``)
+        but ``keep``; a key of another user's record is left alone.
+
+        One script on standalone Redis and Sentinel, however many sessions
+        the user has. On a Cluster three round trips: the index, one
+        pipelined request per master holding the records (each record is
+        deleted by a script that checks its user), and the index again.
+
+        .. versionadded:: 0.2
+        """
+        tag = _header.index_tag(check_user_id(user_id))
+        wanted = None if keys is None else {self._key(check_key(k)) for k in keys}
+        keep_name = "" if keep is None else self._key(check_key(keep))
+        if wanted is not None and not wanted:
+            return []
+        with self._translated_errors:
+            if not self._cluster:
+                ended = self._end_script(
+                    [self._index_key(tag)],
+                    self._end_args(tag, user_id, keep_name, -1, wanted),
+                )
+                return self._keys_of(ended)
+            members = self._client.eval(
+                _INDEX_SCRIPT,
+                1,
+                self._index_key(tag),
+                "list",
+                to_epoch_micros(utcnow()) // 1000,
+            )
+            names = [m.decode("utf-8", "replace") for m in members]
+            names = [
+                n for n in names if n != keep_name and (wanted is None or n in wanted)
+            ]
+            return self._end_on_cluster(user_id, tag, names)
+
+    def trim_sessions_of(self, user_id: str, limit: int, *, keep: str) -> list[str]:
+        """End the live sessions of ``user_id`` but ``keep`` and the
+        ``limit`` most recently active.
+
+        One script on standalone Redis and Sentinel, atomic. On a Cluster
+        the records are in several slots, which no Redis command spans: the
+        survivors are chosen from one reading of the index and the headers
+        (two or three round trips), then the others are ended, each by a
+        script that checks it is still the user's, at the version and last
+        activity it was chosen by (one round trip per master), and the
+        index is fixed (one more). So a session touched or saved after the
+        reading is spared, and two trims at once agree on the order: neither
+        ends a session the other keeps unless the limit leaves room for one
+        of them only. A session created after the reading is not trimmed
+        by that call (the next login's trim sees it).
+
+        .. versionadded:: 0.2
+        """
+        tag = _header.index_tag(check_user_id(user_id))
+        keep_name = self._key(check_key(keep))
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ValueError("limit must be an int >= 0")
+        with self._translated_errors:
+            if not self._cluster:
+                ended = self._end_script(
+                    [self._index_key(tag)],
+                    self._end_args(tag, user_id, keep_name, limit, None),
+                )
+                return self._keys_of(ended)
+            live = self._live_records(user_id, tag)
+            live.sort(key=_recency, reverse=True)
+            chosen = [r for r in live[limit:] if self._key(r.key) != keep_name]
+            # Each is ended only if unchanged since it was chosen: one
+            # touched or saved meanwhile may now be among the most recent.
+            return self._end_on_cluster(
+                user_id,
+                tag,
+                [self._key(r.key) for r in chosen],
+                [_header.trim_state(r) for r in chosen],
+            )
+
+    def _end_args(
+        self,
+        tag: str,
+        user_id: str,
+        keep_name: str,
+        limit: int,
+        wanted: set[str] | None,
+    ) -> list[t.Any]:
+        now = to_epoch_micros(utcnow())
+        return [
+            now // 1000,
+            tag,
+            user_id.encode(),
+            now,
+            keep_name,
+            limit,
+            *(["*"] if wanted is None else sorted(wanted)),
+        ]
+
+    def _keys_of(self, names: t.Iterable[bytes]) -> list[str]:
+        start = len(self.key_prefix.encode())
+        return [name[start:].decode("ascii") for name in names]
+
+    def _end_on_cluster(
+        self,
+        user_id: str,
+        tag: str,
+        names: list[str],
+        expected: list[bytes] | None = None,
+    ) -> list[str]:
+        """Cluster: end the records of ``names`` that are live records of
+        ``user_id`` (and, with ``expected``, still at the version and last
+        activity packed there), one pipelined request per master; then
+        drop their entries (one round trip to the index)."""
+        if not names:
+            return []
+        now = to_epoch_micros(utcnow())
+        pipe = self._client.pipeline(transaction=False)
+        for i, name in enumerate(names):
+            state = () if expected is None else (expected[i],)
+            self._pipe_eval(pipe, _END_ONE_SCRIPT, name, user_id.encode(), now, *state)
+        ended, dead = [], []
+        for name, (status, other) in zip(names, pipe.execute()):
+            if status == 1:
+                ended.append(name)
+            if status in (0, 1) or (
+                status == -1 and other.decode("ascii", "replace") != tag
+            ):
+                dead.append(name)
+        if dead:
+            self._unindex_many({tag: dead})
+        start = len(self.key_prefix)
+        return [name[start:] for name in ended]
+
+    def per_user_counts(self, top: int) -> list[tuple[str, int]]:
+        """The ``top`` users with the most live sessions, most first.
+
+        Walks the indexes with ``SCAN`` (on every primary of a Cluster),
+        and lists each as :meth:`sessions_of` does (on standalone Redis,
+        :data:`SCAN_BATCH` indexes per pipeline): its time grows with the
+        users and sessions of the whole store. For ``flask sessions
+        stats --top``, not for requests.
+
+        .. versionadded:: 0.2
+        """
+        pattern = _glob_escape(self.key_prefix) + "u:{*}"
+        options: dict[str, t.Any] = {}
+        if self._cluster:
+            options["target_nodes"] = "primaries"
+        start = len(self.key_prefix.encode()) + 3
+        counts: dict[str, int] = {}
+        with self._translated_errors:
+            tags = {
+                name[start:-1].decode("ascii", "replace")
+                for name in self._commands.scan_iter(
+                    match=pattern, count=SCAN_BATCH, **options
+                )
+            }
+            listed = [tag for tag in tags if len(tag) == _header.INDEX_TAG_LENGTH]
+            for first in range(0, len(listed), SCAN_BATCH):
+                batch = listed[first : first + SCAN_BATCH]
+                for tag, entries in zip(batch, self._entries_of_many(batch)):
+                    for record in self._live_records(None, tag, entries):
+                        owner = t.cast(str, record.user_id)
+                        counts[owner] = counts.get(owner, 0) + 1
+        ranked = sorted(counts.items(), key=lambda pair: (-pair[1], pair[0]))
+        return ranked[:top]
+
+    # -- keys 0.1 wrote ----------------------------------------------------
+
+    def unhashed_keys(
+        self, cursor: str | None, limit: int
+    ) -> tuple[list[str], str | None]:
+        """Up to about ``limit`` session keys under :attr:`key_prefix` not
+        of :data:`~.base.HASHED_KEY_PATTERN` (what 0.1 wrote), walked with
+        ``SCAN``; the cursor names the node (on a Cluster) and the
+        ``SCAN`` cursor. A key may be listed twice if Redis resizes its
+        table meanwhile.
+
+        .. versionadded:: 0.2
+        """
+        nodes = self._scan_nodes()
+        node, scan = (0, 0) if cursor is None else _split_cursor(cursor, len(nodes))
+        pattern = _glob_escape(self.key_prefix) + "*"
+        start = len(self.key_prefix.encode())
+        found: list[str] = []
+        with self._translated_errors:
+            while node < len(nodes) and len(found) < limit:
+                scan, names = nodes[node].scan(
+                    cursor=scan, match=pattern, count=max(limit, 10)
+                )
+                for name in names:
+                    key = name[start:]
+                    if _is_session_key(key) and not _is_hashed(key):
+                        found.append(key.decode("ascii"))
+                if scan == 0:
+                    node += 1
+        if node >= len(nodes):
+            return found, None
+        return found, f"{node}:{scan}"
+
+    def count_unhashed(self) -> int:
+        """How many session keys under :attr:`key_prefix` are not of
+        :data:`~.base.HASHED_KEY_PATTERN`; see :meth:`count_live` for the
+        cost.
+
+        .. versionadded:: 0.2
+        """
+        total, cursor = 0, None
+        while True:
+            keys, cursor = self.unhashed_keys(cursor, SCAN_BATCH)
+            total += len(keys)
+            if cursor is None:
+                return total
+
+    def _scan_nodes(self) -> list[t.Any]:
+        """The clients to ``SCAN``: the one, or each primary of a Cluster
+        (replicas would list the keys twice), in a fixed order."""
+        if not self._cluster:
+            return [self._client]
+        primaries = sorted(self._client.get_primaries(), key=lambda n: n.name)
+        return [self._client.get_redis_connection(n) for n in primaries]
 
     def exists(self, key: str) -> bool:
         # EXISTS sends no payload back. Redis's TTL is rounded down from the
@@ -563,6 +1279,37 @@ def _is_session_key(name: bytes) -> bool:
         return False
 
 
+def _pairs(flat: list[bytes]) -> list[tuple[str, bytes]]:
+    """The (full key, header) pairs of a reply of the listing script."""
+    return [
+        (flat[i].decode("utf-8", "replace"), flat[i + 1])
+        for i in range(0, len(flat), 2)
+    ]
+
+
+def _is_hashed(name: bytes) -> bool:
+    return HASHED_KEY_PATTERN.fullmatch(name.decode("ascii")) is not None
+
+
+def _split_cursor(cursor: str, nodes: int) -> tuple[int, int]:
+    """The node and ``SCAN`` cursor of a cursor of
+    :meth:`RedisStore.unhashed_keys`."""
+    node, sep, scan = cursor.partition(":")
+    if not sep or not node.isdigit() or not scan.isdigit() or int(node) >= nodes:
+        raise ValueError("not a cursor of RedisStore.unhashed_keys")
+    return int(node), int(scan)
+
+
+_NEVER = datetime.min.replace(tzinfo=timezone.utc)
+
+
+def _recency(record: Record) -> tuple[datetime, str]:
+    """The order of :meth:`RedisStore.trim_sessions_of`, as the standalone
+    script sorts: least recently active first, no ``last_active_at``
+    before all others, then by key."""
+    return (record.last_active_at or _NEVER, record.key)
+
+
 def _is_cluster(client: object) -> bool:
     from redis.cluster import RedisCluster
 
@@ -610,9 +1357,10 @@ def _misconfiguration(exc: BaseException) -> str | None:
         # checked against an ACL user in tests/test_config_errors.py.
         return (
             "the Redis user may not run a command the store needs; allow it"
-            " GET, SET, DEL, EXISTS, EVALSHA, SCRIPT LOAD and PING, and in the"
-            " store's scripts GETRANGE, STRLEN, SETRANGE and PEXPIREAT, on the"
-            " key prefix"
+            " GET, SET, DEL, EXISTS, EVALSHA, SCRIPT LOAD and PING (and EVAL on"
+            " a Cluster), and in the store's scripts GETRANGE, SET, DEL,"
+            " SETRANGE, PEXPIREAT, EXISTS, ZADD, ZREM, ZRANGE and"
+            " ZREMRANGEBYSCORE, on the key prefix"
         )
     if isinstance(exc, e.ResponseError) and "DB index is out of range" in text:
         return (

@@ -1,0 +1,607 @@
+"""RedisStore's per-user index (issue 17) on standalone, Sentinel and
+Cluster Redis, with keyspace notifications off.
+
+Needs the plugin ``tests.fixtures_redis`` (conftest loads it; or ``-p``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import struct
+import threading
+import time
+import typing as t
+from datetime import datetime
+from datetime import timedelta
+from datetime import timezone
+
+import pytest
+
+from flask_towersess.errors import UpdateError
+from flask_towersess.session import new_session_key
+from flask_towersess.stores import _header
+from flask_towersess.stores.base import CountingPerUser
+from flask_towersess.stores.base import LegacyKeys
+from flask_towersess.stores.base import PerUserIndex
+from flask_towersess.stores.base import Record
+from flask_towersess.stores.base import utcnow
+from flask_towersess.stores.redis import RedisStore
+
+try:
+    import redis
+    import redis.connection
+except ImportError:  # pragma: no cover - the test extra installs redis-py
+    if os.environ.get("TOWERSESS_REQUIRE_SERVICES"):
+        raise
+    pytest.skip("redis-py is not installed", allow_module_level=True)
+
+STORE_FIXTURES = ["redis_store", "redis_cluster_store", "redis_sentinel_store"]
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+RETIRED = datetime(2000, 1, 1, tzinfo=timezone.utc)
+
+
+@pytest.fixture(params=STORE_FIXTURES)
+def rstore(request: pytest.FixtureRequest) -> RedisStore:
+    """Each Redis deployment in turn, fresh and empty; keyspace
+    notifications checked to be off on every node it writes to."""
+    store = t.cast(RedisStore, request.getfixturevalue(request.param))
+    for node in nodes(store):
+        # redis-py decodes CONFIG GET's reply whatever the client's setting.
+        (events,) = node.config_get("notify-keyspace-events").values()
+        assert events in ("", b"")
+    return store
+
+
+def nodes(store: RedisStore) -> list[t.Any]:
+    client = t.cast(t.Any, store.client)
+    if isinstance(client, redis.RedisCluster):
+        return [client.get_redis_connection(n) for n in client.get_primaries()]
+    return [client]
+
+
+def stored_key(cookie_key: str) -> str:
+    return hashlib.sha256(cookie_key.encode()).hexdigest()
+
+
+def record(
+    user_id: str | None = "alice",
+    *,
+    seconds: float = 600,
+    version: int = 1,
+    key: str | None = None,
+    active: datetime | None = None,
+) -> Record:
+    now = utcnow()
+    return Record(
+        key or stored_key(new_session_key()),
+        b"payload",
+        now + timedelta(seconds=seconds),
+        version,
+        user_id=user_id,
+        created_at=now,
+        last_active_at=active or now,
+        user_agent="Mozilla/5.0",
+        ip="203.0.113.7",
+    )
+
+
+def index_name(store: RedisStore, user_id: str) -> str:
+    return f"{store.key_prefix}u:{{{_header.index_tag(user_id)}}}"
+
+
+def index_members(store: RedisStore, user_id: str) -> set[str]:
+    start = len(store.key_prefix)
+    members = store.client.zrange(index_name(store, user_id), 0, -1)
+    return {m.decode()[start:] for m in t.cast(list[bytes], members)}
+
+
+def all_keys(store: RedisStore) -> list[bytes]:
+    found = []
+    for node in nodes(store):
+        found += list(node.scan_iter(match=store.key_prefix + "*", count=1000))
+    return found
+
+
+def keys_of(records: t.Iterable[Record]) -> set[str]:
+    return {r.key for r in records}
+
+
+@contextlib.contextmanager
+def counting(monkeypatch: pytest.MonkeyPatch) -> t.Iterator[list[int]]:
+    """Count the requests sent to Redis: one per command, one per pipeline
+    and node (what a round trip costs)."""
+    sent = [0]
+    original = redis.connection.AbstractConnection.send_packed_command
+
+    def send(self: t.Any, command: t.Any, check_health: bool = True) -> None:
+        sent[0] += 1
+        original(self, command, check_health)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(redis.connection.AbstractConnection, "send_packed_command", send)
+        yield sent
+
+
+def is_cluster(store: RedisStore) -> bool:
+    return isinstance(store.client, redis.RedisCluster)
+
+
+# -- the index is exact on its own ----------------------------------------
+
+
+def test_capabilities(rstore: RedisStore) -> None:
+    assert isinstance(rstore.as_per_user(), PerUserIndex)
+    assert isinstance(rstore.as_counting_per_user(), CountingPerUser)
+    assert isinstance(rstore, LegacyKeys)
+    # Nothing to create or upgrade: 0.1's records are read as they are.
+    assert rstore.as_migrating() is None
+
+
+def test_listing_carries_the_per_user_fields(rstore: RedisStore) -> None:
+    mine = record()
+    rstore.create(mine)
+    rstore.create(record("bob"))
+    rstore.create(record(None))
+    (listed,) = rstore.sessions_of("alice")
+    assert listed == Record(
+        mine.key,
+        b"",
+        mine.expires_at,
+        1,
+        user_id="alice",
+        created_at=mine.created_at,
+        last_active_at=mine.last_active_at,
+        user_agent="Mozilla/5.0",
+        ip="203.0.113.7",
+    )
+    # load's answer is as before: the payload, no per-user fields needed.
+    assert rstore.load(mine.key) == Record(mine.key, b"payload", mine.expires_at, 1)
+
+
+def test_listing_is_exact_after_records_expire_without_purge(
+    rstore: RedisStore,
+) -> None:
+    short = [record(seconds=1) for _ in range(3)]
+    long = record()
+    for r in [*short, long]:
+        rstore.create(r)
+    assert keys_of(rstore.sessions_of("alice")) == keys_of([*short, long])
+    time.sleep(1.2)
+    # Nothing purged, no notification: the entries carried their deadline.
+    assert keys_of(rstore.sessions_of("alice")) == {long.key}
+    assert index_members(rstore, "alice") == {long.key}
+
+
+def test_the_index_ends_with_its_last_entry(rstore: RedisStore) -> None:
+    entries = [record(seconds=1), record(seconds=2)]
+    for r in entries:
+        rstore.create(r)
+    # The index's own expiry is its greatest score: the last record's.
+    ttl = rstore.client.pttl(index_name(rstore, "alice"))
+    assert 1000 < t.cast(int, ttl) <= 2000
+    time.sleep(2.2)
+    assert rstore.client.exists(index_name(rstore, "alice")) == 0
+    assert rstore.sessions_of("alice") == []
+
+
+def test_login_logout_cycles_leave_nothing_behind(rstore: RedisStore) -> None:
+    for _ in range(1000):
+        r = record()
+        rstore.create(r)
+        rstore.delete(r.key)
+    assert rstore.client.exists(index_name(rstore, "alice")) == 0
+    assert all_keys(rstore) == []
+
+
+def test_parallel_creates_for_one_user(rstore: RedisStore) -> None:
+    created: list[str] = []
+    barrier = threading.Barrier(20)
+
+    def login() -> None:
+        r = record()
+        barrier.wait()
+        rstore.create(r)
+        created.append(r.key)
+
+    threads = [threading.Thread(target=login) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(created) == 20
+    assert keys_of(rstore.sessions_of("alice")) == set(created)
+
+
+def test_rotation_moves_the_entry(rstore: RedisStore) -> None:
+    old = record()
+    rstore.create(old)
+    new = record(key=stored_key(new_session_key()))
+    rstore.create(new)
+    # The session layer retires the old key by compare-and-set.
+    rstore.save(Record(old.key, b"", RETIRED, 2), 1)
+    assert keys_of(rstore.sessions_of("alice")) == {new.key}
+    assert index_members(rstore, "alice") == {new.key}
+    assert rstore.load(old.key) is None
+
+
+def test_login_from_an_anonymous_session(rstore: RedisStore) -> None:
+    anonymous = record(None)
+    rstore.create(anonymous)
+    new = record()
+    rstore.create(new)
+    rstore.save(Record(anonymous.key, b"", RETIRED, 2), 1)
+    assert keys_of(rstore.sessions_of("alice")) == {new.key}
+
+
+def test_save_changing_the_user_moves_the_entry(rstore: RedisStore) -> None:
+    r = record()
+    rstore.create(r)
+    rstore.save(Record(r.key, b"v2", r.expires_at, 2, user_id="bob"), 1)
+    assert rstore.sessions_of("alice") == []
+    assert keys_of(rstore.sessions_of("bob")) == {r.key}
+    assert index_members(rstore, "alice") == set()
+    rstore.save(Record(r.key, b"v3", r.expires_at, 3), 2)
+    assert rstore.sessions_of("bob") == []
+    assert index_members(rstore, "bob") == set()
+    assert rstore.load(r.key) == Record(r.key, b"v3", r.expires_at, 3)
+
+
+def test_touch_sets_last_active_and_keeps_the_deadline(rstore: RedisStore) -> None:
+    r = record(seconds=60, active=utcnow() - timedelta(hours=1))
+    rstore.create(r)
+    later = utcnow() + timedelta(hours=2)
+    before = utcnow()
+    rstore.touch(r.key, later)
+    (listed,) = rstore.sessions_of("alice")
+    assert listed.expires_at == later
+    assert listed.last_active_at is not None
+    assert before <= listed.last_active_at <= utcnow()
+    score = rstore.client.zscore(index_name(rstore, "alice"), rstore.key_prefix + r.key)
+    expiry_ms = (later - EPOCH) // timedelta(milliseconds=1)
+    assert score is not None and score >= expiry_ms
+    # A touch into the past ends the record and its entry.
+    rstore.touch(r.key, utcnow() - timedelta(seconds=1))
+    assert rstore.sessions_of("alice") == []
+    assert index_members(rstore, "alice") == set()
+
+
+def test_delete_many(rstore: RedisStore) -> None:
+    records = [record(), record("bob"), record(None)]
+    for r in records:
+        rstore.create(r)
+    rstore.delete_many([r.key for r in records] + [stored_key(new_session_key())])
+    assert all(rstore.load(r.key) is None for r in records)
+    assert all_keys(rstore) == []
+
+
+# -- revoking ---------------------------------------------------------------
+
+
+def test_delete_sessions_of(rstore: RedisStore) -> None:
+    mine = [record() for _ in range(5)]
+    theirs = record("bob")
+    for r in [*mine, theirs]:
+        rstore.create(r)
+    ended = rstore.delete_sessions_of("alice", keep=mine[0].key)
+    assert set(ended) == keys_of(mine[1:])
+    assert keys_of(rstore.sessions_of("alice")) == {mine[0].key}
+    assert rstore.load(theirs.key) is not None
+    assert rstore.delete_sessions_of("alice") == [mine[0].key]
+    assert rstore.client.exists(index_name(rstore, "alice")) == 0
+
+
+def test_delete_some_sessions_of(rstore: RedisStore) -> None:
+    mine = [record() for _ in range(3)]
+    theirs = record("bob")
+    for r in [*mine, theirs]:
+        rstore.create(r)
+    ended = rstore.delete_sessions_of(
+        "alice", [mine[0].key, mine[1].key, theirs.key], keep=mine[1].key
+    )
+    assert ended == [mine[0].key]
+    assert keys_of(rstore.sessions_of("alice")) == keys_of(mine[1:])
+    # Another user's key is left alone.
+    assert keys_of(rstore.sessions_of("bob")) == {theirs.key}
+    assert rstore.delete_sessions_of("alice", []) == []
+
+
+def test_round_trips_of_the_request_path(
+    rstore: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each once first: redis-py loads a script on its first NOSCRIPT.
+    def requests(anon: Record, mine: Record) -> dict[str, int]:
+        counts = {}
+        steps: dict[str, t.Callable[[], object]] = {
+            "create anonymous": lambda: rstore.create(anon),
+            "create": lambda: rstore.create(mine),
+            "load": lambda: rstore.load(mine.key),
+            "save": lambda: rstore.save(
+                Record(mine.key, b"v2", mine.expires_at, 2, user_id="alice"), 1
+            ),
+            "save anonymous": lambda: rstore.save(
+                Record(anon.key, b"v2", anon.expires_at, 2), 1
+            ),
+            "touch": lambda: rstore.touch(mine.key, mine.expires_at),
+            "touch anonymous": lambda: rstore.touch(anon.key, anon.expires_at),
+            "delete": lambda: rstore.delete(mine.key),
+            "delete anonymous": lambda: rstore.delete(anon.key),
+        }
+        for name, step in steps.items():
+            with counting(monkeypatch) as sent:
+                step()
+            counts[name] = sent[0]
+        return counts
+
+    requests(record(None), record())
+    counts = requests(record(None), record())
+    if not is_cluster(rstore):
+        # One command each, as before the index.
+        assert set(counts.values()) == {1}, counts
+    else:
+        # The index is in another slot: create and save of a user's record
+        # send one pipeline (one request to each of the two masters, sent
+        # together, or one if a master holds both); touch and delete of a
+        # user's record one follow-up; anonymous records cost as before.
+        assert counts.pop("create") in (1, 2)
+        assert counts.pop("save") in (1, 2)
+        assert counts == {
+            "create anonymous": 1,
+            "load": 1,
+            "save anonymous": 1,
+            "touch": 2,
+            "touch anonymous": 1,
+            "delete": 2,
+            "delete anonymous": 1,
+        }
+
+
+def test_revoking_costs_the_same_for_10_and_1000_sessions(
+    rstore: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    costs = []
+    for n in (10, 1000):
+        user = f"user-{n}"
+        keep = record(user)
+        rstore.create(keep)
+        for _ in range(n - 1):
+            rstore.create(record(user))
+        rstore.delete_sessions_of("nobody")  # the script loaded
+        with counting(monkeypatch) as sent:
+            ended = rstore.delete_sessions_of(user, keep=keep.key)
+        assert len(ended) == n - 1
+        costs.append(sent[0])
+        with counting(monkeypatch) as sent:
+            assert len(rstore.delete_sessions_of(user)) == 1
+        costs.append(sent[0])
+    if not is_cluster(rstore):
+        assert costs == [1, 1, 1, 1]
+    else:
+        # The index, one request per master holding records (3), the index.
+        assert costs[0] == costs[2] == 5, costs
+        assert costs[1] == costs[3] == 3, costs
+
+
+def test_trim_keeps_the_most_recent(rstore: RedisStore) -> None:
+    now = utcnow()
+    old = [record(active=now - timedelta(minutes=10 - i)) for i in range(5)]
+    for r in old:
+        rstore.create(r)
+    current = record(active=now - timedelta(hours=1))
+    rstore.create(current)
+    ended = rstore.trim_sessions_of("alice", 2, keep=current.key)
+    assert set(ended) == keys_of(old[:3])
+    assert keys_of(rstore.sessions_of("alice")) == {old[3].key, old[4].key, current.key}
+    assert index_members(rstore, "alice") == {old[3].key, old[4].key, current.key}
+
+
+def race_two_logins(rstore: RedisStore, user: str, limit: int) -> list[Record]:
+    """Two logins of ``user`` at once, each creating its session and
+    trimming to ``limit``; returns the two new records."""
+    barrier = threading.Barrier(2)
+    new: list[Record] = []
+    errors: list[BaseException] = []
+
+    def login() -> None:
+        try:
+            r = record(user, active=utcnow() + timedelta(seconds=1))
+            new.append(r)
+            barrier.wait()
+            rstore.create(r)
+            rstore.trim_sessions_of(user, limit, keep=r.key)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=login) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    return new
+
+
+def test_trim_under_two_racing_logins(rstore: RedisStore) -> None:
+    now = utcnow()
+    for round_ in range(5):
+        user = f"racer-{round_}"
+        old = [record(user, active=now - timedelta(minutes=10 - i)) for i in range(5)]
+        for r in old:
+            rstore.create(r)
+        new = race_two_logins(rstore, user, 3)
+        # Both new sessions survive, with the most recent old one.
+        assert keys_of(rstore.sessions_of(user)) == keys_of([*new, old[4]])
+
+
+def test_per_user_counts(rstore: RedisStore) -> None:
+    for user, n in (("alice", 3), ("bob", 5), ("carol", 1)):
+        for _ in range(n):
+            rstore.create(record(user))
+    rstore.create(record(None))
+    rstore.create(record("dave", seconds=1))
+    expired = record("erin", seconds=1)
+    rstore.create(expired)
+    time.sleep(1.1)
+    assert rstore.per_user_counts(2) == [("bob", 5), ("alice", 3)]
+    assert rstore.per_user_counts(10) == [("bob", 5), ("alice", 3), ("carol", 1)]
+
+
+def test_per_user_counts_of_many_users(
+    rstore: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    users = [f"user-{i:03}" for i in range(60)]
+    for i, user in enumerate(users):
+        for _ in range(1 + i % 3):
+            rstore.create(record(user))
+    rstore.per_user_counts(1)  # the scripts loaded
+    with counting(monkeypatch) as sent:
+        counts = rstore.per_user_counts(100)
+    assert counts == sorted(
+        [(user, 1 + i % 3) for i, user in enumerate(users)],
+        key=lambda pair: (-pair[1], pair[0]),
+    )
+    if not is_cluster(rstore):
+        # SCAN, then one pipeline for all the indexes.
+        assert sent[0] <= 3
+
+
+# -- keys and records of 0.1 ----------------------------------------------------
+
+
+def write_0_1_record(store: RedisStore, key: str, version: int = 1) -> datetime:
+    """A record as 0.1.0 wrote it: the cookie's key itself, format 1."""
+    expires_at = utcnow() + timedelta(minutes=5)
+    micros = (expires_at - EPOCH) // timedelta(microseconds=1)
+    value = struct.pack(">Bqq", 0xF1, version, micros) + b"0.1"
+    store.client.set(store.key_prefix + key, value, pxat=micros // 1000)
+    return expires_at
+
+
+def test_unhashed_keys_pagination_and_count(rstore: RedisStore) -> None:
+    legacy = {new_session_key() for _ in range(25)}
+    for key in legacy:
+        write_0_1_record(rstore, key)
+    for _ in range(10):
+        rstore.create(record())
+    listed: list[str] = []
+    cursor = None
+    pages = 0
+    while True:
+        keys, cursor = rstore.unhashed_keys(cursor, 4)
+        listed += keys
+        pages += 1
+        if cursor is None:
+            break
+    assert set(listed) == legacy
+    assert pages > 2
+    assert rstore.count_unhashed() == 25
+    with pytest.raises(ValueError):
+        rstore.unhashed_keys("nonsense", 4)
+
+
+def test_records_of_0_1_keep_working_and_are_upgraded_on_save(
+    rstore: RedisStore,
+) -> None:
+    key = new_session_key()
+    expires_at = write_0_1_record(rstore, key, version=4)
+    assert rstore.load(key) == Record(key, b"0.1", expires_at, 4)
+    rstore.touch(key, expires_at)
+    assert rstore.load(key) == Record(key, b"0.1", expires_at, 4)
+    # The session layer rewrites it under the hash, with its user...
+    new = record(key=stored_key(key))
+    rstore.create(new)
+    rstore.save(Record(key, b"", RETIRED, 5), 4)
+    assert keys_of(rstore.sessions_of("alice")) == {new.key}
+    assert rstore.count_unhashed() == 0
+    # ...and a save of a format-1 record with a user indexes it.
+    other = new_session_key()
+    write_0_1_record(rstore, other)
+    rstore.save(Record(other, b"x", expires_at, 2, user_id="alice"), 1)
+    assert keys_of(rstore.sessions_of("alice")) == {new.key, other}
+
+
+# -- hostile values ---------------------------------------------------------------
+
+
+def test_hostile_stored_metadata_is_none_in_the_listing(rstore: RedisStore) -> None:
+    r = record(active=utcnow() - timedelta(hours=1))
+    tag = _header.index_tag("alice")
+    micros = (r.expires_at - EPOCH) // timedelta(microseconds=1)
+    active = (r.last_active_at - EPOCH) // timedelta(microseconds=1)  # type: ignore[operator]
+
+    def text(data: bytes) -> bytes:
+        return struct.pack(">H", len(data)) + data
+
+    # Written by hand, as an attacker with access to Redis could: a
+    # created_at out of any datetime's range, a User-Agent longer than any
+    # the store writes, an ip of invalid UTF-8.
+    meta = (
+        bytes([len(tag)])
+        + tag.encode()
+        + struct.pack(">q", 2**62)
+        + text(b"alice")
+        + text(b"A" * 5000)
+        + text(b"\xff\xfe")
+    )
+    value = struct.pack(">BqqqH", 0xF2, 1, micros, active, len(meta)) + meta + b"x"
+    rstore.create(r)
+    rstore.client.set(rstore.key_prefix + r.key, value, pxat=micros // 1000)
+    (listed,) = rstore.sessions_of("alice")
+    assert listed.user_agent is None
+    assert listed.created_at is None
+    assert listed.ip is None
+    assert listed.user_id == "alice"
+    assert listed.last_active_at == r.last_active_at
+    # A value of another app in the index is dropped, not a crash.
+    other = record()
+    rstore.create(other)
+    rstore.client.set(rstore.key_prefix + other.key, b"\xf2garbage")
+    assert keys_of(rstore.sessions_of("alice")) == {r.key}
+
+
+def test_bad_user_ids_are_refused(rstore: RedisStore) -> None:
+    for bad in ("", "a\nb", "x" * 256):
+        with pytest.raises(ValueError):
+            rstore.sessions_of(bad)
+        with pytest.raises(ValueError):
+            rstore.create(record(bad))
+    with pytest.raises(TypeError):
+        rstore.delete_sessions_of(t.cast(str, 42))
+    with pytest.raises(ValueError):
+        rstore.delete_sessions_of("alice", ["not a key!"])
+
+
+def test_a_key_of_another_type_is_no_record(rstore: RedisStore) -> None:
+    key = stored_key(new_session_key())
+    rstore.client.hset(rstore.key_prefix + key, "field", "value")
+    rstore.touch(key, utcnow() + timedelta(minutes=5))
+    with pytest.raises(UpdateError):
+        rstore.save(Record(key, b"x", utcnow() + timedelta(minutes=5), 2), 1)
+    rstore.delete(key)
+    assert rstore.client.exists(rstore.key_prefix + key) == 0
+
+
+def test_cluster_trim_spares_a_session_touched_after_it_read(
+    redis_cluster_store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On a Cluster a trim reads, then ends: a session touched in between
+    # (now the most recent) is not ended on the strength of the old read.
+    store = redis_cluster_store
+    now = utcnow()
+    old = [record(active=now - timedelta(minutes=10 - i)) for i in range(4)]
+    for r in old:
+        store.create(r)
+    current = record()
+    store.create(current)
+    read = store._live_records
+
+    def read_then_touch(*args: t.Any) -> list[Record]:
+        records = read(*args)
+        store.touch(old[0].key, old[0].expires_at)
+        return records
+
+    monkeypatch.setattr(store, "_live_records", read_then_touch)
+    ended = store.trim_sessions_of("alice", 1, keep=current.key)
+    assert set(ended) == keys_of(old[1:])
+    assert keys_of(store.sessions_of("alice")) == {old[0].key, current.key}
