@@ -183,12 +183,15 @@ def session_key(client: FlaskClient, app: Flask | None = None) -> str | None:
     :raises TypeError: the app's session is not a flask-towersess one.
 
     Whether the store still holds a session under the key is not checked
-    (no store call is made): ask the store (``store.exists(key)``). Use it
-    to see a session move to a fresh key, at a log-in for example, and its
-    old record go.
+    (no store call is made). The store holds a session under the hash of
+    its cookie's key, not the key itself: ask it with
+    :func:`~flask_towersess.session.stored_key`
+    (``store.exists(stored_key(key))``). Use it to see a session move to a
+    fresh key, at a log-in for example, and its old record go.
 
     >>> from flask import Flask, session
     >>> from flask_towersess import SessionExt
+    >>> from flask_towersess.session import stored_key
     >>> from flask_towersess.testing import session_key
     >>> app = Flask(__name__)
     >>> app.secret_key = "change me"
@@ -208,8 +211,7 @@ def session_key(client: FlaskClient, app: Flask | None = None) -> str | None:
     >>> before = session_key(client)
     >>> _ = client.post("/login")
     >>> after = session_key(client)
-    >>> from flask_towersess.session import stored_key
-    >>> store = sessions.get_store(app)  # it holds the keys' SHA-256
+    >>> store = sessions.get_store(app)
     >>> after != before
     True
     >>> store.exists(stored_key(before)), store.exists(stored_key(after))

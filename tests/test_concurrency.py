@@ -19,6 +19,7 @@ from flask_towersess.errors import CreateError
 from flask_towersess.errors import SessionInterrupted
 from flask_towersess.errors import UpdateError
 from flask_towersess.errors import VersionConflict
+from flask_towersess.session import stored_key
 from flask_towersess.stores.base import Record
 from flask_towersess.stores.base import SessionStore
 
@@ -139,7 +140,7 @@ def test_deleted_meanwhile_is_not_resurrected(store: SessionStore) -> None:
     first["b"] = 2
     with pytest.raises(UpdateError):
         first.save()
-    assert not store.exists(first.session_key)  # type: ignore[arg-type]
+    assert not store.exists(stored_key(first.session_key))  # type: ignore[arg-type]
 
 
 def test_deleted_after_conflict_is_not_resurrected(store: SessionStore) -> None:
@@ -175,7 +176,7 @@ def test_deleted_after_conflict_is_not_resurrected(store: SessionStore) -> None:
     first["c"] = 3
     with pytest.raises(UpdateError):
         first.save()
-    assert not store.exists(first.session_key)  # type: ignore[arg-type]
+    assert not store.exists(stored_key(first.session_key))  # type: ignore[arg-type]
 
 
 def test_retries_run_out_with_a_clear_error(store: SessionStore) -> None:
@@ -299,7 +300,7 @@ def test_logout_landing_during_cycle_key_is_not_undone(store: SessionStore) -> N
             return store.load(key)
 
         def create(self, record: Record) -> None:
-            store.delete(old_key)  # the logout, just before the new record
+            store.delete(stored_key(old_key))  # the logout, just before the new record
             store.create(record)
 
         def save(self, record: Record, expected_version: int) -> None:
@@ -320,8 +321,8 @@ def test_logout_landing_during_cycle_key_is_not_undone(store: SessionStore) -> N
     with pytest.raises(UpdateError):
         session.save()
     assert new_key is not None
-    assert not store.exists(new_key)
-    assert not store.exists(old_key)
+    assert not store.exists(stored_key(new_key))
+    assert not store.exists(stored_key(old_key))
 
 
 # -- cycle_key() against a concurrent change -----------------------------------
@@ -341,7 +342,7 @@ def test_cycle_key_does_not_undo_a_concurrent_change(store: SessionStore) -> Non
     first.save()
     assert first.session_key != old_key
     assert stored(store, first) == {"cart": ["book"], "theme": "dark"}
-    assert store.load(old_key) is None  # type: ignore[arg-type]
+    assert store.load(stored_key(old_key)) is None  # type: ignore[arg-type]
 
 
 def test_cycle_key_is_stopped_by_a_concurrent_logout(store: SessionStore) -> None:
@@ -352,11 +353,11 @@ def test_cycle_key_is_stopped_by_a_concurrent_logout(store: SessionStore) -> Non
     with pytest.raises(UpdateError):
         first.save()
     # Neither key holds the session: the move did not keep it alive ...
-    assert store.load(new_key) is None  # type: ignore[arg-type]
+    assert store.load(stored_key(new_key)) is None  # type: ignore[arg-type]
     # ... and saving again does not create it afresh.
     with pytest.raises(UpdateError):
         first.save()
-    assert store.load(new_key) is None  # type: ignore[arg-type]
+    assert store.load(stored_key(new_key)) is None  # type: ignore[arg-type]
 
 
 def test_a_move_that_failed_on_a_store_error_retires_on_the_next_save(
@@ -383,9 +384,9 @@ def test_a_move_that_failed_on_a_store_error_retires_on_the_next_save(
     failing[0] = True
     with pytest.raises(ConnectionError):
         session.save()
-    assert store.load(old_key) is not None  # nothing moved yet
+    assert store.load(stored_key(old_key)) is not None  # nothing moved yet
     session.save()
-    assert store.load(old_key) is None  # type: ignore[arg-type]
+    assert store.load(stored_key(old_key)) is None  # type: ignore[arg-type]
     assert stored(store, session) == {"cart": ["book"], "_user_id": "alice"}
 
 
@@ -400,7 +401,7 @@ def test_cycle_key_after_clear_retires_the_old_record(store: SessionStore) -> No
     session.cycle_key()
     session["fresh"] = True
     session.save()
-    assert store.load(original.session_key) is None  # type: ignore[arg-type]
+    assert store.load(stored_key(original.session_key)) is None  # type: ignore[arg-type]
     assert stored(store, session) == {"fresh": True}
 
 
@@ -428,12 +429,12 @@ def test_save_must_create_never_revives_a_key_the_client_sent(
     client = app.test_client()
     client.post("/start")
     ended = client.get_cookie("session").value.partition(".")[0]
-    store.delete(ended)  # logged out elsewhere
+    store.delete(stored_key(ended))  # logged out elsewhere
     client.post("/create")
-    assert store.load(ended) is None
+    assert store.load(stored_key(ended)) is None
     issued = client.get_cookie("session").value.partition(".")[0]
     assert issued != ended
-    assert store.load(issued) is not None
+    assert store.load(stored_key(issued)) is not None
 
     # A key whose record is alive is not created twice.
     live = ServerSession(store)

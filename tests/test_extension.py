@@ -19,6 +19,7 @@ from flask_towersess import SessionExt
 from flask_towersess.errors import ConfigurationError
 from flask_towersess.extension import CONFIG_DEFAULTS
 from flask_towersess.extension import DEFAULT_SQLITE_FILENAME
+from flask_towersess.session import stored_key
 from flask_towersess.stores.base import SessionStore
 from flask_towersess.stores.memory import MemoryStore
 from flask_towersess.stores.sqlalchemy import SQLAlchemyStore
@@ -96,7 +97,7 @@ def test_zero_config_is_sqlite_in_instance_folder(make_app: t.Any) -> None:
         keys = conn.execute(sa.select(store.table.c.session_key)).scalars().all()
     cookie = client.get_cookie("session")
     assert cookie is not None
-    assert keys == [cookie.value.rsplit(".", 1)[0]]
+    assert keys == [stored_key(cookie.value.rsplit(".", 1)[0])]
 
 
 def test_zero_config_sessions_survive_a_restart(make_app: t.Any) -> None:
@@ -441,7 +442,7 @@ def test_json_serializer(make_app: t.Any) -> None:
     assert client.get("/get/user").text == "ann"
     cookie = client.get_cookie("session")
     assert cookie is not None
-    record = store.load(cookie.value.rsplit(".", 1)[0])
+    record = store.load(stored_key(cookie.value.rsplit(".", 1)[0]))
     assert record is not None
     assert b'"user"' in record.payload and b'"ann"' in record.payload
 

@@ -15,6 +15,7 @@ from flask_towersess import ServerSession
 from flask_towersess.crypto import PayloadCipher
 from flask_towersess.crypto import generate_key
 from flask_towersess.errors import ConfigurationError
+from flask_towersess.session import stored_key
 from flask_towersess.stores.base import Record
 from flask_towersess.stores.base import SessionStore
 from flask_towersess.stores.memory import MemoryStore
@@ -46,7 +47,7 @@ def test_store_holds_no_plaintext(store: SessionStore) -> None:
     app = make_app(store, SESSION_ENCRYPTION_KEY=generate_key())
     client = app.test_client()
     client.get("/set/the-plaintext-marker")
-    record = store.load(session_key(client))
+    record = store.load(stored_key(session_key(client)))
     assert record is not None
     assert b"the-plaintext-marker" not in record.payload
     assert record.payload[:1] == b"\xe1"
@@ -60,8 +61,8 @@ def test_payload_moved_to_another_key_does_not_open(
     victim, attacker = app.test_client(), app.test_client()
     victim.get("/set/victim-data")
     attacker.get("/set/attacker-data")
-    stolen = store.load(session_key(victim))
-    target = store.load(session_key(attacker))
+    stolen = store.load(stored_key(session_key(victim)))
+    target = store.load(stored_key(session_key(attacker)))
     assert stolen is not None and target is not None
     store.save(
         Record(target.key, stolen.payload, target.expires_at, target.version + 1),
@@ -180,7 +181,7 @@ def test_login_cycles_the_key(login_app: t.Any) -> None:
     client.post("/login/ann")
     after = session_key(client)
     assert after != before
-    assert store.load(before) is None  # the pre-login ID is dead
+    assert store.load(stored_key(before)) is None  # the pre-login ID is dead
     assert client.get("/me").data == b"ann"
     assert client.get("/get").data == b"'before-login'"  # data carried over
 
@@ -193,7 +194,7 @@ def test_logout_flushes_and_clears_remember_cookie(login_app: t.Any) -> None:
     logged_in = session_key(client)
     assert client.get_cookie("remember_token") is not None
     client.post("/logout")
-    assert store.load(logged_in) is None
+    assert store.load(stored_key(logged_in)) is None
     assert client.get("/get").data == b"None"  # all data gone, not just Flask-Login's
     assert client.get_cookie("remember_token") is None  # not logged back in
     assert client.get("/me").data == b"anonymous"

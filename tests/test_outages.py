@@ -36,6 +36,7 @@ from flask import session
 
 from flask_towersess import ServerSession
 from flask_towersess.errors import StoreUnavailable
+from flask_towersess.session import stored_key
 from flask_towersess.stores.base import Record
 from flask_towersess.stores.base import SessionStore
 from flask_towersess.stores.memory import MemoryStore
@@ -243,7 +244,7 @@ def test_outage_gives_quick_503_and_loses_nothing(outage: Outage) -> None:
     assert alice.post("/set/user/alice").status_code == 200
     assert bob.post("/set/user/bob").status_code == 200
     keys = [session_key(alice), session_key(bob)]
-    before = [outage.direct.load(key) for key in keys]
+    before = [outage.direct.load(stored_key(key)) for key in keys]
     assert all(before)
 
     outage.break_()
@@ -264,7 +265,7 @@ def test_outage_gives_quick_503_and_loses_nothing(outage: Outage) -> None:
         outage.repair()
 
     # Straight from the server: the records are the ones from before.
-    assert [outage.direct.load(key) for key in keys] == before
+    assert [outage.direct.load(stored_key(key)) for key in keys] == before
     # And the same cookies work again.
     assert alice.get("/me").data == b"alice"
     assert bob.get("/me").data == b"bob"
@@ -311,19 +312,19 @@ def test_503_page_that_uses_the_session_stays_a_503(outage: Outage) -> None:
     assert client.post("/login/alice").status_code == 200
     assert client.post("/set/user/alice").status_code == 200
     key = session_key(client)
-    before = outage.direct.load(key)
+    before = outage.direct.load(stored_key(key))
     outage.break_()
     try:
         loads.clear()
         response, elapsed = timed(lambda: client.get("/me"))
         assert response.status_code == 503
         assert response.text == "False None"
-        assert loads == [key]  # one call, not one more from the handler
+        assert loads == [stored_key(key)]  # one call, not one more from the handler
         assert elapsed < FAIL_WITHIN
         assert "Set-Cookie" not in response.headers
     finally:
         outage.repair()
-    assert outage.direct.load(key) == before
+    assert outage.direct.load(stored_key(key)) == before
     assert client.get("/me").text == "alice"
 
 
@@ -442,7 +443,7 @@ def test_locked_session_table_gives_quick_503_with_statement_timeout(
     try:
         client = make_app(store).test_client()
         client.post("/set/user/alice")
-        before = direct.load(session_key(client))
+        before = direct.load(stored_key(session_key(client)))
         with direct.engine.connect() as locker:  # an autocommit engine
             locker.exec_driver_sql("BEGIN")
             locker.exec_driver_sql(f"LOCK TABLE {TABLE} IN ACCESS EXCLUSIVE MODE")
@@ -456,7 +457,7 @@ def test_locked_session_table_gives_quick_503_with_statement_timeout(
                     assert elapsed < FAIL_WITHIN
             finally:
                 locker.exec_driver_sql("ROLLBACK")
-        assert direct.load(session_key(client)) == before
+        assert direct.load(stored_key(session_key(client))) == before
         assert client.get("/me").data == b"alice"
     finally:
         store.close()
@@ -567,10 +568,10 @@ def test_failed_save_is_never_reported_as_success_on_any_store(
     broken = BrokenStore(store, set(), StoreUnavailable())
     client = make_app(broken).test_client()
     assert client.post("/set/user/alice").status_code == 200
-    before = store.load(session_key(client))
+    before = store.load(stored_key(session_key(client)))
     broken.broken = {"save"}
     assert client.post("/set/user/eve").status_code == 503
-    assert store.load(session_key(client)) == before
+    assert store.load(stored_key(session_key(client))) == before
     broken.broken = set()
     assert client.get("/me").data == b"alice"
 

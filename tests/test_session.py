@@ -14,6 +14,7 @@ from flask_towersess.errors import SerializationError
 from flask_towersess.errors import UpdateError
 from flask_towersess.session import is_valid_session_key
 from flask_towersess.session import new_session_key
+from flask_towersess.session import stored_key
 from flask_towersess.stores.base import SessionStore
 from flask_towersess.stores.base import utcnow
 
@@ -157,7 +158,7 @@ def test_unknown_key_never_becomes_a_session(store: SessionStore) -> None:
     session["a"] = 1
     session.save()
     assert session.session_key != unknown
-    assert not store.exists(unknown)
+    assert not store.exists(stored_key(unknown))
 
 
 def test_clear_does_not_load(store: SessionStore) -> None:
@@ -179,7 +180,7 @@ def test_flush_deletes_record_and_forgets_key(store: SessionStore) -> None:
     session.flush()
     assert session.session_key is None
     assert dict(session) == {}
-    assert not store.exists(original.session_key)  # type: ignore[arg-type]
+    assert not store.exists(stored_key(original.session_key))  # type: ignore[arg-type]
     session["flash"] = "bye"
     session.save()
     assert session.session_key not in (None, original.session_key)
@@ -193,7 +194,7 @@ def test_cycle_key_keeps_data_moves_key(store: SessionStore) -> None:
     new_key = session.session_key
     assert new_key is not None and new_key != old_key
     session.save()
-    assert not store.exists(old_key)  # type: ignore[arg-type]
+    assert not store.exists(stored_key(old_key))  # type: ignore[arg-type]
     assert dict(ServerSession(store, new_key)) == {"cart": [1, 2]}
 
 
@@ -210,7 +211,7 @@ def test_cycle_key_then_flush_deletes_both(store: SessionStore) -> None:
     session = reopen(original)
     session.cycle_key()
     session.flush()
-    assert not store.exists(original.session_key)  # type: ignore[arg-type]
+    assert not store.exists(stored_key(original.session_key))  # type: ignore[arg-type]
 
 
 def test_save_must_create(store: SessionStore) -> None:
@@ -220,7 +221,7 @@ def test_save_must_create(store: SessionStore) -> None:
     session = ServerSession(store, key)
     session.save(must_create=True)
     assert session.session_key == key
-    assert store.exists(key)
+    assert store.exists(stored_key(key))
     with pytest.raises(CreateError):
         ServerSession(store, key).save(must_create=True)
 
@@ -244,7 +245,7 @@ def test_load_exists_delete(store: SessionStore) -> None:
     assert not session.exists(key)  # type: ignore[arg-type]
     other = saved(store, b=1)
     session.delete(other.session_key)
-    assert not store.exists(other.session_key)  # type: ignore[arg-type]
+    assert not store.exists(stored_key(other.session_key))  # type: ignore[arg-type]
 
 
 def test_save_after_delete_elsewhere_raises_and_does_not_resurrect(
@@ -253,10 +254,10 @@ def test_save_after_delete_elsewhere_raises_and_does_not_resurrect(
     original = saved(store, a=1)
     session = reopen(original)
     session["b"] = 2
-    store.delete(original.session_key)  # type: ignore[arg-type]
+    store.delete(stored_key(original.session_key))  # type: ignore[arg-type]
     with pytest.raises(UpdateError):
         session.save()
-    assert not store.exists(original.session_key)  # type: ignore[arg-type]
+    assert not store.exists(stored_key(original.session_key))  # type: ignore[arg-type]
 
 
 def test_unserializable_value_writes_nothing(store: SessionStore) -> None:
@@ -303,7 +304,7 @@ def test_set_expiry_inactivity(store: SessionStore, value: object) -> None:
     assert not session.get_expire_at_browser_close()
     session["a"] = 1
     session.save()
-    record = store.load(session.session_key)  # type: ignore[arg-type]
+    record = store.load(stored_key(session.session_key))  # type: ignore[arg-type]
     assert record is not None
     assert abs(record.expires_at - (utcnow() + timedelta(seconds=300))) < timedelta(
         seconds=5
@@ -327,7 +328,7 @@ def test_set_expiry_timedelta_is_a_fixed_moment(store: SessionStore) -> None:
     again["b"] = 2
     again.save()
     assert reopen(again).get_expiry_date() == moment
-    record = store.load(again.session_key)  # type: ignore[arg-type]
+    record = store.load(stored_key(again.session_key))  # type: ignore[arg-type]
     assert record is not None
     # (MongoDB keeps milliseconds: the payload keeps the exact moment.)
     assert abs(record.expires_at - moment) < timedelta(milliseconds=1)
@@ -353,7 +354,7 @@ def test_set_expiry_datetime_in_past_expires(store: SessionStore) -> None:
     session["a"] = 1
     session.set_expiry(datetime(2000, 1, 1, tzinfo=timezone.utc))
     session.save()
-    assert not store.exists(session.session_key)  # type: ignore[arg-type]
+    assert not store.exists(stored_key(session.session_key))  # type: ignore[arg-type]
 
 
 def test_set_expiry_zero_is_browser_close(store: SessionStore) -> None:
@@ -425,7 +426,9 @@ def test_undecodable_payload_gives_empty_session(
     from flask_towersess.stores.base import Record
 
     key = new_session_key()
-    store.create(Record(key, b"\x01\xc1garbage", utcnow() + timedelta(minutes=5)))
+    store.create(
+        Record(stored_key(key), b"\x01\xc1garbage", utcnow() + timedelta(minutes=5))
+    )
     with caplog.at_level("WARNING", logger="flask_towersess.security"):
         session = ServerSession(store, key)
         assert dict(session) == {}

@@ -17,6 +17,7 @@ from flask_towersess import ServerSession
 from flask_towersess import SessionExt
 from flask_towersess import signals
 from flask_towersess.errors import StoreUnavailable
+from flask_towersess.session import stored_key
 from flask_towersess.stores.base import Record
 from flask_towersess.stores.base import SessionStore
 from flask_towersess.stores.memory import MemoryStore
@@ -86,11 +87,15 @@ class Interfering(CountingStore):
     writer saves the same session: a real compare-and-set conflict."""
 
     conflicts = 0
+    #: The cookie's key of the session the other writer saves: the record
+    #: holds only its stored key (its hash).
+    cookie_key = ""
 
     def save(self, record: Record, expected_version: int) -> None:
         if self.conflicts:
             self.conflicts -= 1
-            other = ServerSession(self.inner, record.key)
+            assert record.key == stored_key(self.cookie_key)
+            other = ServerSession(self.inner, self.cookie_key)
             other[f"other{self.conflicts}"] = True
             other.save()
         super().save(record, expected_version)
@@ -196,7 +201,7 @@ def test_a_new_session_sends_created_with_the_app_and_its_key(
     sent = recorder.only("created")
     assert sent.sender is app
     assert isinstance(sent.arguments["session"], ServerSession)
-    assert sent.arguments["key"] == session_key(client)
+    assert sent.arguments["key"] == stored_key(session_key(client))
     recorder.clear()
     client.post("/set/2")  # an update is not a creation
     assert recorder.sent == []
@@ -208,14 +213,14 @@ def test_cycle_key_sends_key_cycled_when_the_move_is_saved(
     app = make_app(signal_store)
     client = app.test_client()
     client.post("/set/1")
-    old_key = session_key(client)
+    old_key = stored_key(session_key(client))
     recorder.clear()
     client.post("/login/alice")
     sent = recorder.only("key_cycled")
     assert sent.sender is app
     assert sent.arguments["old_key"] == old_key
-    assert sent.arguments["new_key"] == session_key(client) != old_key
-    assert sent.arguments["session"].session_key == sent.arguments["new_key"]
+    assert sent.arguments["new_key"] == stored_key(session_key(client)) != old_key
+    assert sent.arguments["session"].stored_key == sent.arguments["new_key"]
 
 
 def test_a_failed_request_that_cycled_the_key_sends_nothing(
@@ -228,7 +233,7 @@ def test_a_failed_request_that_cycled_the_key_sends_nothing(
     assert client.post("/login-failing").status_code == 500
     assert recorder.sent == []
     assert session_key(client) == old_key
-    assert signal_store.load(old_key) is not None
+    assert signal_store.load(stored_key(old_key)) is not None
 
 
 def test_cycle_key_on_a_session_never_saved_sends_created(
@@ -236,7 +241,7 @@ def test_cycle_key_on_a_session_never_saved_sends_created(
 ) -> None:
     client = make_app(signal_store).test_client()
     client.post("/login/alice")
-    assert recorder.only("created").arguments["key"] == session_key(client)
+    assert recorder.only("created").arguments["key"] == stored_key(session_key(client))
 
 
 def test_a_change_of_user_id_sends_key_cycled(
@@ -244,12 +249,12 @@ def test_a_change_of_user_id_sends_key_cycled(
 ) -> None:
     client = make_app(signal_store).test_client()
     client.post("/set/1")
-    anonymous_key = session_key(client)
+    anonymous_key = stored_key(session_key(client))
     recorder.clear()
     client.post("/user/alice")
     sent = recorder.only("key_cycled")
     assert sent.arguments["old_key"] == anonymous_key
-    assert sent.arguments["new_key"] == session_key(client)
+    assert sent.arguments["new_key"] == stored_key(session_key(client))
     recorder.clear()
     client.post("/user/bob")
     assert recorder.names == ["key_cycled"]
@@ -264,7 +269,7 @@ def test_ending_a_stored_session_sends_ended_with_its_key_and_why(
     app = make_app(signal_store)
     client = app.test_client()
     client.post("/set/1")
-    key = session_key(client)
+    key = stored_key(session_key(client))
     recorder.clear()
     client.post(view)
     sent = recorder.only("ended")
@@ -288,14 +293,14 @@ def test_logout_sends_ended_then_created_for_what_the_request_kept(
 ) -> None:
     client = make_app(signal_store).test_client()
     client.post("/user/alice")
-    signed_in_key = session_key(client)
+    signed_in_key = stored_key(session_key(client))
     recorder.clear()
     client.post("/logout")
     assert recorder.names == ["ended", "created"]
     ended, created = recorder.sent
     assert ended.arguments["key"] == signed_in_key
     assert ended.arguments["reason"] == "logout"
-    assert created.arguments["key"] == session_key(client) != signed_in_key
+    assert created.arguments["key"] == stored_key(session_key(client)) != signed_in_key
 
 
 def test_each_save_conflict_sends_save_conflict_with_the_retry_count(
@@ -307,13 +312,14 @@ def test_each_save_conflict_sends_save_conflict_with_the_retry_count(
     client.post("/set/1")
     key = session_key(client)
     recorder.clear()
+    store.cookie_key = key
     store.conflicts = 3
     assert client.post("/set/2").status_code == 200
     assert recorder.names == ["save_conflict"] * 3
     assert [sent.arguments["retries"] for sent in recorder.sent] == [1, 2, 3]
     for sent in recorder.sent:
         assert sent.sender is app
-        assert sent.arguments["key"] == key
+        assert sent.arguments["key"] == stored_key(key)
     # The conflicts were real: every writer's change was kept.
     stored = ServerSession(signal_store, key)
     assert dict(stored) == {"n": 2, "other0": True, "other1": True, "other2": True}
@@ -428,6 +434,7 @@ def test_with_no_receivers_nothing_is_built(
     store = Interfering(signal_store)
     client = make_app(store).test_client()
     client.post("/set/1")
+    store.cookie_key = session_key(client)
     store.conflicts = 1
     for view in ("/set/2", "/login/alice", "/logout", "/flush"):
         assert client.post(view).status_code == 200
@@ -461,6 +468,7 @@ def test_prometheus_counters_follow_the_signals(signal_store: SessionStore) -> N
         signals.session_ended.connected_to(on_ended, app),
     ):
         client.post("/set/1")
+        store.cookie_key = session_key(client)
         store.conflicts = 2
         client.post("/set/2")
         client.post("/flush")
@@ -488,12 +496,12 @@ def test_flask_login_log_in_and_out(
 
     client = app.test_client()
     client.post("/set/1")
-    anonymous_key = session_key(client)
+    anonymous_key = stored_key(session_key(client))
     recorder.clear()
     client.post("/login/alice")
     cycled = recorder.only("key_cycled")
     assert cycled.arguments["old_key"] == anonymous_key
-    signed_in_key = session_key(client)
+    signed_in_key = stored_key(session_key(client))
     assert cycled.arguments["new_key"] == signed_in_key
     recorder.clear()
     client.post("/sign-out")

@@ -31,6 +31,7 @@ from flask_towersess.errors import ConfigurationError
 from flask_towersess.serializers import MsgPackSerializer
 from flask_towersess.session import ServerSession
 from flask_towersess.session import new_session_key
+from flask_towersess.session import stored_key
 from flask_towersess.stores.base import Record
 from flask_towersess.stores.base import SessionStore
 from flask_towersess.stores.base import utcnow
@@ -226,8 +227,10 @@ def test_key_check_boundaries() -> None:
 
 
 def start_session(client: t.Any) -> str:
+    """Start a session; return the key the store holds it under (the hash of
+    the cookie's key), where the tests below plant hostile values."""
     assert client.get("/set/1").status_code == 200
-    return str(client.get_cookie("session").value.partition(".")[0])
+    return stored_key(str(client.get_cookie("session").value.partition(".")[0]))
 
 
 def security_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -355,8 +358,10 @@ def test_a_huge_payload_is_refused_at_once(
 def _value_of_payload_size(size: int) -> str:
     """A value for /set/<value> whose session payload is ``size`` bytes."""
     serializer = MsgPackSerializer()
+    now = int(time.time())  # the session's start, stored with its data
     for n in range(size, 0, -1):
-        if len(serializer.dumps({"data": {"value": "x" * n}})) == size:
+        state = {"data": {"value": "x" * n}, "created": now, "since": now}
+        if len(serializer.dumps(state)) == size:
             return "x" * n
     raise AssertionError(size)
 

@@ -16,6 +16,7 @@ from markupsafe import Markup
 import flask_towersess.testing
 from flask_towersess import SessionExt
 from flask_towersess.crypto import generate_key
+from flask_towersess.session import stored_key
 from flask_towersess.testing import session_data
 from flask_towersess.testing import session_key
 
@@ -81,7 +82,7 @@ def test_reads_the_session_from_the_store(some_store: SessionStore) -> None:
     client.post("/fill")
     key = session_key(client)
     assert key == key_in_cookie(client)
-    assert some_store.exists(key)
+    assert some_store.exists(stored_key(key))
     data = session_data(client)
     assert data == FILLED
     assert type(data["_flashes"][0][1]) is Markup  # decoded as the app does
@@ -103,13 +104,13 @@ def test_reads_only(memory_store: SessionStore) -> None:
     cookie = client.get_cookie("session")
     assert cookie is not None
     key = key_in_cookie(client)
-    record = memory_store.load(key)
+    record = memory_store.load(stored_key(key))
     assert record is not None
     store.reset()
     assert session_data(client) == FILLED
     assert session_key(client) == key
     assert set(store.calls) == {"load"}
-    assert memory_store.load(key) == record  # same expiry, same version
+    assert memory_store.load(stored_key(key)) == record  # same expiry, same version
     after = client.get_cookie("session")
     assert after is not None
     assert (after.value, after.expires) == (cookie.value, cookie.expires)
@@ -129,7 +130,7 @@ def test_decrypts_as_the_app_does(memory_store: SessionStore) -> None:
     app = make_app(memory_store, SESSION_ENCRYPTION_KEY=generate_key())
     client = app.test_client()
     client.post("/fill")
-    record = memory_store.load(key_in_cookie(client))
+    record = memory_store.load(stored_key(key_in_cookie(client)))
     assert record is not None
     assert b"apple" not in record.payload  # encrypted at rest
     assert session_data(client) == FILLED
@@ -139,7 +140,7 @@ def test_decodes_with_the_apps_serializer(memory_store: SessionStore) -> None:
     app = make_app(memory_store, SESSION_SERIALIZER="json")
     client = app.test_client()
     client.post("/simple")
-    record = memory_store.load(key_in_cookie(client))
+    record = memory_store.load(stored_key(key_in_cookie(client)))
     assert record is not None
     assert b'"apple"' in record.payload  # JSON, not MessagePack
     data = session_data(client)
@@ -164,7 +165,7 @@ def test_no_live_session_reads_as_empty(memory_store: SessionStore) -> None:
     # names the key, but there is no data.
     copied = app.test_client()
     copied.set_cookie("session", t.cast(t.Any, client.get_cookie("session")).value)
-    memory_store.delete(key)
+    memory_store.delete(stored_key(key))
     assert session_key(copied) == key
     assert session_data(copied) == {}
     # Logged out: the cookie is deleted, nothing is left.
