@@ -52,6 +52,7 @@ from .stores.base import USER_AGENT_LENGTH
 from .stores.base import USER_ID_LENGTH
 from .stores.base import Record
 from .stores.base import SessionStore
+from .stores.base import check_key
 from .stores.base import short_key
 from .stores.base import utcnow
 
@@ -1202,8 +1203,11 @@ class ServerSession(SessionMixin):
                 # record could be retired: the new record must hold it too.
                 # Nobody else knows the new key, so this cannot conflict.
                 expected = record.version
+                key = self._key
+                assert key is not None
+                # The cookie's key: _record hashes it (record.key is hashed).
                 record = self._record(
-                    record.key, self._payload(), self.get_expiry_date(), expected + 1
+                    key, self._payload(), self.get_expiry_date(), expected + 1
                 )
                 self.store.save(record, expected_version=expected)
         self._after_write(record)
@@ -1309,7 +1313,9 @@ class ServerSession(SessionMixin):
         """Delete the record of ``session_key`` (default: this session's)."""
         key = self._key if session_key is None else session_key
         if key is not None:
-            self.store.delete(self._stored(key))
+            # Refused as the store refuses a malformed key: hashed, any
+            # string would look like a key and silently delete nothing.
+            self.store.delete(self._stored(check_key(key)))
 
     def flush(self) -> None:
         """Log out: remove the data, delete the record, forget the key.
