@@ -301,3 +301,97 @@ def upgrade_under_traffic(
     assert "hashed" not in again.stdout
     assert "nothing to" in again.stdout
     assert keys_in_backend(where, memory) == before
+
+
+def legacy_records(app: Flask, memory: MemoryStore, count: int) -> list[str]:
+    """``count`` records of the 0.1.0 shape (payload ``{"data": ...}``
+    under the cookie's key itself); every other one logged in."""
+    from datetime import timedelta
+
+    from flask_towersess.session import new_session_key
+    from flask_towersess.stores.base import utcnow
+
+    serializer = app.session_interface.serializer  # type: ignore[attr-defined]
+    keys = []
+    for n in range(count):
+        key = new_session_key()
+        data: dict[str, t.Any] = {"n": n}
+        if n % 2:
+            data["_user_id"] = f"u{n}"
+        payload = serializer.dumps({"data": data})
+        memory.create(Record(key, payload, utcnow() + timedelta(days=1)))
+        keys.append(key)
+    return keys
+
+
+def test_check_interrupted_and_resumed_migration(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """--check reports the unhashed keys and fails until none is left; a
+    migration the store fails in the middle of says so in one line, and the
+    next run moves the rest; a record left under both keys keeps the
+    hashed one."""
+    from flask_towersess.errors import StoreUnavailable
+
+    memory = MemoryStore()
+    app = current_app(Target("memory", "memory://", {}), memory)
+    keys = legacy_records(app, memory, 7)
+    runner = app.test_cli_runner()
+
+    check = runner.invoke(args=["sessions", "migrate", "--check"])
+    assert check.exit_code == 1
+    assert check.stdout == "7 session keys stored unhashed (by 0.1)\n"
+    assert check.stderr == (
+        "Error: MemoryStore is not up to date: run `flask sessions migrate`.\n"
+    )
+    both = runner.invoke(args=["sessions", "migrate", "--check", "--sql"])
+    assert both.exit_code == 1 and len(both.stderr.splitlines()) == 1
+
+    real_rehash_key = upgrade.rehash_key
+    calls = 0
+
+    def failing(store: SessionStore, key: str, **kwargs: t.Any) -> bool:
+        nonlocal calls
+        calls += 1
+        if calls == 4:
+            raise StoreUnavailable("the store went away")
+        return real_rehash_key(store, key, **kwargs)
+
+    monkeypatch.setattr(upgrade, "rehash_key", failing)
+    failed = runner.invoke(args=["sessions", "migrate", "--batch-size", "2"])
+    assert failed.exit_code == 1
+    assert failed.stderr.startswith("Error: cannot reach the session store")
+    assert len(failed.stderr.splitlines()) == 1
+    assert memory.count_unhashed() == 4
+    monkeypatch.setattr(upgrade, "rehash_key", real_rehash_key)
+
+    # A move that stopped between its create and its delete.
+    (left,) = [key for key in keys if memory.load(key) is not None][:1]
+    copy = memory.load(left)
+    assert copy is not None
+    n = keys.index(left)
+    memory.create(
+        Record(
+            stored_key(left),
+            copy.payload,
+            copy.expires_at,
+            user_id=f"u{n}" if n % 2 else None,
+        )
+    )
+
+    resumed = runner.invoke(args=["sessions", "migrate"])
+    assert resumed.exit_code == 0, resumed.output
+    assert resumed.stdout == "hashed 4 session keys\n"
+    assert memory.count_unhashed() == 0
+    for key in keys:
+        assert memory.load(key) is None and memory.load(stored_key(key))
+    ext = app.extensions["towersess"]
+    assert [len(ext.sessions_for(f"u{n}", app=app)) for n in (1, 3, 5)] == [1, 1, 1]
+
+    done = runner.invoke(args=["sessions", "migrate", "--check"])
+    assert done.exit_code == 0
+    assert done.stdout == "MemoryStore is up to date; nothing to migrate\n"
+    again = runner.invoke(args=["sessions", "migrate"])
+    assert again.stdout == (
+        "MemoryStore needs no migration; there is nothing to migrate.\n"
+    )
