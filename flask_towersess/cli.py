@@ -3,6 +3,8 @@
 - ``flask sessions migrate``: create or upgrade the store's tables/indexes.
 - ``flask sessions purge-expired``: delete expired sessions, for cron.
 - ``flask sessions stats``: count live and expired sessions.
+- ``flask sessions list --user ID``: a user's sessions.
+- ``flask sessions revoke``: end a user's sessions, or every user's.
 
 Each works on a store with the capability (:class:`~.stores.base.Migrating`,
 :class:`~.stores.base.Purging`, :class:`~.stores.base.Counting`) and says in
@@ -12,7 +14,9 @@ one line when the store has nothing to do, or cannot do it.
 .. versionchanged:: 0.2
     A store without the capability gets a one-line answer instead of a call
     to a method that did nothing. Counts agree in number with what they
-    count ("1 expired session"). ``stats`` is new.
+    count ("1 expired session"). ``stats``, ``list`` and ``revoke`` are
+    new; ``migrate`` moves the sessions 0.1 stored under unhashed keys, and
+    has ``--check``.
 """
 
 from __future__ import annotations
@@ -21,9 +25,11 @@ import contextlib
 import functools
 import json
 import logging
+import re
 import sys
 import time
 import typing as t
+from datetime import datetime
 
 import click
 from flask import current_app
@@ -32,7 +38,14 @@ from flask.cli import ScriptInfo
 from .errors import ConfigurationError
 from .errors import StoreUnavailable
 from .interface import ServerSessionInterface
+from .per_user import HANDLE_LENGTH
+from .per_user import SessionInfo
+from .stores.base import LegacyKeys
+from .stores.base import Migrating
 from .stores.base import SessionStore
+from .stores.base import check_user_id
+from .upgrade import legacy_keys_of
+from .upgrade import rehash_keys
 
 T = t.TypeVar("T")
 
@@ -170,22 +183,104 @@ def _needs_no_purge(store: SessionStore) -> str:
     return f"{name} expires sessions by itself; there is nothing to purge."
 
 
+def _codec() -> tuple[t.Any, t.Any]:
+    """The app's serializer and cipher: moving a 0.1 record decodes its
+    payload for the user id, as a request would."""
+    interface = current_app.session_interface
+    return getattr(interface, "serializer", None), getattr(interface, "cipher", None)
+
+
 @sessions_command.command("migrate")
 @click.option("--sql", is_flag=True, help="Print the DDL instead of running it.")
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Say what is left to do and exit with status 1 until nothing is;"
+    " change nothing.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="Unhashed session keys listed per batch.",
+)
 @_with_app
-def migrate_command(sql: bool) -> None:
-    """Create or upgrade what the store needs (idempotent)."""
+def migrate_command(sql: bool, check: bool, batch_size: int) -> None:
+    """Create or upgrade what the store needs (idempotent).
+
+    Upgrading from 0.1, it also moves the sessions 0.1 stored under their
+    cookie's key under the key's hash, next to live traffic; an interrupted
+    run resumes where it stopped.
+    """
     store = _current_store()
     migrating = store.as_migrating()
+    if sql and check:
+        raise click.ClickException("--sql and --check do not go together: use one.")
     if sql:
         ddl = None if migrating is None else _call(store, migrating.migration_sql)
         click.echo(ddl if ddl is not None else f"-- {store.describe()}: no SQL schema")
         return
-    if migrating is None:
+    legacy = legacy_keys_of(store)
+    if check:
+        _check_migration(store, migrating, legacy)
+        return
+    if migrating is None and legacy is None:
         click.echo(_needs_no_migration(store))
         return
-    for line in _call(store, migrating.migrate):
+    if migrating is not None:
+        # The schema first: moved records carry the per-user fields, which
+        # need its columns and indexes.
+        for line in _call(store, migrating.migrate):
+            click.echo(line)
+    if legacy is None:
+        return
+    serializer, cipher = _codec()
+
+    def rehash(on_batch: t.Callable[[int], None] | None = None) -> int:
+        return rehash_keys(
+            store,
+            serializer=serializer,
+            cipher=cipher,
+            batch_size=batch_size,
+            on_batch=on_batch,
+        )
+
+    if _stderr_is_terminal():
+        total = _call(store, legacy.count_unhashed)
+        with click.progressbar(
+            length=total, label="Hashing session keys", file=sys.stderr
+        ) as bar:
+            moved = _call(store, lambda: rehash(bar.update))
+    else:
+        moved = _call(store, rehash)
+    if moved:
+        click.echo(f"hashed {counted(moved, 'session key')}")
+    elif migrating is None:
+        click.echo(_needs_no_migration(store))
+
+
+def _check_migration(
+    store: SessionStore, migrating: Migrating | None, legacy: LegacyKeys | None
+) -> None:
+    """``migrate --check``: what is left, and a non-zero exit until nothing is."""
+    pending: list[str] = []
+    if migrating is not None:
+        # A store that has the capability by duck typing may lack the
+        # method added in 0.2: it then reports nothing pending.
+        pending_migrations = getattr(migrating, "pending_migrations", None)
+        if pending_migrations is not None:
+            pending = _call(store, pending_migrations)
+    unhashed = 0 if legacy is None else _call(store, legacy.count_unhashed)
+    for line in pending:
         click.echo(line)
+    if unhashed:
+        click.echo(f"{counted(unhashed, 'session key')} stored unhashed (by 0.1)")
+    if pending or unhashed:
+        raise click.ClickException(
+            f"{store.describe()} is not up to date: run `flask sessions migrate`."
+        )
+    click.echo(f"{store.describe()} is up to date; nothing to migrate")
 
 
 @sessions_command.command("purge-expired")
@@ -299,3 +394,245 @@ def stats_command(as_json: bool, top: int) -> None:
         click.echo("sessions per user: no user has a live session")
     for user, n in per_user:
         click.echo(f"sessions of user {user}: {n}")
+
+
+# -- per-user sessions ---------------------------------------------------------
+
+_HANDLE = re.compile(rf"[A-Za-z0-9_-]{{{HANDLE_LENGTH}}}")
+#: The most characters of a User-Agent the table shows (``--json`` has all).
+_TABLE_USER_AGENT = 40
+
+
+def _per_user_call(store: SessionStore, work: t.Callable[[], T]) -> T:
+    """:func:`_call`, with a user id the index cannot take as a one-line
+    error too."""
+    try:
+        return _call(store, work)
+    except (ValueError, TypeError) as exc:
+        raise click.ClickException(_one_line(str(exc))) from exc
+
+
+def _user_id(value: str) -> str:
+    try:
+        return check_user_id(value)
+    except ValueError as exc:
+        raise click.ClickException(_one_line(f"--user: {exc}")) from exc
+
+
+def _sessions_for(user_id: str) -> list[SessionInfo]:
+    store = _current_store()
+    ext = current_app.extensions.get("towersess")
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    if ext is not None:
+        return _per_user_call(store, lambda: ext.sessions_for(user_id, app=app))
+    from .per_user import list_sessions
+
+    return _per_user_call(store, lambda: list_sessions(store, user_id))
+
+
+def _revoke(user_id: str, handle: str | None = None) -> int:
+    """Revoke as :meth:`SessionExt.revoke <flask_towersess.SessionExt.revoke>`
+    does (the revocation mark for remember-me cookies, the signals)."""
+    store = _current_store()
+    ext = current_app.extensions.get("towersess")
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    if ext is not None:
+        ended: int = _per_user_call(store, lambda: ext.revoke(user_id, handle, app=app))
+        return ended
+    from ._remember import remember_duration
+    from .per_user import revoke_sessions
+    from .per_user import signal_revoked
+
+    keys = _per_user_call(
+        store,
+        lambda: revoke_sessions(
+            store, user_id, handle, remember_for=remember_duration(app)
+        ),
+    )
+    signal_revoked(app, keys)
+    return len(keys)
+
+
+def _when(moment: datetime | None) -> str:
+    return "-" if moment is None else moment.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat()
+
+
+def _clip(text: str | None, width: int) -> str:
+    if not text:
+        return "-"
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+@sessions_command.command("list")
+@click.option(
+    "--user", "user_id", required=True, help="The user id, as the app sets it."
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON object instead of a table."
+)
+@_with_app
+def list_command(user_id: str, as_json: bool) -> None:
+    """List a user's live sessions, most recently active first.
+
+    Times are in UTC. Needs a store with a per-user index.
+    """
+    user = _user_id(user_id)
+    infos = _sessions_for(user)
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "user_id": user,
+                    "sessions": [
+                        {
+                            "id": info.id,
+                            "created_at": _iso(info.created_at),
+                            "last_active_at": _iso(info.last_active_at),
+                            "expires_at": _iso(info.expires_at),
+                            "user_agent": info.user_agent,
+                            "ip": info.ip,
+                        }
+                        for info in infos
+                    ],
+                }
+            )
+        )
+        return
+    if infos:
+        rows = [("HANDLE", "CREATED", "LAST ACTIVE", "EXPIRES", "USER AGENT", "IP")]
+        rows += [
+            (
+                info.id,
+                _when(info.created_at),
+                _when(info.last_active_at),
+                _when(info.expires_at),
+                _clip(info.user_agent, _TABLE_USER_AGENT),
+                info.ip or "-",
+            )
+            for info in infos
+        ]
+        widths = [max(len(row[n]) for row in rows) for n in range(len(rows[0]))]
+        for row in rows:
+            click.echo(
+                "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
+            )
+    click.echo(f"{counted(len(infos), 'session')} of user {user}")
+
+
+@sessions_command.command("revoke")
+@click.option("--user", "user_id", help="End this user's sessions.")
+@click.option(
+    "--session",
+    "handle",
+    help="End only the session of this handle (from `flask sessions list`).",
+)
+@click.option(
+    "--all",
+    "every_user",
+    is_flag=True,
+    help="End every session of every user (incident response).",
+)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (--all).")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="Users listed per batch (--all).",
+)
+@_with_app
+def revoke_command(
+    user_id: str | None,
+    handle: str | None,
+    every_user: bool,
+    yes: bool,
+    batch_size: int,
+) -> None:
+    """End a user's sessions, one of them, or every user's.
+
+    --user ends all of a user's sessions; with --session, only the one of
+    that handle; --all, those of every user.
+
+    Revoking all of a user's sessions also refuses the Flask-Login
+    remember-me cookies issued before it. --all ends the sessions of every
+    user with a live session; sessions of nobody (anonymous ones) are left.
+    Needs a store with a per-user index.
+    """
+    if every_user:
+        if user_id is not None or handle is not None:
+            raise click.ClickException(
+                "--all ends every user's sessions: give it without --user or --session."
+            )
+        _revoke_all(yes, batch_size)
+        return
+    if user_id is None:
+        raise click.ClickException(
+            "say whose sessions to end: --user ID (or --all for every user's)."
+        )
+    user = _user_id(user_id)
+    if handle is not None:
+        if not _HANDLE.fullmatch(handle):
+            raise click.ClickException(
+                f"--session: not a session handle: a handle is {HANDLE_LENGTH}"
+                " characters of A-Z, a-z, 0-9, '-' and '_', as `flask sessions"
+                " list` shows it."
+            )
+        if _revoke(user, handle) == 0:
+            raise click.ClickException(
+                f"user {user} has no live session {handle} (ended already, or"
+                " another user's): see `flask sessions list --user ID`."
+            )
+        click.echo(f"revoked 1 session of user {user}")
+        return
+    ended = _revoke(user)
+    click.echo(f"revoked {counted(ended, 'session')} of user {user}")
+
+
+def _revoke_all(yes: bool, batch_size: int) -> None:
+    """Revoke the sessions of every user the store's per-user counts list,
+    a batch of users at a time, each once."""
+    store = _current_store()
+    counting = store.as_counting_per_user()
+    if counting is None:
+        if store.as_per_user() is None:
+            # The same one line as list and revoke --user give.
+            _per_user_call(store, lambda: _sessions_for_check(store))
+        raise click.ClickException(
+            f"{store.describe()} cannot list the users who have sessions: give it"
+            " per_user_counts() (the CountingPerUser capability), or revoke"
+            " them one by one with --user."
+        )
+    if not yes:
+        click.confirm(
+            f"End every session of every user in {store.describe()}?", abort=True
+        )
+    revoked: set[str] = set()
+    ended = 0
+    top = batch_size
+    while True:
+        listed = _per_user_call(store, functools.partial(counting.per_user_counts, top))
+        fresh = [user for user, _ in listed if user not in revoked]
+        if not fresh:
+            if len(listed) < top:
+                break
+            # Only users revoked in this run who logged in again since: look
+            # further down the list for any not revoked yet.
+            top *= 2
+            continue
+        for user in fresh:
+            ended += _revoke(user)
+            revoked.add(user)
+        top = batch_size
+    click.echo(
+        f"revoked {counted(ended, 'session')} of {counted(len(revoked), 'user')}"
+    )
+
+
+def _sessions_for_check(store: SessionStore) -> None:
+    from .per_user import per_user_store
+
+    per_user_store(store)
