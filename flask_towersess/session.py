@@ -1241,7 +1241,9 @@ class ServerSession(SessionMixin):
         """Re-apply this session's changes on top of the record stored under
         ``key`` (its own key, or the one :meth:`cycle_key` moves it from)."""
         assert self._data is not None
-        record = self.store.load(self._stored(key))
+        # From where the compare-and-set that just failed was decided: a
+        # cached copy may still be the version that lost.
+        record = self.store.load_current(self._stored(key))
         if record is None:
             raise UpdateError("the session was deleted while this request was using it")
         theirs, their_expiry = self._decode(record, key)[:2]

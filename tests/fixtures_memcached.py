@@ -30,6 +30,7 @@ import pytest
 
 from .fixtures_redis import ServiceError
 from .fixtures_redis import free_port
+from .fixtures_redis import freeze
 from .fixtures_redis import require_binary
 from .fixtures_redis import skip_or_fail
 from .fixtures_redis import unique_prefix
@@ -135,10 +136,12 @@ class MemcachedProcess:
         return self
 
     def pause(self) -> None:
-        """SIGSTOP: the server hangs, its sockets stay open."""
+        """SIGSTOP: the server hangs, its sockets stay open. Returns once
+        every thread has stopped: until then memcached's worker threads
+        still answer (see :func:`~.fixtures_redis.freeze`)."""
         assert self.proc is not None
-        self.proc.send_signal(signal.SIGSTOP)
         self.paused = True
+        freeze(self.proc)
 
     def resume(self) -> None:
         assert self.proc is not None

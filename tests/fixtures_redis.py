@@ -109,6 +109,49 @@ def wait_until(
         time.sleep(interval)
 
 
+def freeze(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
+    """SIGSTOP ``proc``; return once every thread of it has stopped.
+
+    ``kill()`` only queues a SIGSTOP: one thread of the process takes it,
+    then stops the others, each the next time it runs. Until then another
+    thread still serves: memcached's worker threads, woken by a request on
+    a connection they own, answered it in about half the tries made right
+    after ``kill()`` returned. A test of a hung server must not start
+    before the server hangs.
+    """
+    proc.send_signal(signal.SIGSTOP)
+    wait_until(
+        lambda: proc.poll() is not None or _stopped(proc.pid),
+        timeout,
+        f"process {proc.pid} to stop",
+        interval=0.001,
+    )
+    if proc.poll() is not None:
+        raise ServiceError(f"process {proc.pid} exited instead of stopping")
+
+
+def _stopped(pid: int) -> bool:
+    """Whether every thread of process ``pid`` is stopped."""
+    tasks = Path(f"/proc/{pid}/task")
+    if not tasks.is_dir():  # no procfs (macOS): ps shows the process's state
+        state = subprocess.run(
+            ["ps", "-o", "state=", "-p", str(pid)],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+        return state.startswith("T")
+    states = []
+    for stat in tasks.glob("*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # a thread that has just exited
+            continue
+        # pid (comm) state ...: comm may hold spaces and parentheses.
+        states.append(text.rpartition(")")[2].split()[0])
+    return bool(states) and all(state in ("T", "t") for state in states)
+
+
 def _port_is_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         try:
@@ -216,10 +259,11 @@ class RedisProcess:
         return "\n".join(text)
 
     def pause(self) -> None:
-        """SIGSTOP: the server hangs, its sockets stay open (a stuck server)."""
+        """SIGSTOP: the server hangs, its sockets stay open (a stuck server).
+        Returns once it has stopped (see :func:`freeze`)."""
         assert self.proc is not None
-        self.proc.send_signal(signal.SIGSTOP)
         self.paused = True
+        freeze(self.proc)
 
     def resume(self) -> None:
         assert self.proc is not None

@@ -574,6 +574,68 @@ def test_stale_cache_cannot_overwrite_newer_durable_data() -> None:
     )
 
 
+def test_load_current_reads_the_durable_store_only(layers: Layers) -> None:
+    record = make_record(b"v1")
+    layers.store.create(record)  # cached
+    v2 = Record(record.key, b"v2", record.expires_at, 2)
+    layers.durable.inner.save(v2, 1)  # won; its cache update not landed yet
+    layers.log.clear()
+    assert layers.store.load(record.key) == record  # an ordinary read: the copy
+    assert layers.store.load_current(record.key) == v2
+    assert layers.log == [("cache", "load"), ("durable", "load")]
+    # Neither filled nor dropped: the cache is the writers' to update.
+    entry = cached_entry(layers, record.key)
+    assert entry is not None and entry.version == 1
+
+
+def test_a_retried_save_merges_into_the_version_that_won() -> None:
+    # A save that lost its compare-and-set merges into the current record.
+    # Here, by the time it reloads, a third writer has saved in the durable
+    # store and not yet updated the (shared) cache, which holds the version
+    # before: merging into that copy would lose the next compare-and-set
+    # too, and under many writers run the save out of retries
+    # (SessionInterrupted after SESSION_SAVE_TIMEOUT).
+    from flask_towersess import ServerSession
+    from flask_towersess.signals import session_save_conflict
+
+    cache, durable = MemoryStore(), MemoryStore()
+    store = CachingStore(cache, durable)
+    first = ServerSession(store)
+    first["start"] = True
+    first.save()
+    key = first.session_key
+    assert key is not None
+
+    mine = ServerSession(store, key)
+    mine["mine"] = 1  # loaded at version 1, through the cache
+    other = ServerSession(store, key)
+    other["other"] = 1
+    other.save()  # version 2, durable and cache: mine's save will conflict
+
+    conflicts: list[int] = []
+
+    def third_writer_wins(sender: object, **extra: t.Any) -> None:
+        conflicts.append(extra["retries"])
+        if len(conflicts) > 1:
+            return
+        # A reader fills the cache with version 2 (the conflict emptied it)...
+        assert store.load(key) is not None and cache.load(key) is not None
+        # ...and a writer of another process saves version 3, its cache
+        # update still to come.
+        third = ServerSession(durable, key)
+        third["third"] = 1
+        third.save()
+
+    with session_save_conflict.connected_to(third_writer_wins):
+        mine.save()
+
+    assert conflicts == [1]  # one merge, into version 3: no second conflict
+    stored = ServerSession(durable, key)
+    assert dict(stored) == {"start": True, "mine": 1, "other": 1, "third": 1}
+    record = durable.load(key)
+    assert record is not None and record.version == 4
+
+
 def test_saving_a_session_deleted_elsewhere_does_not_recreate_it() -> None:
     a = make_layers()
     b = make_layers(durable=a.durable)

@@ -559,14 +559,35 @@ def test_a_restart_costs_no_request_an_error(
         store.close()
 
 
+def test_a_paused_server_answers_nothing(
+    memcached_factory: Callable[..., MemcachedProcess],
+) -> None:
+    # What the tests of a hung server rest on: pause() returns once the
+    # server has stopped, not once the SIGSTOP is sent. Until every thread
+    # has stopped, the worker thread that owns a connection still answers
+    # on it (the connection a pooled client reuses).
+    server = memcached_factory()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=2) as sock:
+        sock.sendall(b"version\r\n")
+        assert sock.recv(64).startswith(b"VERSION ")
+        server.pause()
+        sock.settimeout(0.2)
+        sock.sendall(b"version\r\n")
+        with pytest.raises(socket.timeout):
+            sock.recv(64)
+        server.resume()
+        sock.settimeout(2)
+        assert sock.recv(64).startswith(b"VERSION ")  # answered once thawed
+
+
 def test_a_hung_cache_fails_fast(
     memcached_factory: Callable[..., MemcachedProcess],
 ) -> None:
     server = memcached_factory()
     cache = MemcachedStore.cache_from_url(server.url, key_prefix=unique_prefix())
     rec = record()
-    cache.create(rec)
-    server.pause()
+    cache.create(rec)  # the pooled connection the load below reuses
+    server.pause()  # returns once memcached has stopped
     started = time.monotonic()
     with pytest.raises(StoreUnavailable):
         cache.load(rec.key)

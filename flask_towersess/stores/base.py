@@ -338,6 +338,20 @@ class SessionStore(abc.ABC):
         """Whether a live record is stored under ``key``."""
         return self.load(key) is not None
 
+    def load_current(self, key: str) -> Record | None:
+        """Like :meth:`load`, from where :meth:`save`'s compare-and-set is
+        decided.
+
+        The session layer reads a record with this after its save lost a
+        compare-and-set, to merge its changes into the version it must match
+        next. The default is :meth:`load`; a store whose reads may be served
+        from a copy (:class:`~flask_towersess.stores.CachingStore`) reads
+        past the copy, which may be older than the version that won.
+
+        .. versionadded:: 0.2
+        """
+        return self.load(key)
+
     def ping(self) -> None:
         """Check that the backend answers and accepts the store's settings.
 

@@ -504,6 +504,22 @@ class CachingStore(SessionStore, Purging, Migrating, Counting):
             self._write_failed("filling", key, exc)
         return record
 
+    def load_current(self, key: str) -> Record | None:
+        """Read the durable store, which decides every compare-and-set.
+
+        A save that lost a compare-and-set merges into the record this
+        returns. The cache cannot serve it: the writer that won updates the
+        cache only after the durable store, so until then (or until the next
+        fill) a cached copy is the version that just lost, and a merge on it
+        fails its next compare-and-set as surely as the first one. Nor is
+        the cache filled from here: the conflict has just deleted the entry,
+        and a fill would only race the winner's writes.
+
+        .. versionadded:: 0.2
+        """
+        check_key(key)
+        return self.store.load_current(key)
+
     def exists(self, key: str) -> bool:
         check_key(key)
         _, record = self._cached(key)
