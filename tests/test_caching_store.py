@@ -596,6 +596,7 @@ def test_a_retried_save_merges_into_the_version_that_won() -> None:
     # too, and under many writers run the save out of retries
     # (SessionInterrupted after SESSION_SAVE_TIMEOUT).
     from flask_towersess import ServerSession
+    from flask_towersess.session import stored_key
     from flask_towersess.signals import session_save_conflict
 
     cache, durable = MemoryStore(), MemoryStore()
@@ -619,7 +620,9 @@ def test_a_retried_save_merges_into_the_version_that_won() -> None:
         if len(conflicts) > 1:
             return
         # A reader fills the cache with version 2 (the conflict emptied it)...
-        assert store.load(key) is not None and cache.load(key) is not None
+        stored_as = stored_key(key)
+        assert store.load(stored_as) is not None
+        assert cache.load(stored_as) is not None
         # ...and a writer of another process saves version 3, its cache
         # update still to come.
         third = ServerSession(durable, key)
@@ -632,7 +635,7 @@ def test_a_retried_save_merges_into_the_version_that_won() -> None:
     assert conflicts == [1]  # one merge, into version 3: no second conflict
     stored = ServerSession(durable, key)
     assert dict(stored) == {"start": True, "mine": 1, "other": 1, "third": 1}
-    record = durable.load(key)
+    record = durable.load(stored_key(key))
     assert record is not None and record.version == 4
 
 
