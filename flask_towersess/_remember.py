@@ -73,24 +73,35 @@ def _signer(app: Flask) -> Signer:
     return Signer(app.secret_key or "", salt=_SALT, digest_method=hashlib.sha256)
 
 
-def issued_at(app: Flask) -> datetime | None:
-    """When the request's remember cookie was issued, from its companion;
-    ``None`` without a valid one."""
+def _user_tag(user_id: object) -> str:
+    """What binds a companion to its user: a short hash of the user id, so
+    a companion someone got from a log-in of their own, after a revoke,
+    does not vouch for another user's stolen remember cookie."""
+    return hashlib.sha256(f"{user_id}".encode()).hexdigest()[:16]
+
+
+def issued_at(app: Flask, user_id: object) -> datetime | None:
+    """When the request's remember cookie (of ``user_id``) was issued, from
+    its companion; ``None`` without a valid one for that user."""
     value = request.cookies.get(issued_cookie_name(app))
     if not value or len(value) > 200:
         return None
     try:
-        micros = int(_signer(app).unsign(value))
-    except (BadSignature, ValueError):
+        micros, _, tag = _signer(app).unsign(value).decode().partition(":")
+        moment = from_epoch_micros(int(micros))
+    except (BadSignature, ValueError, OverflowError):
         return None
-    return from_epoch_micros(micros)
+    if tag != _user_tag(user_id):
+        return None
+    return moment
 
 
-def stamp_issued(app: Flask, response: Response) -> None:
-    """Set the companion cookie to now, with the remember cookie's
-    attributes."""
+def stamp_issued(app: Flask, response: Response, user_id: object) -> None:
+    """Set the companion cookie of ``user_id``'s remember cookie to now,
+    with the remember cookie's attributes."""
     config = app.config
-    value = _signer(app).sign(str(to_epoch_micros(utcnow()))).decode()
+    stamp = f"{to_epoch_micros(utcnow())}:{_user_tag(user_id)}"
+    value = _signer(app).sign(stamp).decode()
     response.set_cookie(
         issued_cookie_name(app),
         value,
@@ -124,10 +135,13 @@ def after_login(app: Flask, session: ServerSession, response: Response) -> None:
     if getattr(app, "login_manager", None) is None:
         return
     carried = request.cookies.get(remember_cookie_name(app)) is not None
+    user_id = session.get("_user_id")
+    if user_id is None:
+        return
     if sets_remember_cookie(app, session, response) or (
         session.restamp_remember and carried
     ):
-        stamp_issued(app, response)
+        stamp_issued(app, response, user_id)
 
 
 def refuse_revoked_cookie(app: Flask, store: SessionStore) -> None:
@@ -156,7 +170,7 @@ def refuse_revoked_cookie(app: Flask, store: SessionStore) -> None:
     revoked = revoked_at(store, str(user_id))
     if revoked is None:
         return
-    issued = issued_at(app)
+    issued = issued_at(app, user_id)
     if issued is None or issued <= revoked:
         # Flask-Login reads this before the cookie, and clears the cookie
         # at the end of the request.

@@ -54,7 +54,15 @@ def _duration(name: str, value: t.Any) -> timedelta:
     if isinstance(value, timedelta):
         return value
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return timedelta(seconds=value)
+        try:
+            return timedelta(seconds=value)
+        except (ValueError, OverflowError):
+            # NaN, infinity, or more seconds than a timedelta holds: the
+            # setting's own error, not timedelta's.
+            raise ConfigurationError(
+                f"{name} must be a finite number of seconds (at most"
+                f" {timedelta.max.days} days) or a timedelta; got {value!r}."
+            ) from None
     raise ConfigurationError(
         f"{name} must be a number of seconds or a timedelta;"
         f" got {type(value).__qualname__} {value!r}."

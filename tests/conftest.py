@@ -80,3 +80,61 @@ def app(counting_store: CountingStore) -> Flask:
 @pytest.fixture
 def client(app: Flask) -> t.Any:
     return app.test_client()
+
+
+#: The stores the per-user API may run on (never memcached, which keeps no
+#: index); only those whose class keeps a per-user index now are used, so
+#: each joins the per-user tests when its implementation lands.
+PER_USER_CANDIDATES: dict[str, tuple[str, ...]] = {
+    "memory": ("memory",),
+    "sqlite": ("sqlalchemy",),
+    "postgresql": ("sqlalchemy",),
+    "mariadb": ("sqlalchemy",),
+    "redis": ("redis",),
+    "mongodb": ("mongodb",),
+    "caching": ("caching", "memory", "sqlalchemy"),
+    "caching_redis_postgresql": ("caching", "redis", "sqlalchemy"),
+}
+
+
+def _keeps_per_user_index(modules: tuple[str, ...]) -> bool:
+    """Whether every store class involved has the per-user methods (the
+    :class:`~flask_towersess.stores.PerUserIndex` protocol), without
+    connecting to anything: decided at collection."""
+    import importlib
+
+    classes = {
+        "memory": "MemoryStore",
+        "sqlalchemy": "SQLAlchemyStore",
+        "redis": "RedisStore",
+        "mongodb": "MongoDBStore",
+        "caching": "CachingStore",
+    }
+    for module in modules:
+        try:
+            found = importlib.import_module(f"flask_towersess.stores.{module}")
+        except ImportError:
+            return False
+        cls = getattr(found, classes[module])
+        if not all(
+            callable(getattr(cls, name, None))
+            for name in ("sessions_of", "delete_sessions_of", "trim_sessions_of")
+        ):
+            return False
+    return True
+
+
+PER_USER_STORE_NAMES = [
+    name
+    for name, modules in PER_USER_CANDIDATES.items()
+    if _keeps_per_user_index(modules)
+]
+
+
+@pytest.fixture(params=PER_USER_STORE_NAMES)
+def per_user_store(request: pytest.FixtureRequest) -> SessionStore:
+    """Each store with a per-user index (``as_per_user()`` is not ``None``),
+    fresh and empty."""
+    store = t.cast(SessionStore, request.getfixturevalue(f"{request.param}_store"))
+    assert store.as_per_user() is not None, f"{request.param} keeps no index"
+    return store

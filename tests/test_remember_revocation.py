@@ -1,0 +1,156 @@
+"""Flask-Login's remember-me cookie held to revocations, through a real
+LoginManager app: a cookie issued before a revoke-all logs nobody in
+(and Flask-Login clears it), a later one does, one without its companion
+(as 0.1.0 issued them) works until the first revoke-all, keep_current keeps
+the asking device's, and a forged or borrowed companion does not help.
+
+.. versionadded:: 0.2
+"""
+
+from __future__ import annotations
+
+import typing as t
+
+from flask_towersess._remember import _signer
+
+from .per_user_app import client_of
+from .per_user_app import ext_of
+from .per_user_app import make_app
+
+if t.TYPE_CHECKING:
+    from flask.testing import FlaskClient
+
+    from flask_towersess.stores.base import SessionStore
+
+REMEMBER = "remember_token"
+ISSUED = "remember_token_issued"
+
+
+def login(client: FlaskClient, user: str) -> None:
+    response = client.post(f"/login/{user}", query_string={"remember": "1"})
+    assert response.status_code == 200
+    assert client.get_cookie(REMEMBER) is not None
+    assert client.get_cookie(ISSUED) is not None
+
+
+def reopen(client: FlaskClient) -> str:
+    """What the browser sees after a restart: the session cookie gone,
+    the remember cookie kept."""
+    client.delete_cookie("session")
+    return client.get("/me").get_data(as_text=True)
+
+
+def test_a_cookie_issued_before_a_revoke_is_refused_and_cleared(
+    per_user_store: SessionStore,
+) -> None:
+    app = make_app(per_user_store)
+    client = client_of(app)
+    login(client, "ann")
+    assert reopen(client) == "ann"  # the remember cookie works
+    # Two: the first session, and the one the remember cookie began.
+    assert ext_of(app).revoke("ann", app=app) == 2
+    client.delete_cookie("session")
+    response = client.get("/me")
+    assert response.data == b"anonymous"
+    cleared = [
+        header
+        for header in response.headers.getlist("Set-Cookie")
+        if header.startswith(f"{REMEMBER}=;")
+    ]
+    assert cleared, response.headers  # Flask-Login clears it
+    assert client.get_cookie(REMEMBER) is None
+    assert ext_of(app).sessions_for("ann", app=app) == []
+
+
+def test_a_later_login_gives_a_working_cookie(per_user_store: SessionStore) -> None:
+    app = make_app(per_user_store)
+    old, new = client_of(app), client_of(app)
+    login(old, "ann")
+    stolen = old.get_cookie(REMEMBER)
+    assert stolen is not None
+    ext_of(app).revoke("ann", app=app)
+    login(new, "ann")
+    assert reopen(new) == "ann"
+    assert reopen(new) == "ann"
+    # The old cookie (the same value Flask-Login issues every time) with
+    # its old companion stays refused.
+    assert reopen(old) == "anonymous"
+
+
+def test_a_cookie_without_companion_works_until_the_first_revoke_all(
+    per_user_store: SessionStore,
+) -> None:
+    app = make_app(per_user_store)
+    client, other = client_of(app), client_of(app)
+    login(client, "ann")
+    login(other, "ann")
+    client.delete_cookie(ISSUED)  # as 0.1.0 issued it
+    assert reopen(client) == "ann"
+    client.delete_cookie(ISSUED)
+    # Revoking one session by its handle leaves no mark.
+    handle = ext_of(app).sessions_for("ann", app=app)[-1].id
+    ext_of(app).revoke("ann", handle, app=app)
+    client.delete_cookie(ISSUED)
+    assert reopen(client) == "ann"
+    ext_of(app).revoke("ann", app=app)
+    client.delete_cookie(ISSUED)
+    assert reopen(client) == "anonymous"
+
+
+def test_keep_current_keeps_this_devices_remember_cookie(
+    per_user_store: SessionStore,
+) -> None:
+    app = make_app(per_user_store)
+    mine, theirs = client_of(app), client_of(app)
+    login(mine, "ann")
+    login(theirs, "ann")
+    response = mine.post("/revoke/ann", query_string={"keep": "1"})
+    assert response.data == b"1"
+    assert whoami_kept(mine) == "ann"
+    assert reopen(mine) == "ann"  # its remember cookie still works
+    assert reopen(theirs) == "anonymous"
+
+
+def whoami_kept(client: FlaskClient) -> str:
+    return client.get("/me").get_data(as_text=True)
+
+
+def test_a_forged_companion_is_ignored(per_user_store: SessionStore) -> None:
+    app = make_app(per_user_store)
+    client = client_of(app)
+    login(client, "ann")
+    ext_of(app).revoke("ann", app=app)
+    far_future = "99999999999999999"
+    forgeries = [
+        far_future,  # unsigned
+        _signer(app).sign("not a number").decode(),
+        f"{far_future}.{'A' * 43}",  # a made-up signature
+    ]
+    with app.app_context():
+        other_secret = app.secret_key
+        app.secret_key = "another secret"
+        forgeries.append(_signer(app).sign(far_future).decode())
+        app.secret_key = other_secret
+    for forged in forgeries:
+        client.set_cookie(ISSUED, forged)
+        assert reopen(client) == "anonymous", forged
+        remember = client.get_cookie(REMEMBER)
+        if remember is None:
+            login(client, "ann")
+            ext_of(app).revoke("ann", app=app)
+
+
+def test_a_companion_from_another_users_login_does_not_help(
+    per_user_store: SessionStore,
+) -> None:
+    app = make_app(per_user_store)
+    victim, attacker = client_of(app), client_of(app)
+    login(victim, "ann")
+    stolen = victim.get_cookie(REMEMBER)
+    assert stolen is not None
+    ext_of(app).revoke("ann", app=app)  # ann signs out everywhere
+    # The attacker logs in as themself, after the revoke, and pairs their
+    # fresh companion with ann's stolen remember cookie.
+    login(attacker, "mallory")
+    attacker.set_cookie(REMEMBER, stolen.value)
+    assert reopen(attacker) == "anonymous"
