@@ -443,11 +443,12 @@ def test_a_revoke_racing_logins_leaves_nothing_unlisted(
         record = per_user_store.load(stored)
         # A log-in a revoke cut short leaves the client anonymous (its
         # later write starts an anonymous session): only ann's count.
+        # (Checked through the listing: a store's load() need not return
+        # the per-user fields.)
         if record is not None and whoami(client) == "ann":
-            assert record.user_id == "ann"
             assert session_handle(stored) in listed
         elif record is not None:
-            assert record.user_id is None
+            assert session_handle(stored) not in listed
     ext_of(app).revoke("ann", app=app)
     assert [whoami(client) for client in clients] == ["anonymous"] * len(clients)
 
