@@ -163,7 +163,8 @@ def test_migrate_creates_table_and_index(sql_app: Flask) -> None:
 def test_migrate_adds_a_missing_index(migrated_app: Flask) -> None:
     store = store_of(migrated_app)
     assert isinstance(store, SQLAlchemyStore)
-    (index,) = store.table.indexes
+    expiry = f"ix_{store.table.name}_expires_at"
+    (index,) = [ix for ix in store.table.indexes if ix.name == expiry]
     with store.engine.begin() as conn:
         index.drop(conn)
 

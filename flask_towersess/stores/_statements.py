@@ -65,7 +65,8 @@ class _Compiled:
         }
         self.results: list[_Processor] = [
             column.type.dialect_impl(dialect).result_processor(dialect, None)
-            for column in getattr(core, "selected_columns", ())
+            # A query's columns, or a write's RETURNING columns.
+            for column in core.exported_columns
         ]
         self.processes_results = any(p is not None for p in self.results)
 
@@ -119,6 +120,12 @@ class Executor(t.Protocol):
     def rowcount(self, statement: Statement, values: t.Mapping[str, t.Any]) -> int:
         """Run a write; how many rows it matched."""
 
+    def all(self, statement: Statement, values: t.Mapping[str, t.Any]) -> list[Row]:
+        """Run a query, or a write with ``RETURNING``; all its rows.
+
+        .. versionadded:: 0.2
+        """
+
 
 class CoreExecutor:
     """Runs statements through an SQLAlchemy :class:`~sqlalchemy.engine.Connection`."""
@@ -131,6 +138,9 @@ class CoreExecutor:
 
     def rowcount(self, statement: Statement, values: t.Mapping[str, t.Any]) -> int:
         return self.connection.execute(statement.core, values).rowcount
+
+    def all(self, statement: Statement, values: t.Mapping[str, t.Any]) -> list[Row]:
+        return list(self.connection.execute(statement.core, values).all())
 
 
 class DBAPIExecutor:
@@ -149,15 +159,22 @@ class DBAPIExecutor:
         self._error: type[Exception] = dialect.loaded_dbapi.Error
 
     def _execute(
-        self, statement: Statement, values: t.Mapping[str, t.Any], fetch: bool
+        self,
+        statement: Statement,
+        values: t.Mapping[str, t.Any],
+        fetch: t.Literal["one", "all", None],
     ) -> t.Any:
         compiled = statement.compiled(self.dialect)
         cursor = None
         try:
             cursor = self.connection.cursor()
             cursor.execute(compiled.sql, compiled.parameters(values))
-            if fetch:
+            if fetch == "one":
                 return compiled.row(cursor.fetchone())
+            if fetch == "all":
+                # Every row, so that a write with RETURNING runs to its end
+                # (SQLite applies it only as its rows are stepped through).
+                return [compiled.row(raw) for raw in cursor.fetchall()]
             return cursor.rowcount
         except self._error as exc:
             raise self._wrap(exc, compiled.sql, cursor) from exc
@@ -184,10 +201,13 @@ class DBAPIExecutor:
         )
 
     def first(self, statement: Statement, values: t.Mapping[str, t.Any]) -> Row | None:
-        return self._execute(statement, values, fetch=True)  # type: ignore[no-any-return]
+        return self._execute(statement, values, fetch="one")  # type: ignore[no-any-return]
 
     def rowcount(self, statement: Statement, values: t.Mapping[str, t.Any]) -> int:
-        return self._execute(statement, values, fetch=False)  # type: ignore[no-any-return]
+        return self._execute(statement, values, fetch=None)  # type: ignore[no-any-return]
+
+    def all(self, statement: Statement, values: t.Mapping[str, t.Any]) -> list[Row]:
+        return self._execute(statement, values, fetch="all")  # type: ignore[no-any-return]
 
 
 def connect_error(exc: Exception, dialect: sa.Dialect) -> sa_exc.DBAPIError:

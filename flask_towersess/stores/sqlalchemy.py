@@ -10,6 +10,8 @@ back with, the app's own unit of work.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib.util
 import itertools
 import logging
@@ -27,8 +29,12 @@ from datetime import timezone
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mysql
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.schema import CreateColumn
 from sqlalchemy.schema import CreateIndex
 from sqlalchemy.schema import CreateTable
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
 
 from ..errors import ConfigurationError
 from ..errors import CreateError
@@ -49,13 +55,21 @@ from ._statements import has_statement_observers
 from ._statements import in_autocommit
 from ._urls import redact_message
 from ._urls import redact_url
+from .base import IP_LENGTH
+from .base import USER_AGENT_LENGTH
+from .base import USER_ID_LENGTH
 from .base import BatchCallback
 from .base import Counting
+from .base import CountingPerUser
+from .base import LegacyKeys
 from .base import Migrating
+from .base import PerUserIndex
 from .base import Purging
 from .base import Record
 from .base import SessionStore
 from .base import check_key
+from .base import check_user_id
+from .base import checked_info
 from .base import checked_record
 from .base import refuse_record
 from .base import short_key
@@ -73,6 +87,17 @@ def _connect(engine: sa.engine.Engine) -> sa.Connection:
         return engine.connect()
     except sa_exc.DBAPIError as exc:
         raise _NotConnected(exc) from exc
+
+
+class _NotUpgraded(ConfigurationError):
+    """The table lacks the per-user columns: 0.1 made it, and ``flask
+    sessions migrate`` has not run since."""
+
+
+#: Seconds a store whose table lacked the per-user columns writes without
+#: them before it tries them again (once ``flask sessions migrate`` has run
+#: elsewhere, this is how long the app takes to notice).
+RECHECK_SECONDS = 60
 
 
 class _NotConnected(Exception):
@@ -149,12 +174,119 @@ def _naive_utc(moment: datetime) -> datetime:
     return moment.astimezone(timezone.utc).replace(tzinfo=None)
 
 
+#: A key no record has (keys are at least 8 characters): ``keep`` when
+#: there is nothing to keep, so that one statement serves both cases.
+_NO_KEY = ""
+
+#: The most keys one ``IN (...)`` carries: far below every driver's limit
+#: on parameters (SQLite's is 32766), far above a user's sessions.
+KEYS_PER_STATEMENT = 5000
+
+
+def _chunks(keys: list[str]) -> t.Iterator[list[str]]:
+    for start in range(0, len(keys), KEYS_PER_STATEMENT):
+        yield keys[start : start + KEYS_PER_STATEMENT]
+
+
+def _delete_rows(statement: Statement, values: dict[str, t.Any], run: Executor) -> int:
+    return run.rowcount(statement, values)
+
+
+def _all_keys(rows: t.Sequence[Row]) -> list[str]:
+    return [row[0] for row in rows]
+
+
+_NEVER = datetime.min.replace(tzinfo=timezone.utc)
+
+
+def _recency(row: Row) -> tuple[datetime, str]:
+    """The order of :meth:`SQLAlchemyStore.trim_sessions_of` on a row of
+    ``(key, last_active_at as text)``: a row without (or with an
+    unreadable) ``last_active_at`` is the least recent."""
+    key, last_active_at = row
+    return (_listed_time(last_active_at) or _NEVER, key)
+
+
 def _aware_utc(moment: datetime) -> datetime:
     return moment.replace(tzinfo=timezone.utc)
 
 
+def _naive_utc_or_none(moment: object) -> datetime | None:
+    """A per-user time for its column; ``None`` for anything but an aware
+    datetime (the field is shown, never trusted)."""
+    if isinstance(moment, datetime) and moment.tzinfo is not None:
+        return _naive_utc(moment)
+    return None
+
+
+def _fitting_text(value: object, length: int, *, cut: bool = True) -> str | None:
+    """``value`` as its column takes it: at most ``length`` printable
+    characters (cut to that, or, with ``cut=False``, ``None`` when longer),
+    or ``None`` if it is not text."""
+    if type(value) is not str:
+        return None
+    if len(value) > length:
+        if not cut:
+            return None
+        value = value[:length]
+    if not value.isprintable():
+        # NUL (refused by PostgreSQL), lone surrogates (by every driver's
+        # UTF-8 encoder), line breaks (forged log lines in a device list).
+        value = "".join(char for char in value if char.isprintable())
+    return value
+
+
+#: A time as the databases write it in text: SQLite's DATETIME, PostgreSQL's
+#: timestamp cast to text, a MySQL date its driver could not convert.
+_TIME_TEXT = re.compile(
+    r"(\d{4})-(\d\d)-(\d\d)[ T](\d\d):(\d\d):(\d\d)(?:\.(\d{1,6}))?"
+)
+
+
+def _listed_time(value: object) -> datetime | None:
+    """A time read by :class:`_as_text`, as an aware datetime; ``None`` if
+    it is not one (text, a number, a year past 9999, infinity)."""
+    if isinstance(value, datetime):
+        return _aware_utc(value) if value.tzinfo is None else value
+    if not isinstance(value, str):
+        return None
+    found = _TIME_TEXT.fullmatch(value)
+    if found is None:
+        return None
+    year, month, day, hour, minute, second, fraction = found.groups()
+    try:
+        return datetime(
+            int(year),
+            int(month),
+            int(day),
+            int(hour),
+            int(minute),
+            int(second),
+            int((fraction or "0").ljust(6, "0")),
+            tzinfo=timezone.utc,
+        )
+    except ValueError:  # February 30th, month 13
+        return None
+
+
+#: The columns 0.1 made: a table without one of them is not a session table.
+CORE_COLUMNS = ("session_key", "payload", "expires_at", "version")
+
+#: The columns 0.2 added for the per-user index. All nullable, with no
+#: default: ``migrate()`` adds them to a 0.1 table without rewriting it, and
+#: the rows 0.1 wrote (or a 0.1 process still writes) hold NULL in them.
+PER_USER_COLUMNS = ("user_id", "created_at", "last_active_at", "user_agent", "ip")
+
+
 def build_table(metadata: sa.MetaData, name: str) -> sa.Table:
-    """The session table, with the column types each dialect needs."""
+    """The session table, with the column types each dialect needs.
+
+    .. versionchanged:: 0.2
+        The per-user columns (:data:`PER_USER_COLUMNS`) and an index on
+        ``(user_id, expires_at)``: a user's live sessions are one index
+        range, however many sessions other users, or that user's expired
+        ones, hold.
+    """
     key_type = sa.String(64).with_variant(
         # Session keys are case-sensitive; MySQL's default collations are not.
         mysql.VARCHAR(64, charset="ascii", collation="ascii_bin"),
@@ -164,17 +296,165 @@ def build_table(metadata: sa.MetaData, name: str) -> sa.Table:
     payload_type = sa.LargeBinary().with_variant(mysql.MEDIUMBLOB(), "mysql", "mariadb")
     # DATETIME(6): MySQL drops fractions of a second otherwise.
     time_type = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
-    return sa.Table(
+    # User ids are compared exactly ("Alice" is not "alice"), and may be
+    # any printable text (an e-mail address): MySQL's default collations
+    # fold case, and a database's default charset may be latin1.
+    user_id_type = sa.String(USER_ID_LENGTH).with_variant(
+        mysql.VARCHAR(USER_ID_LENGTH, charset="utf8mb4", collation="utf8mb4_bin"),
+        "mysql",
+        "mariadb",
+    )
+    table = sa.Table(
         name,
         metadata,
         sa.Column("session_key", key_type, primary_key=True),
         sa.Column("payload", payload_type, nullable=False),
         sa.Column("expires_at", time_type, nullable=False, index=True),
         sa.Column("version", sa.Integer, nullable=False),
+        sa.Column("user_id", user_id_type),
+        sa.Column("created_at", time_type),
+        sa.Column("last_active_at", time_type),
+        sa.Column("user_agent", _text_type(USER_AGENT_LENGTH)),
+        sa.Column("ip", _text_type(IP_LENGTH)),
+    )
+    sa.Index(
+        _index_name(name, "user_id_expires_at"), table.c.user_id, table.c.expires_at
+    )
+    return table
+
+
+def _text_type(length: int) -> sa.types.TypeEngine[str]:
+    return sa.String(length).with_variant(
+        mysql.VARCHAR(length, charset="utf8mb4"), "mysql", "mariadb"
     )
 
 
-class SQLAlchemyStore(SessionStore, Purging, Migrating, Counting):
+def _index_name(table: str, columns: str) -> str:
+    """``ix_<table>_<columns>``, shortened with a digest to fit the 63
+    characters PostgreSQL keeps (MySQL: 64)."""
+    name = f"ix_{table}_{columns}"
+    if len(name) <= 63:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{name[:54]}_{digest}"
+
+
+class _Writes:
+    """The statements a request writes a record with.
+
+    Two sets per store: with the per-user columns, and without them for a
+    table ``migrate()`` has not upgraded yet (a 0.2 app deployed before
+    ``flask sessions migrate`` ran; see
+    :meth:`SQLAlchemyStore._without_per_user_columns`). Both take the same
+    values (:meth:`SQLAlchemyStore._write_values`): the bound names are not
+    the column names, so a value a statement does not use is ignored.
+    """
+
+    __slots__ = ("per_user", "insert", "update", "touch")
+
+    def __init__(self, table: sa.Table, per_user: bool) -> None:
+        self.per_user = per_user
+        c = table.c
+        key: sa.BindParameter[str] = sa.bindparam("key")
+        now: sa.BindParameter[datetime] = sa.bindparam("now")
+        values: dict[str, t.Any] = {
+            "payload": sa.bindparam("new_payload"),
+            "expires_at": sa.bindparam("new_expires_at"),
+            "version": sa.bindparam("new_version"),
+        }
+        touched: dict[str, t.Any] = {"expires_at": sa.bindparam("new_expires_at")}
+        if per_user:
+            values.update(
+                (name, sa.bindparam(f"new_{name}")) for name in PER_USER_COLUMNS
+            )
+            # A touch is activity: the device list shows it.
+            touched["last_active_at"] = now
+        self.insert = Statement(table.insert().values(session_key=key, **values))
+        self.update = Statement(
+            table.update()
+            .where(
+                c.session_key == key,
+                c.version == sa.bindparam("expected_version"),
+                c.expires_at > now,
+            )
+            .values(**values)
+        )
+        self.touch = Statement(
+            table.update()
+            .where(c.session_key == key, c.expires_at > now)
+            .values(**touched)
+        )
+
+
+class _as_text(FunctionElement[str]):
+    """A column's value as the driver hands it over, unconverted, for
+    values read to be shown (a device list), never trusted: a value no
+    datetime can hold (``10000-01-01`` in PostgreSQL, text in SQLite's
+    ``DATETIME``) must become ``None`` in one row, not fail the query.
+
+    PostgreSQL: cast to text (psycopg2 fails on a timestamp past year
+    9999 before any code of ours sees it). Elsewhere: the column as it is,
+    without SQLAlchemy's conversion (SQLite gives its text, MySQL's drivers
+    a ``datetime``, or a ``str`` for a date they cannot convert).
+    """
+
+    type = sa.String()
+    inherit_cache = True
+    name = "towersess_as_text"
+
+
+@compiles(_as_text)
+def _as_text_default(element: _as_text, compiler: SQLCompiler, **kw: t.Any) -> str:
+    return compiler.process(element.clauses, **kw)
+
+
+@compiles(_as_text, "postgresql")
+def _as_text_postgresql(element: _as_text, compiler: SQLCompiler, **kw: t.Any) -> str:
+    return f"CAST({compiler.process(element.clauses, **kw)} AS TEXT)"
+
+
+class _unhashed(FunctionElement[bool]):
+    """True for a key not of :data:`~.base.HASHED_KEY_PATTERN` (64 lowercase
+    hex characters): one 0.1 wrote under the cookie's own key."""
+
+    type = sa.Boolean()
+    inherit_cache = True
+    name = "towersess_unhashed"
+
+
+@compiles(_unhashed)
+def _unhashed_default(element: _unhashed, compiler: SQLCompiler, **kw: t.Any) -> str:
+    # 0.1's keys are 43 characters long.
+    return f"(length({compiler.process(element.clauses, **kw)}) <> 64)"
+
+
+@compiles(_unhashed, "sqlite")
+def _unhashed_sqlite(element: _unhashed, compiler: SQLCompiler, **kw: t.Any) -> str:
+    key = compiler.process(element.clauses, **kw)
+    # GLOB is case-sensitive.
+    return f"(length({key}) <> 64 OR {key} GLOB '*[^0-9a-f]*')"
+
+
+@compiles(_unhashed, "postgresql")
+def _unhashed_postgresql(element: _unhashed, compiler: SQLCompiler, **kw: t.Any) -> str:
+    return f"({compiler.process(element.clauses, **kw)} !~ '^[0-9a-f]{{64}}$')"
+
+
+@compiles(_unhashed, "mysql", "mariadb")
+def _unhashed_mysql(element: _unhashed, compiler: SQLCompiler, **kw: t.Any) -> str:
+    # The key column's ascii_bin collation makes REGEXP case-sensitive.
+    return f"({compiler.process(element.clauses, **kw)} NOT REGEXP '^[0-9a-f]{{64}}$')"
+
+
+class SQLAlchemyStore(
+    SessionStore,
+    Purging,
+    Migrating,
+    Counting,
+    PerUserIndex,
+    CountingPerUser,
+    LegacyKeys,
+):
     """Keep sessions in an SQL table.
 
     :param engine: an SQLAlchemy :class:`~sqlalchemy.engine.Engine`, or a
@@ -191,7 +471,23 @@ class SQLAlchemyStore(SessionStore, Purging, Migrating, Counting):
         that a frozen server cannot hold a worker; MySQL drivers get theirs
         from ``create_engine``.
 
+    The per-user index is the table itself: its ``user_id`` column and an
+    index on ``(user_id, expires_at)``, written by the same statement as the
+    record, so it is exact without help and costs no extra round trip.
+
+    A table made by 0.1 lacks the per-user columns until ``flask sessions
+    migrate`` adds them. Until then the store keeps serving requests: the
+    first write that fails for want of them switches the store to the 0.1
+    statements (with a warning to run the migration), and it tries the
+    columns again a minute later (:data:`RECHECK_SECONDS`). Sessions written
+    meanwhile carry no user: they are not listed or revoked per user until
+    their next save after the migration.
+
     .. versionadded:: 0.1
+
+    .. versionchanged:: 0.2
+        The per-user index (:class:`~.base.PerUserIndex`), its columns, and
+        their migration.
     """
 
     url_schemes = ("sqlite", "postgresql", "postgres", "mysql", "mariadb")
@@ -234,6 +530,10 @@ class SQLAlchemyStore(SessionStore, Purging, Migrating, Counting):
         # with Flask-SQLAlchemy): what a forked child must start afresh.
         self._engines_used: set[sa.engine.Engine] = set()
         self._process = ProcessGuard(self._reset_after_fork, "SQLAlchemyStore")
+        # Per engine whose table lacks the per-user columns: when a write
+        # found that out (time.monotonic()). Empty, as it should be, once
+        # the table is migrated: then a write costs one falsy check.
+        self._not_upgraded_since: dict[sa.engine.Engine, float] = {}
         self._build_statements()
 
     @classmethod
@@ -308,29 +608,91 @@ class SQLAlchemyStore(SessionStore, Purging, Migrating, Counting):
         self._select_version = Statement(
             sa.select(c.version).where(c.session_key == key, c.expires_at > now)
         )
-        self._insert = Statement(self.table.insert())
+        self._writes = _Writes(self.table, per_user=True)
+        self._writes_0_1 = _Writes(self.table, per_user=False)
         self._delete_expired_key = Statement(
             self.table.delete().where(c.session_key == key, c.expires_at <= now)
         )
-        self._update = Statement(
-            self.table.update()
-            .where(
-                c.session_key == key,
-                c.version == sa.bindparam("expected_version"),
-                c.expires_at > now,
-            )
-            .values(
-                payload=sa.bindparam("new_payload"),
-                expires_at=sa.bindparam("new_expires_at"),
-                version=sa.bindparam("new_version"),
-            )
-        )
-        self._touch = Statement(
-            self.table.update()
-            .where(c.session_key == key, c.expires_at > now)
-            .values(expires_at=sa.bindparam("new_expires_at"))
-        )
         self._delete = Statement(self.table.delete().where(c.session_key == key))
+        keys: sa.BindParameter[list[str]] = sa.bindparam("keys", expanding=True)
+        self._delete_keys = Statement(
+            self.table.delete().where(c.session_key.in_(keys))
+        )
+        # -- the per-user index: one range of the (user_id, expires_at) index.
+        user_id: sa.BindParameter[str] = sa.bindparam("user_id")
+        of_user = (c.user_id == user_id, c.expires_at > now)
+        self._sessions_of = Statement(
+            sa.select(
+                c.session_key,
+                _as_text(c.expires_at),
+                c.version,
+                _as_text(c.created_at),
+                _as_text(c.last_active_at),
+                c.user_agent,
+                c.ip,
+            ).where(*of_user)
+        )
+        # Which of a user's records to end: all but ``keep`` (a key no
+        # record has when there is none), or only those of ``keys``.
+        ending = (*of_user, c.session_key != sa.bindparam("keep"))
+        # What the transaction of a dialect without DELETE ... RETURNING
+        # locks: (key, last_active_at) rows.
+        self._select_of_user = sa.select(
+            c.session_key, _as_text(c.last_active_at)
+        ).where(*of_user)
+        self._select_ending = self._select_of_user.where(
+            c.session_key != sa.bindparam("keep")
+        )
+        self._select_ending_of_keys = self._select_ending.where(c.session_key.in_(keys))
+        self._delete_ending = Statement(
+            self.table.delete().where(*ending).returning(c.session_key)
+        )
+        self._delete_ending_of_keys = Statement(
+            self.table.delete()
+            .where(*ending, c.session_key.in_(keys))
+            .returning(c.session_key)
+        )
+        # The records trim_sessions_of keeps besides ``keep``: the ``limit``
+        # most recently active, by one total order (a record without
+        # last_active_at is the least recent: IS NULL sorts false first on
+        # every dialect, where NULLS LAST is not portable).
+        recent = (
+            sa.select(c.session_key)
+            .where(*of_user)
+            .order_by(
+                c.last_active_at.is_(None),
+                c.last_active_at.desc(),
+                c.session_key.desc(),
+            )
+            .limit(sa.bindparam("limit"))
+        )
+        self._delete_trimmed = Statement(
+            self.table.delete()
+            .where(*ending, c.session_key.not_in(recent.scalar_subquery()))
+            .returning(c.session_key)
+        )
+        self._per_user_counts = Statement(
+            sa.select(c.user_id, sa.func.count())
+            .where(c.user_id.is_not(None), c.expires_at > now)
+            .group_by(c.user_id)
+            .order_by(sa.func.count().desc(), c.user_id)
+            .limit(sa.bindparam("top"))
+        )
+        # -- keys 0.1 stored unhashed, for the key-hashing migration.
+        unhashed = (_unhashed(c.session_key), c.expires_at > now)
+        self._unhashed_keys = Statement(
+            sa.select(c.session_key)
+            .where(*unhashed, c.session_key > sa.bindparam("after"))
+            .order_by(c.session_key)
+            .limit(sa.bindparam("limit"))
+        )
+        self._count_unhashed = Statement(
+            sa.select(sa.func.count()).select_from(self.table).where(*unhashed)
+        )
+        # SQLite without RETURNING: takes the write lock, changes nothing.
+        self._take_write_lock = (
+            self.table.update().where(sa.false()).values(version=c.version)
+        )
         self._count_expired = Statement(
             sa.select(sa.func.count())
             .select_from(self.table)
@@ -400,7 +762,27 @@ class SQLAlchemyStore(SessionStore, Purging, Migrating, Counting):
         return limit is not None and 2 * sent + _STATEMENT_OVERHEAD > int(limit)
 
     def _table_problem(self, inspector: sa.Inspector) -> ConfigurationError | None:
-        """Why the table cannot hold sessions, or ``None`` if it can."""
+        """Why the table cannot hold sessions, or ``None`` if it can: a
+        missing table, a foreign one, or (:class:`_NotUpgraded`) one made
+        by 0.1."""
+        problem = self._foreign_table_problem(inspector)
+        if problem is not None:
+            return problem
+        missing = self._missing_columns(inspector)
+        if missing:
+            return _NotUpgraded(
+                f"The session table {self.table.fullname!r} in {self._url_text()}"
+                f" has no {', '.join(c.name for c in missing)} column: it was made"
+                " by flask-towersess 0.1. Run `flask sessions migrate` to add"
+                " them (online: nobody is logged out)."
+            )
+        return None
+
+    def _foreign_table_problem(
+        self, inspector: sa.Inspector
+    ) -> ConfigurationError | None:
+        """Why the table is not one this package made (of any version), or
+        ``None``."""
         url = self._url_text()
         name, schema = self.table.name, self.table.schema
         if not inspector.has_table(name, schema=schema):
@@ -409,7 +791,7 @@ class SQLAlchemyStore(SessionStore, Purging, Migrating, Counting):
                 f" {url}: run `flask sessions migrate` to create it."
             )
         found = {column["name"] for column in inspector.get_columns(name, schema)}
-        missing = [c.name for c in self.table.columns if c.name not in found]
+        missing = [name for name in CORE_COLUMNS if name not in found]
         if missing:
             return ConfigurationError(
                 f"The table {self.table.fullname!r} in {url} is not a flask-towersess"
@@ -419,12 +801,19 @@ class SQLAlchemyStore(SessionStore, Purging, Migrating, Counting):
             )
         return None
 
+    def _missing_columns(self, inspector: sa.Inspector) -> list[sa.Column[t.Any]]:
+        """The per-user columns the (existing) table lacks."""
+        name, schema = self.table.name, self.table.schema
+        found = {column["name"] for column in inspector.get_columns(name, schema)}
+        return [self.table.c[name] for name in PER_USER_COLUMNS if name not in found]
+
     def _run(
         self,
         work: t.Callable[[Executor], _T],
         *,
         retry: _Retry = _REQUEST_RETRY,
         sent: int = 0,
+        direct: bool = True,
     ) -> _T:
         """Run ``work`` on a pooled connection, with errors translated.
 
@@ -432,16 +821,78 @@ class SQLAlchemyStore(SessionStore, Purging, Migrating, Counting):
 
         :param sent: the bytes of payload ``work`` writes (see
             :meth:`_translate`).
+        :param direct: whether ``work`` may take the direct path; not for a
+            statement with an expanding ``IN``, which the direct path's
+            compiled-once SQL cannot hold.
         """
-        engine = self._engine_for_statements()
-        direct = self._can_run_directly.get(engine)
-        if direct is None:
-            direct = self._can_run_directly[engine] = can_run_directly(engine)
+        return self._run_on(self._engine_for_statements(), work, retry, sent, direct)
+
+    def _run_on(
+        self,
+        engine: sa.engine.Engine,
+        work: t.Callable[[Executor], _T],
+        retry: _Retry = _REQUEST_RETRY,
+        sent: int = 0,
+        direct: bool = True,
+    ) -> _T:
+        """:meth:`_run` on ``engine``."""
+        if direct:
+            known = self._can_run_directly.get(engine)
+            if known is None:
+                known = self._can_run_directly[engine] = can_run_directly(engine)
+            direct = known
         if direct and not has_statement_observers(engine):
             run = self._run_on_dbapi_connection
         else:
             run = self._run_on_connection
         return self._attempt(lambda: run(engine, work), retry, sent)
+
+    def _write(self, work: t.Callable[[Executor, _Writes], _T], *, sent: int = 0) -> _T:
+        """:meth:`_run` ``work`` with the statements that fit the table:
+        with the per-user columns, or without them on a table made by 0.1
+        (see :meth:`_without_per_user_columns`)."""
+        engine = self._engine_for_statements()
+        writes = self._writes
+        if self._not_upgraded_since:
+            writes = self._writes_for(engine)
+        try:
+            return self._run_on(engine, lambda run: work(run, writes), sent=sent)
+        except _NotUpgraded:
+            if not writes.per_user:
+                raise
+            self._without_per_user_columns(engine)
+            old = self._writes_0_1
+            return self._run_on(engine, lambda run: work(run, old), sent=sent)
+
+    def _writes_for(self, engine: sa.engine.Engine) -> _Writes:
+        since = self._not_upgraded_since.get(engine)
+        if since is None:
+            return self._writes
+        if time.monotonic() - since < RECHECK_SECONDS:
+            return self._writes_0_1
+        # Time to look again: the next write tries the per-user columns,
+        # and comes back here if they are still missing.
+        self._not_upgraded_since.pop(engine, None)
+        return self._writes
+
+    def _without_per_user_columns(self, engine: sa.engine.Engine) -> None:
+        """Write without the per-user columns for a while: a 0.2 app runs on
+        a table made by 0.1, before ``flask sessions migrate`` ran.
+
+        Failing every request instead would take the site down for a deploy
+        step done in the wrong order; the sessions keep working, and only
+        the per-user index misses the records written meanwhile.
+        """
+        self._not_upgraded_since[engine] = time.monotonic()
+        logger.warning(
+            "the session table %s has no per-user columns (it was made by"
+            " flask-towersess 0.1): sessions are saved without their user and"
+            " device, so they cannot be listed or revoked per user. Run"
+            " `flask sessions migrate` to upgrade the table (online); this"
+            " store will use the new columns within %d s of it.",
+            self.table.fullname,
+            RECHECK_SECONDS,
+        )
 
     def _run_transaction(
         self,
@@ -623,17 +1074,34 @@ class SQLAlchemyStore(SessionStore, Purging, Migrating, Counting):
             return None  # unusable, or expired and not yet purged: gone
         return record
 
+    @staticmethod
+    def _write_values(record: Record) -> dict[str, t.Any]:
+        """The values of the statements of :class:`_Writes` for ``record``.
+
+        The per-user fields are made to fit their columns: a database that
+        refuses a value (PostgreSQL a NUL, a VARCHAR an overlong text) must
+        not fail the request that saves the session.
+        """
+        if record.user_id is not None:
+            check_user_id(record.user_id)
+        return {
+            "key": record.key,
+            "new_payload": record.payload,
+            "new_expires_at": _naive_utc(record.expires_at),
+            "new_version": record.version,
+            "new_user_id": record.user_id,
+            "new_created_at": _naive_utc_or_none(record.created_at),
+            "new_last_active_at": _naive_utc_or_none(record.last_active_at),
+            "new_user_agent": _fitting_text(record.user_agent, USER_AGENT_LENGTH),
+            "new_ip": _fitting_text(record.ip, IP_LENGTH, cut=False),
+        }
+
     def create(self, record: Record) -> None:
         check_key(record.key)
-        params = {
-            "session_key": record.key,
-            "payload": record.payload,
-            "expires_at": _naive_utc(record.expires_at),
-            "version": record.version,
-        }
+        params = self._write_values(record)
         sent = len(record.payload)
         try:
-            self._run(lambda run: run.rowcount(self._insert, params), sent=sent)
+            self._write(lambda run, w: run.rowcount(w.insert, params), sent=sent)
             return
         except sa_exc.IntegrityError:
             pass
@@ -643,13 +1111,13 @@ class SQLAlchemyStore(SessionStore, Purging, Migrating, Counting):
         # fails again if the record is live (or another writer took the key
         # meanwhile). Not "deleted nothing, so it is live": _run may run this
         # twice, and the second time finds the first one's deletion done.
-        def replace_expired(run: Executor) -> None:
+        def replace_expired(run: Executor, writes: _Writes) -> None:
             now = _naive_utc(utcnow())
             run.rowcount(self._delete_expired_key, {"key": record.key, "now": now})
-            run.rowcount(self._insert, params)
+            run.rowcount(writes.insert, params)
 
         try:
-            self._run(replace_expired, sent=sent)
+            self._write(replace_expired, sent=sent)
         except sa_exc.IntegrityError as exc:  # another writer took the key meanwhile
             raise CreateError(
                 f"a session with key {short_key(record.key)} exists"
@@ -658,17 +1126,12 @@ class SQLAlchemyStore(SessionStore, Purging, Migrating, Counting):
     def save(self, record: Record, expected_version: int) -> None:
         check_key(record.key)
         now = _naive_utc(utcnow())
-        values = {
-            "key": record.key,
-            "now": now,
-            "expected_version": expected_version,
-            "new_payload": record.payload,
-            "new_expires_at": _naive_utc(record.expires_at),
-            "new_version": record.version,
-        }
+        values = self._write_values(record)
+        values["now"] = now
+        values["expected_version"] = expected_version
 
-        def work(run: Executor) -> None:
-            if run.rowcount(self._update, values) == 1:
+        def work(run: Executor, writes: _Writes) -> None:
+            if run.rowcount(writes.update, values) == 1:
                 return
             # Only on failure: tell a deleted record from a concurrent save.
             current = run.first(self._select_version, {"key": record.key, "now": now})
@@ -678,7 +1141,7 @@ class SQLAlchemyStore(SessionStore, Purging, Migrating, Counting):
                 f"expected version {expected_version}, found {current[0]}"
             )
 
-        self._run(work, sent=len(record.payload))
+        self._write(work, sent=len(record.payload))
 
     def touch(self, key: str, expires_at: datetime) -> None:
         check_key(key)
@@ -687,7 +1150,7 @@ class SQLAlchemyStore(SessionStore, Purging, Migrating, Counting):
             "now": _naive_utc(utcnow()),
             "new_expires_at": _naive_utc(expires_at),
         }
-        self._run(lambda run: run.rowcount(self._touch, values))
+        self._write(lambda run, writes: run.rowcount(writes.touch, values))
 
     def delete(self, key: str) -> None:
         check_key(key)
@@ -699,6 +1162,233 @@ class SQLAlchemyStore(SessionStore, Purging, Migrating, Counting):
         return (
             self._run(lambda run: run.first(self._select_version, values)) is not None
         )
+
+    def delete_many(self, keys: t.Collection[str]) -> None:
+        """Delete the rows of ``keys``: one ``DELETE ... IN`` per
+        :data:`KEYS_PER_STATEMENT` keys.
+
+        .. versionadded:: 0.2
+        """
+        for chunk in _chunks([check_key(key) for key in keys]):
+            values = {"keys": chunk}
+            self._run(
+                functools.partial(_delete_rows, self._delete_keys, values),
+                direct=False,
+            )
+
+    # -- the per-user index ------------------------------------------------------
+
+    def sessions_of(self, user_id: str) -> list[Record]:
+        """The live records of ``user_id``: one range of the ``(user_id,
+        expires_at)`` index, so the cost grows with that user's live
+        sessions only. ``payload`` is left empty.
+
+        A stored value that is not what this package writes is listed as
+        ``None`` (:func:`~.base.checked_info`); a row whose expiry or
+        version cannot be read is left out, as :meth:`load` refuses it.
+
+        :raises ~flask_towersess.errors.ConfigurationError: the table was
+            made by 0.1 and not migrated yet.
+
+        .. versionadded:: 0.2
+        """
+        check_user_id(user_id)
+        values = {"user_id": user_id, "now": _naive_utc(utcnow())}
+        rows = self._run(lambda run: run.all(self._sessions_of, values))
+        now = utcnow()
+        records = []
+        for key, expires_at, version, created_at, last_active_at, agent, ip in rows:
+            record = checked_record(
+                "SQLAlchemyStore", key, b"", _listed_time(expires_at), version
+            )
+            if record is None or record.expires_at <= now:
+                continue
+            records.append(
+                checked_info(
+                    record,
+                    user_id=user_id,
+                    created_at=_listed_time(created_at),
+                    last_active_at=_listed_time(last_active_at),
+                    user_agent=agent,
+                    ip=ip,
+                )
+            )
+        return records
+
+    def delete_sessions_of(
+        self,
+        user_id: str,
+        keys: t.Collection[str] | None = None,
+        *,
+        keep: str | None = None,
+    ) -> list[str]:
+        """Delete the live records of ``user_id`` (all, or those of
+        ``keys``), except ``keep``; the keys deleted.
+
+        One ``DELETE ... RETURNING`` (SQLite 3.35 and later, PostgreSQL,
+        MariaDB); on MySQL, one transaction of a ``SELECT ... FOR UPDATE``
+        and a ``DELETE`` of the rows it locked. Either way a fixed number of
+        statements, however many sessions the user has (``keys`` beyond
+        :data:`KEYS_PER_STATEMENT` take one more each).
+
+        .. versionadded:: 0.2
+        """
+        check_user_id(user_id)
+        base = {"user_id": user_id, "keep": _NO_KEY if keep is None else keep}
+        if keep is not None:
+            check_key(keep)
+        if keys is None:
+            return self._delete_of_user(
+                self._delete_ending, self._select_ending, base, _all_keys
+            )
+        wanted = [check_key(key) for key in keys]
+        deleted: list[str] = []
+        for chunk in _chunks(wanted):
+            deleted += self._delete_of_user(
+                self._delete_ending_of_keys,
+                self._select_ending_of_keys,
+                {**base, "keys": chunk},
+                _all_keys,
+            )
+        return deleted
+
+    def trim_sessions_of(self, user_id: str, limit: int, *, keep: str) -> list[str]:
+        """Delete the live records of ``user_id`` other than ``keep`` and
+        the ``limit`` most recently active, as one atomic step; the keys
+        deleted.
+
+        SQLite and PostgreSQL: one ``DELETE ... WHERE session_key NOT IN
+        (the limit most recent) RETURNING``. SQLite runs a statement alone
+        against every other writer; on PostgreSQL, two logins trimming at
+        once each see the other's new session if they started after it was
+        written, and both order by the same total order, so they agree on
+        the survivors. MySQL and MariaDB (no ``LIMIT`` in such a subquery):
+        one transaction that locks the user's live rows (``SELECT ... FOR
+        UPDATE``, which reads the latest rows and waits for a concurrent
+        trim's locks) and deletes those beyond the limit.
+
+        On a table not migrated yet (made by 0.1) nothing is indexed per
+        user: nothing is trimmed, with a warning, and the login goes on.
+
+        .. versionadded:: 0.2
+        """
+        check_user_id(user_id)
+        check_key(keep)
+        if limit < 0:
+            raise ValueError("limit must be at least 0")
+        values = {"user_id": user_id, "keep": keep, "limit": limit}
+
+        def beyond_limit(rows: t.Sequence[Row]) -> list[str]:
+            ranked = sorted(rows, key=_recency, reverse=True)
+            return [key for key, _ in ranked[limit:] if key != keep]
+
+        try:
+            return self._delete_of_user(
+                self._delete_trimmed,
+                self._select_of_user,
+                values,
+                beyond_limit,
+                one_statement=self._trims_in_one_statement(),
+            )
+        except _NotUpgraded:
+            logger.warning(
+                "SESSION_MAX_PER_USER not applied: the session table %s has no"
+                " per-user columns yet; run `flask sessions migrate`",
+                self.table.fullname,
+            )
+            return []
+
+    def _trims_in_one_statement(self) -> bool:
+        # MySQL and MariaDB refuse LIMIT in an IN subquery.
+        dialect = self.engine.dialect
+        return dialect.name in ("sqlite", "postgresql") and dialect.delete_returning
+
+    def _delete_of_user(
+        self,
+        delete: Statement,
+        select: sa.Select[t.Any],
+        values: dict[str, t.Any],
+        choose: t.Callable[[t.Sequence[Row]], list[str]],
+        *,
+        one_statement: bool | None = None,
+    ) -> list[str]:
+        """Delete some live records of one user; the keys deleted.
+
+        With ``DELETE ... RETURNING`` (``one_statement``, by default where
+        the dialect has it), ``delete`` alone, in autocommit. Otherwise one
+        transaction: ``select`` locks the candidate rows (``key,
+        last_active_at``), ``choose`` picks the keys to delete among them,
+        and those are deleted.
+        """
+        values = {**values, "now": _naive_utc(utcnow())}
+        engine = self._engine_for_statements()
+        if one_statement is None:
+            # Known once the dialect met the server (MariaDB or MySQL); a
+            # store migrated or used before has.
+            one_statement = bool(engine.dialect.delete_returning)
+        if one_statement:
+            expanding = "keys" in values
+            rows = self._run_on(
+                engine, lambda run: run.all(delete, values), direct=not expanding
+            )
+            return [row[0] for row in rows]
+        sqlite = engine.dialect.name == "sqlite"
+
+        def work(conn: sa.Connection) -> list[str]:
+            if sqlite:
+                # No row locks: a write that changes nothing takes the
+                # database's one write lock before the read.
+                conn.execute(self._take_write_lock)
+            rows = conn.execute(select.with_for_update(), values).all()
+            keys = choose(rows)
+            if keys:
+                conn.execute(self._delete_keys.core, {"keys": keys})
+            return keys
+
+        return self._run_transaction(
+            work,
+            isolation_level="SERIALIZABLE" if sqlite else "READ COMMITTED",
+            retry=_REQUEST_RETRY,
+        )
+
+    def per_user_counts(self, top: int) -> list[tuple[str, int]]:
+        """The ``top`` users with the most live sessions, most first: one
+        ``GROUP BY`` over the ``(user_id, expires_at)`` index.
+
+        .. versionadded:: 0.2
+        """
+        if top < 1:
+            return []
+        values = {"now": _naive_utc(utcnow()), "top": top}
+        rows = self._run(lambda run: run.all(self._per_user_counts, values))
+        return [(str(user), int(count)) for user, count in rows]
+
+    # -- keys 0.1 stored unhashed ------------------------------------------------
+
+    def unhashed_keys(
+        self, cursor: str | None, limit: int
+    ) -> tuple[list[str], str | None]:
+        """Up to ``limit`` keys of live rows not of
+        :data:`~.base.HASHED_KEY_PATTERN`, in key order after ``cursor``.
+
+        .. versionadded:: 0.2
+        """
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        values = {
+            "after": "" if cursor is None else cursor,
+            "now": _naive_utc(utcnow()),
+            "limit": limit,
+        }
+        rows = self._run(lambda run: run.all(self._unhashed_keys, values))
+        keys = [row[0] for row in rows]
+        return keys, (keys[-1] if len(keys) == limit else None)
+
+    def count_unhashed(self) -> int:
+        """.. versionadded:: 0.2"""
+        values = {"now": _naive_utc(utcnow())}
+        row = self._run(lambda run: run.first(self._count_unhashed, values))
+        return int(row[0]) if row is not None else 0
 
     def count_live(self) -> int:
         """How many rows have not expired: one ``SELECT count(*)`` over the
@@ -801,52 +1491,191 @@ class SQLAlchemyStore(SessionStore, Purging, Migrating, Counting):
                 done = self._create_missing(engine)
                 break
             except sa_exc.DBAPIError as exc:
-                if attempt == _MIGRATE_ATTEMPTS or not _lost_creation_race(exc):
+                retry = _lost_creation_race(exc) or _lost_lock_race(exc)
+                if attempt == _MIGRATE_ATTEMPTS or not retry:
                     raise
                 # Another process (a second worker starting, a second deploy
-                # host) created the same thing at the same moment: look
-                # again, and create only what is still missing.
+                # host) created the same thing at the same moment, or a long
+                # transaction held the table past the lock timeout: look
+                # again, and do only what is still left.
                 logger.info("session table: concurrent migration, trying again")
                 time.sleep(random.uniform(0.05, 0.25) * attempt)
         if engine.dialect.name == "sqlite":
             with engine.connect() as conn:
                 _use_wal(conn.connection.dbapi_connection, engine.dialect)
+        # Writes use the per-user columns again at once.
+        self._not_upgraded_since.pop(engine, None)
         return done or [f"table {self.table.fullname} is up to date; nothing to do"]
 
     def _create_missing(self, engine: sa.engine.Engine) -> list[str]:
-        """Create the table and indexes that do not exist; say what was done.
+        """Create the table, or add the columns and indexes it lacks; say
+        what was done, one line each.
 
         ``IF NOT EXISTS`` where the dialect has it, so that two processes
-        migrating at once both succeed; where it has not (indexes on MySQL),
-        the loser's error is caught by :meth:`_migrate`, which looks again.
+        migrating at once both succeed; where it has not (MySQL), the
+        loser's error is caught by :meth:`_migrate`, which looks again.
         """
-        done: list[str] = []
         name = self.table.fullname
         dialect = engine.dialect
-        index_if_not_exists = not (
-            dialect.name == "mysql" and not getattr(dialect, "is_mariadb", False)
-        )
-        with engine.begin() as conn:
+        with engine.connect() as conn:
             inspector = sa.inspect(conn)
-            if not inspector.has_table(self.table.name, schema=self.table.schema):
+            exists = inspector.has_table(self.table.name, schema=self.table.schema)
+            if exists:
+                problem = self._foreign_table_problem(inspector)
+                if problem is not None:
+                    raise problem
+                columns = self._missing_columns(inspector)
+                indexes = self._missing_indexes(conn, inspector)
+        if not exists:
+            # A new, empty table: everything in one transaction.
+            with engine.begin() as conn:
                 conn.execute(CreateTable(self.table, if_not_exists=True))
-                for index in self.table.indexes:
-                    conn.execute(CreateIndex(index, if_not_exists=index_if_not_exists))
-                return [f"created table {name} with its indexes"]
-            problem = self._table_problem(inspector)
-            if problem is not None:
-                raise problem
-            existing = {
-                ix["name"]
-                for ix in inspector.get_indexes(self.table.name, self.table.schema)
-            }
-            for index in self.table.indexes:
-                if index.name not in existing:
-                    conn.execute(CreateIndex(index, if_not_exists=index_if_not_exists))
-                    done.append(f"created index {index.name} on {name}")
+                for index in self._indexes():
+                    conn.execute(
+                        CreateIndex(
+                            index, if_not_exists=_has_index_if_not_exists(dialect)
+                        )
+                    )
+            return [f"created table {name} with its indexes"]
+        done: list[str] = []
+        if columns:
+            self._add_columns(engine, columns)
+            done += [f"added column {column.name} to {name}" for column in columns]
+        for index, invalid in indexes:
+            self._create_index(engine, index, invalid=invalid)
+            verb = "rebuilt invalid index" if invalid else "created index"
+            done.append(f"{verb} {index.name} on {name}")
         return done
 
+    def _indexes(self) -> list[sa.Index]:
+        return sorted(self.table.indexes, key=lambda index: str(index.name))
+
+    def _missing_indexes(
+        self, conn: sa.Connection, inspector: sa.Inspector
+    ) -> list[tuple[sa.Index, bool]]:
+        """The indexes to create: each missing one, and (PostgreSQL) each
+        left invalid by a ``CREATE INDEX CONCURRENTLY`` that failed, with
+        ``True``."""
+        existing = {
+            ix["name"]
+            for ix in inspector.get_indexes(self.table.name, self.table.schema)
+        }
+        invalid: set[str] = set()
+        if conn.dialect.name == "postgresql":
+            table = conn.dialect.identifier_preparer.format_table(self.table)
+            invalid = set(
+                conn.execute(
+                    sa.text(
+                        "SELECT c.relname FROM pg_index i"
+                        " JOIN pg_class c ON c.oid = i.indexrelid"
+                        " WHERE i.indrelid = CAST(:table AS regclass)"
+                        " AND NOT i.indisvalid"
+                    ),
+                    {"table": table},
+                ).scalars()
+            )
+        return [
+            (index, index.name in invalid)
+            for index in self._indexes()
+            if index.name not in existing or index.name in invalid
+        ]
+
+    def _add_columns(
+        self, engine: sa.engine.Engine, columns: list[sa.Column[t.Any]]
+    ) -> None:
+        """Add the per-user columns to a 0.1 table, online.
+
+        All nullable without a default: no database rewrites the table for
+        that. PostgreSQL changes only its catalog, but needs the table's
+        ACCESS EXCLUSIVE lock for a moment, and every query on the table
+        queues behind an ALTER that waits for it: a ``lock_timeout`` gives
+        up soon instead (behind a long transaction), and :meth:`_migrate`
+        tries again. MySQL and MariaDB: ``ALGORITHM=INSTANT`` where the
+        server has it, else ``INPLACE`` with ``LOCK=NONE`` (reads and writes
+        go on while it runs), else whatever the server does.
+        """
+        dialect = engine.dialect
+        if dialect.name in ("mysql", "mariadb"):
+            for algorithm in _MYSQL_ALTER_ALGORITHMS:
+                try:
+                    with engine.connect() as conn:
+                        for sql in self._add_columns_sql(dialect, columns, algorithm):
+                            conn.exec_driver_sql(sql)
+                    return
+                except sa_exc.DBAPIError as exc:
+                    if algorithm is None or _error_code(exc) not in _ALGORITHM_REFUSED:
+                        raise
+                    logger.info(
+                        "session table: %s refused by the server, trying the next",
+                        algorithm,
+                    )
+        with engine.begin() as conn:
+            if dialect.name == "postgresql":
+                conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{_LOCK_TIMEOUT}'")
+            for sql in self._add_columns_sql(dialect, columns):
+                conn.exec_driver_sql(sql)
+
+    def _add_columns_sql(
+        self,
+        dialect: sa.Dialect,
+        columns: list[sa.Column[t.Any]],
+        algorithm: str | None = "ALGORITHM=INSTANT",
+    ) -> list[str]:
+        table = dialect.identifier_preparer.format_table(self.table)
+        specs = [str(CreateColumn(c).compile(dialect=dialect)).strip() for c in columns]
+        if dialect.name == "sqlite":  # one column per ALTER
+            return [f"ALTER TABLE {table} ADD COLUMN {spec}" for spec in specs]
+        if dialect.name == "postgresql":
+            clauses = [f"ADD COLUMN IF NOT EXISTS {spec}" for spec in specs]
+        else:
+            clauses = [f"ADD COLUMN {spec}" for spec in specs]
+            if dialect.name in ("mysql", "mariadb") and algorithm is not None:
+                clauses.append(algorithm)
+        return [f"ALTER TABLE {table} " + ", ".join(clauses)]
+
+    def _create_index(
+        self, engine: sa.engine.Engine, index: sa.Index, *, invalid: bool = False
+    ) -> None:
+        """Create ``index`` on the existing table, online.
+
+        PostgreSQL: ``CREATE INDEX CONCURRENTLY`` (writes go on while it is
+        built, where a plain one would block every save until it is done),
+        which cannot run in a transaction: it runs in autocommit. If it
+        fails half-way it leaves an invalid index behind, which the next
+        ``migrate()`` drops (concurrently) and builds again. MySQL and
+        MariaDB: ``ALGORITHM=INPLACE LOCK=NONE``. SQLite: a plain ``CREATE
+        INDEX``, which holds the write lock while it runs.
+        """
+        dialect = engine.dialect
+        with engine.connect() as conn:
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            if invalid:
+                name = dialect.identifier_preparer.format_index(index)
+                conn.exec_driver_sql(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
+            conn.exec_driver_sql(self._create_index_sql(dialect, index))
+
+    def _create_index_sql(self, dialect: sa.Dialect, index: sa.Index) -> str:
+        sql = str(
+            CreateIndex(index, if_not_exists=_has_index_if_not_exists(dialect)).compile(
+                dialect=dialect
+            )
+        ).strip()
+        if dialect.name == "postgresql":
+            return sql.replace("CREATE INDEX ", "CREATE INDEX CONCURRENTLY ", 1)
+        if dialect.name in ("mysql", "mariadb"):
+            return f"{sql} ALGORITHM=INPLACE LOCK=NONE"
+        return sql
+
     def migrate(self) -> list[str]:
+        """Create the table, or upgrade a table made by 0.1: add the
+        per-user columns and the ``(user_id, expires_at)`` index, online
+        (see :meth:`_add_columns` and :meth:`_create_index`). Nobody is
+        logged out: the rows 0.1 wrote stay valid, with NULL per-user
+        fields. Idempotent; one line per action.
+
+        .. versionchanged:: 0.2
+            Upgrades a 0.1 table.
+        """
         try:
             lines = self._migrate()
         except sa_exc.DBAPIError as exc:
@@ -854,13 +1683,57 @@ class SQLAlchemyStore(SessionStore, Purging, Migrating, Counting):
         self._migrated = True
         return lines
 
+    def pending_migrations(self) -> list[str]:
+        """What :meth:`migrate` would do on the live table, one line each:
+        the table, each missing column and index. Empty when up to date.
+
+        .. versionadded:: 0.2
+        """
+        name = self.table.fullname
+        try:
+            with _connect(self._use_engine()) as conn:
+                inspector = sa.inspect(conn)
+                if not inspector.has_table(self.table.name, schema=self.table.schema):
+                    return [f"create table {name} with its indexes"]
+                problem = self._foreign_table_problem(inspector)
+                if problem is not None:
+                    raise problem
+                lines = [
+                    f"add column {column.name} to {name}"
+                    for column in self._missing_columns(inspector)
+                ]
+                for index, invalid in self._missing_indexes(conn, inspector):
+                    verb = "rebuild invalid index" if invalid else "create index"
+                    lines.append(f"{verb} {index.name} on {name}")
+                return lines
+        except _NotConnected as exc:
+            raise_translated(exc.error, self._translate(exc.error))
+        except sa_exc.DBAPIError as exc:
+            raise_translated(exc, self._translate(exc))
+
     def migration_sql(self) -> str:
+        """The DDL of a new table, then the DDL that upgrades a table made
+        by 0.1 (what :meth:`migrate` runs on one). Needs no database.
+
+        .. versionchanged:: 0.2
+            The upgrade of a 0.1 table.
+        """
         dialect = self.engine.dialect
-        statements = [CreateTable(self.table).compile(dialect=dialect)]
+        statements = [str(CreateTable(self.table).compile(dialect=dialect))]
         statements += [
-            CreateIndex(ix).compile(dialect=dialect) for ix in self.table.indexes
+            str(CreateIndex(ix).compile(dialect=dialect)) for ix in self._indexes()
         ]
-        return "\n".join(f"{str(s).strip()};\n" for s in statements)
+        new = "\n".join(f"{s.strip()};\n" for s in statements)
+        per_user = [self.table.c[name] for name in PER_USER_COLUMNS]
+        upgrade = self._add_columns_sql(dialect, per_user)
+        (index,) = [ix for ix in self._indexes() if "user_id" in ix.columns]
+        upgrade.append(self._create_index_sql(dialect, index))
+        note = _UPGRADE_NOTES.get(dialect.name, "")
+        return (
+            f"{new}\n-- Upgrading a table made by flask-towersess 0.1"
+            f" (what `flask sessions migrate` runs on it):{note}\n"
+            + "".join(f"{sql};\n" for sql in upgrade)
+        )
 
     def close(self) -> None:
         if self._owns_engine and self._engine is not None:
@@ -999,10 +1872,11 @@ def _use_wal(dbapi_conn: t.Any, dialect: sa.Dialect) -> None:
 
 
 #: Driver error codes and messages of a migration that lost a race: the
-#: table or index exists already (MySQL 1050, 1061; PostgreSQL 42P07, and
-#: 23505 from its catalog when two CREATE TABLE IF NOT EXISTS run at once),
-#: or a deadlock between the two (1213, 40P01).
-_RACE_CODES = {1050, 1061, 1213, "42P07", "23505", "40P01"}
+#: table, column or index exists already (MySQL 1050, 1060, 1061;
+#: PostgreSQL 42P07, 42701, and 23505 from its catalog when two CREATE
+#: TABLE IF NOT EXISTS run at once), or a deadlock between the two (1213,
+#: 40P01).
+_RACE_CODES = {1050, 1060, 1061, 1213, "42P07", "42701", "23505", "40P01"}
 
 
 def _lost_creation_race(exc: sa_exc.DBAPIError) -> bool:
@@ -1010,8 +1884,39 @@ def _lost_creation_race(exc: sa_exc.DBAPIError) -> bool:
     return (
         _error_code(exc) in _RACE_CODES
         or "already exists" in text
+        or "duplicate column" in text
         or "database is locked" in text
     )
+
+
+def _has_index_if_not_exists(dialect: sa.Dialect) -> bool:
+    """MySQL (not MariaDB) has no ``CREATE INDEX IF NOT EXISTS``."""
+    return not (dialect.name == "mysql" and not getattr(dialect, "is_mariadb", False))
+
+
+#: How MySQL and MariaDB are asked to add the per-user columns, in order:
+#: instantly (a change of the data dictionary only: MySQL 8.0.12, MariaDB
+#: 10.3), in place without blocking reads or writes, as the server likes.
+_MYSQL_ALTER_ALGORITHMS = ("ALGORITHM=INSTANT", "ALGORITHM=INPLACE, LOCK=NONE", None)
+
+#: The server cannot alter the table with that algorithm or lock (1845,
+#: 1846), or does not know the word (1064, a server before INSTANT).
+_ALGORITHM_REFUSED = {1845, 1846, 1064}
+
+#: How long PostgreSQL's ALTER TABLE waits for the table's lock, with every
+#: session query queued behind it, before it gives up (and is tried again).
+_LOCK_TIMEOUT = "2s"
+
+#: What migration_sql says about a dialect's upgrade statements.
+_UPGRADE_NOTES = {
+    "postgresql": (
+        "\n-- ADD COLUMN without a default changes only the catalog;"
+        "\n-- CREATE INDEX CONCURRENTLY cannot run inside a transaction"
+        " (in Alembic: autocommit_block())."
+    ),
+    "mysql": "\n-- Online: ALGORITHM=INSTANT (or INPLACE, LOCK=NONE) and LOCK=NONE.",
+    "mariadb": "\n-- Online: ALGORITHM=INSTANT (or INPLACE, LOCK=NONE) and LOCK=NONE.",
+}
 
 
 #: For URLs that name no driver (``postgresql://``, ``mysql://``): the
@@ -1220,7 +2125,14 @@ def _may_be_schema_error(exc: sa_exc.DBAPIError) -> bool:
     orig = exc.orig
     if _error_code(exc) in _SCHEMA_ERROR_CODES:
         return True
-    return "no such table" in str(orig) or "no such column" in str(orig)
+    text = str(orig)
+    # SQLite: "no such column" in a read or an UPDATE, "table ... has no
+    # column named" in an INSERT.
+    return (
+        "no such table" in text
+        or "no such column" in text
+        or "has no column named" in text
+    )
 
 
 #: Bytes of a statement beyond its payload: the SQL text and the other values.
