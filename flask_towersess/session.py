@@ -299,6 +299,14 @@ def _epoch_seconds(value: object) -> int | None:
 _MAX_EPOCH_SECONDS = 253402300799
 
 
+_NEVER = datetime.min.replace(tzinfo=timezone.utc)
+
+
+def _recency(record: Record) -> tuple[datetime, str]:
+    """The order of :meth:`~.stores.PerUserIndex.trim_sessions_of`."""
+    return (record.last_active_at or _NEVER, record.key)
+
+
 def _index_user(data: t.Mapping[str, t.Any]) -> str | None:
     """The user a per-user index lists the session under: the user id as a
     string, for the types apps and Flask-Login write (``str``, ``int``);
@@ -1025,6 +1033,14 @@ class ServerSession(SessionMixin):
         if per_user is None:
             return  # init_app refuses the setting on such a store
         ended = per_user.trim_sessions_of(user, limit, keep=key)
+        # Logins racing each other each kept their own new session: one more
+        # pass, keeping the most recent session by the stores' one order
+        # (which every racer agrees on), brings the user down to the limit.
+        # The last racer's pass sees every session made before it.
+        live = per_user.sessions_of(user)
+        if len(live) > limit:
+            top = max(live, key=_recency)
+            ended += per_user.trim_sessions_of(user, limit, keep=top.key)
         if ended and session_ended.receivers:
             sender = _signal_sender()
             for stored in ended:
