@@ -667,17 +667,22 @@ class ServerSession(SessionMixin):
         """Store the record 0.1 kept under ``key`` itself under its hash,
         and delete the unhashed one; return the record now stored.
 
-        The payload moves as it is (a sealed one stays valid: the cipher
-        binds the cookie's key, not the stored one); the per-user fields are
-        filled from it, so the session joins its user's index.
+        The payload moves as it is (a sealed one is sealed again for the
+        hashed key, which the cipher binds); the per-user fields are filled
+        from it, so the session joins its user's index.
 
         .. versionadded:: 0.2
         """
         data = self._decode(legacy, key).data
         now = utcnow()
+        stored = self._stored(key)
+        payload = legacy.payload
+        if self.cipher is not None and data:
+            # 0.1 sealed it for the unhashed key; seal it for its new one.
+            payload = self.cipher.seal(self.cipher.open(payload, key), stored)
         record = Record(
-            self._stored(key),
-            legacy.payload,
+            stored,
+            payload,
             legacy.expires_at,
             1,
             _index_user(data),
@@ -709,7 +714,9 @@ class ServerSession(SessionMixin):
                         f"{len(payload)} bytes, more than SESSION_MAX_PAYLOAD_SIZE"
                     )
             if self.cipher is not None:
-                payload = self.cipher.open(payload, key)
+                # Sealed for the key it is stored under: its hash, or the
+                # cookie's key itself in a record 0.1 wrote.
+                payload = self.cipher.open(payload, record.key)
             state = self.serializer.loads(payload)
             data = state["data"]
             expiry = state.get("expiry")
@@ -930,10 +937,13 @@ class ServerSession(SessionMixin):
         self, key: str, payload: bytes, expires_at: datetime, version: int
     ) -> Record:
         """The record of this session's state, stored for cookie key ``key``."""
+        stored = self._stored(key)
         if self.cipher is not None:
-            # Bound to the cookie's key, which the store never holds: a
-            # payload copied to another record does not open there.
-            payload = self.cipher.seal(payload, key)
+            # Bound to the record's key: a payload copied to another record
+            # does not open there. The stored key, not the cookie's: so
+            # `flask sessions migrate`, which knows only stored keys, can
+            # open a payload to fill in its user.
+            payload = self.cipher.seal(payload, stored)
         data = self._data or {}
         user = _index_user(data)
         created_at = None
@@ -941,7 +951,7 @@ class ServerSession(SessionMixin):
             created_at = datetime.fromtimestamp(self._created, timezone.utc)
         user_agent, ip = _client(self.served)
         return Record(
-            self._stored(key),
+            stored,
             payload,
             expires_at,
             version,
@@ -1297,7 +1307,7 @@ class ServerSession(SessionMixin):
             key, payload = self._key, persisted.payload
         if key is None or payload is None:  # nothing was stored
             return dict(data)
-        before = self._decode(Record(key, payload, utcnow()), key).data
+        before = self._decode(Record(self._stored(key), payload, utcnow()), key).data
         return written_since(data, before, self._changed)
 
     def end_identity(self) -> None:
