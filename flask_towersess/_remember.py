@@ -80,27 +80,39 @@ def _user_tag(user_id: object) -> str:
     return hashlib.sha256(f"{user_id}".encode()).hexdigest()[:16]
 
 
-def issued_at(app: Flask, user_id: object) -> datetime | None:
-    """When the request's remember cookie (of ``user_id``) was issued, from
-    its companion; ``None`` without a valid one for that user."""
+def issued_at(app: Flask, user_id: object) -> tuple[datetime | None, int | None]:
+    """When the request's remember cookie (of ``user_id``) was issued, and
+    the device (:func:`~.per_user.device_of`) it was issued to, from its
+    companion; ``(None, None)`` without a valid one for that user."""
     value = request.cookies.get(issued_cookie_name(app))
     if not value or len(value) > 200:
-        return None
+        return None, None
     try:
-        micros, _, tag = _signer(app).unsign(value).decode().partition(":")
+        micros, tag, device = (_signer(app).unsign(value).decode() + "::").split(":")[
+            :3
+        ]
         moment = from_epoch_micros(int(micros))
-    except (BadSignature, ValueError, OverflowError):
-        return None
+        device_id = int(device) if device else None
+    except (BadSignature, ValueError, OverflowError, UnicodeDecodeError):
+        return None, None
     if tag != _user_tag(user_id):
-        return None
-    return moment
+        return None, None
+    return moment, device_id
 
 
-def stamp_issued(app: Flask, response: Response, user_id: object) -> None:
-    """Set the companion cookie of ``user_id``'s remember cookie to now,
-    with the remember cookie's attributes."""
+def stamp_issued(
+    app: Flask,
+    response: Response,
+    user_id: object,
+    device: int | None,
+    issued: datetime | None = None,
+) -> None:
+    """Set the companion cookie of ``user_id``'s remember cookie, issued to
+    ``device`` at ``issued`` (default: now), with the remember cookie's
+    attributes."""
     config = app.config
-    stamp = f"{to_epoch_micros(utcnow())}:{_user_tag(user_id)}"
+    moment = to_epoch_micros(issued or utcnow())
+    stamp = f"{moment}:{_user_tag(user_id)}:{device or ''}"
     value = _signer(app).sign(stamp).decode()
     response.set_cookie(
         issued_cookie_name(app),
@@ -141,7 +153,13 @@ def after_login(app: Flask, session: ServerSession, response: Response) -> None:
     if sets_remember_cookie(app, session, response) or (
         session.restamp_remember and carried
     ):
-        stamp_issued(app, response, user_id)
+        stamp_issued(app, response, user_id, session.device)
+    elif carried and session.logged_in_now:
+        # Logged in by the remember cookie: a new session, so a new device
+        # name; the cookie's issue time stays what it was.
+        issued, _ = issued_at(app, user_id)
+        if issued is not None:
+            stamp_issued(app, response, user_id, session.device, issued)
 
 
 def refuse_revoked_cookie(app: Flask, store: SessionStore) -> None:
@@ -167,10 +185,10 @@ def refuse_revoked_cookie(app: Flask, store: SessionStore) -> None:
     user_id = decode_cookie(cookie)
     if user_id is None:
         return  # a forged cookie: Flask-Login refuses it itself
-    revoked = revoked_at(store, str(user_id))
+    issued, device = issued_at(app, user_id)
+    revoked = revoked_at(store, str(user_id), device)
     if revoked is None:
         return
-    issued = issued_at(app, user_id)
     if issued is None or issued <= revoked:
         # Flask-Login reads this before the cookie, and clears the cookie
         # at the end of the request.

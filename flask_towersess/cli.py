@@ -610,6 +610,15 @@ def _revoke_all(yes: bool, batch_size: int) -> None:
         click.confirm(
             f"End every session of every user in {store.describe()}?", abort=True
         )
+    from ._remember import remember_duration
+    from .per_user import mark_everyone_revoked
+
+    # First: remember-me cookies of users with no live session now are
+    # refused too, and so are those of users who log in during the run.
+    _call(
+        store,
+        lambda: mark_everyone_revoked(store, lasting=remember_duration(current_app)),
+    )
     revoked: set[str] = set()
     ended = 0
     top = batch_size

@@ -19,6 +19,7 @@ import struct
 import typing as t
 from datetime import datetime
 from datetime import timedelta
+from functools import partial
 
 from .errors import ConfigurationError
 from .errors import CreateError
@@ -152,14 +153,25 @@ def revoke_sessions(
     if handle is not None:
         if not isinstance(handle, str):
             raise TypeError(f"a session handle is a str, not {type(handle).__name__}")
-        keys = [
-            record.key
+        chosen = [
+            record
             for record in per_user.sessions_of(user)
             if session_handle(record.key) == handle
         ]
+        keys = [record.key for record in chosen]
         # An unknown handle (or another user's) ends nothing; no store
         # call tells the two apart.
         ended = per_user.delete_sessions_of(user, keys, keep=keep) if keys else []
+        for record in chosen:
+            if record.key in ended and record.created_at is not None:
+                # The remember-me cookie of that device, if it has one, must
+                # not log it straight back in (Laravel's issue 24857).
+                mark_device_revoked(
+                    store,
+                    user,
+                    device_of(record.created_at),
+                    lasting=remember_for or timedelta(days=365),
+                )
     else:
         ended = per_user.delete_sessions_of(user, keep=keep)
         mark_revoked(store, user, lasting=remember_for or timedelta(days=365))
@@ -194,10 +206,44 @@ def revocation_key(user_id: str) -> str:
     return stored_key(f"flask-towersess revoked\0{user_id}")
 
 
+def device_of(created_at: datetime) -> int:
+    """What names a device in the revocation marks: its session's start, in
+    milliseconds (unchanged by key cycles; the remember-me companion cookie
+    carries it). Two sessions of one user begun in the same millisecond
+    share it: revoking one also turns away the other's remember cookie,
+    never the reverse."""
+    return round(created_at.timestamp() * 1000)
+
+
+def device_revocation_key(user_id: str, device: int) -> str:
+    """The stored key of the mark of one revoked device of ``user_id``."""
+    return stored_key(f"flask-towersess revoked device\0{user_id}\0{device}")
+
+
+#: The stored key of the mark ``flask sessions revoke --all`` leaves.
+EVERYONE_REVOKED_KEY = stored_key("flask-towersess revoked\0\0everyone")
+
+
 def mark_revoked(store: SessionStore, user_id: str, *, lasting: timedelta) -> None:
     """Record that every session of ``user_id`` ended now, for ``lasting``."""
+    _write_mark(store, revocation_key(user_id), lasting)
+
+
+def mark_device_revoked(
+    store: SessionStore, user_id: str, device: int, *, lasting: timedelta
+) -> None:
+    """Record that the session of ``user_id`` begun at ``device`` (see
+    :func:`device_of`) ended now, for ``lasting``."""
+    _write_mark(store, device_revocation_key(user_id, device), lasting)
+
+
+def mark_everyone_revoked(store: SessionStore, *, lasting: timedelta) -> None:
+    """Record that the sessions of every user ended now, for ``lasting``."""
+    _write_mark(store, EVERYONE_REVOKED_KEY, lasting)
+
+
+def _write_mark(store: SessionStore, key: str, lasting: timedelta) -> None:
     now = utcnow()
-    key = revocation_key(user_id)
     payload = _MARK.pack(to_epoch_micros(now))
     for _ in range(5):
         current = store.load(key)
@@ -215,10 +261,21 @@ def mark_revoked(store: SessionStore, user_id: str, *, lasting: timedelta) -> No
     raise ConfigurationError("the revocation mark could not be written")
 
 
-def revoked_at(store: SessionStore, user_id: str) -> datetime | None:
-    """When all of ``user_id``'s sessions were last revoked, if the mark
-    is still kept."""
-    record = store.load(revocation_key(user_id))
+def revoked_at(
+    store: SessionStore, user_id: str, device: int | None = None
+) -> datetime | None:
+    """When ``user_id``'s remember-me cookies issued before were last
+    revoked (all of that user's sessions, every user's, or, with
+    ``device``, that device's session), if a mark is still kept."""
+    keys = [revocation_key(user_id), EVERYONE_REVOKED_KEY]
+    if device is not None:
+        keys.append(device_revocation_key(user_id, device))
+    moments = [moment for moment in map(partial(_mark_of, store), keys) if moment]
+    return max(moments) if moments else None
+
+
+def _mark_of(store: SessionStore, key: str) -> datetime | None:
+    record = store.load(key)
     if record is None or len(record.payload) != _MARK.size:
         return None
     try:

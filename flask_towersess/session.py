@@ -282,21 +282,29 @@ class _Decoded(t.NamedTuple):
     data: dict[str, t.Any]
     expiry: Expiry
     #: When the session began, and when its user last changed (the start
-    #: of SESSION_ABSOLUTE_LIFETIME), in whole seconds since the epoch;
+    #: of SESSION_ABSOLUTE_LIFETIME), in milliseconds since the epoch;
     #: ``None`` in a payload 0.1 wrote.
     created: int | None = None
     since: int | None = None
 
 
-def _epoch_seconds(value: object) -> int | None:
-    if type(value) is int and 0 <= value <= _MAX_EPOCH_SECONDS:
+def _epoch_millis(value: object) -> int | None:
+    if type(value) is int and 0 <= value <= _MAX_EPOCH_MILLIS:
         return value
     return None
 
 
+def _now_millis() -> int:
+    return int(time.time() * 1000)
+
+
+def _from_millis(millis: int) -> datetime:
+    return datetime.fromtimestamp(millis / 1000, timezone.utc)
+
+
 #: The latest moment a payload's times may name (year 9999): beyond it a
 #: datetime cannot be made, and no payload this package wrote holds one.
-_MAX_EPOCH_SECONDS = 253402300799
+_MAX_EPOCH_MILLIS = 253402300799000
 
 
 _NEVER = datetime.min.replace(tzinfo=timezone.utc)
@@ -436,8 +444,9 @@ class ServerSession(SessionMixin):
     #: The cookie's key and the key it is stored under (its hash), last
     #: computed: most requests hash one key once.
     _hashed: tuple[str, str] = ("", "")
-    #: When the session began, and when its user last changed, in seconds
-    #: since the epoch (see _Decoded); ``None`` until read or first written.
+    #: When the session began, and when its user last changed, in
+    #: milliseconds since the epoch (see _Decoded); ``None`` until read or
+    #: first written.
     _created: int | None = None
     _since: int | None = None
     # SESSION_ABSOLUTE_LIFETIME and SESSION_LEGACY_KEYS, read from the
@@ -519,6 +528,15 @@ class ServerSession(SessionMixin):
         if hashed[0] != key:
             hashed = self._hashed = (key, stored_key(key))
         return hashed[1]
+
+    @property
+    def device(self) -> int | None:
+        """What names this session's device in revocations: its start, in
+        milliseconds since the epoch; ``None`` before it is stored.
+
+        .. versionadded:: 0.2
+        """
+        return self._created
 
     @property
     def stored_key(self) -> str | None:
@@ -735,8 +753,8 @@ class ServerSession(SessionMixin):
         return _Decoded(
             data,
             expiry,
-            _epoch_seconds(state.get("created")),
-            _epoch_seconds(state.get("since")),
+            _epoch_millis(state.get("created")),
+            _epoch_millis(state.get("since")),
         )
 
     def load(self) -> dict[str, t.Any]:
@@ -897,7 +915,7 @@ class ServerSession(SessionMixin):
         if since is None or self._identity_changed():
             start = utcnow()  # the next save starts it
         else:
-            start = datetime.fromtimestamp(since, timezone.utc)
+            start = _from_millis(since)
         try:
             return start + limit
         except OverflowError:
@@ -920,10 +938,10 @@ class ServerSession(SessionMixin):
     def _payload(self) -> bytes:
         now = None
         if self._created is None:
-            now = int(time.time())
+            now = _now_millis()
             self._created = now
         if self._since is None:
-            self._since = now or int(time.time())
+            self._since = now or _now_millis()
         state: dict[str, t.Any] = {
             "data": self._data or {},
             "created": self._created,
@@ -948,7 +966,7 @@ class ServerSession(SessionMixin):
         user = _index_user(data)
         created_at = None
         if self._created is not None:
-            created_at = datetime.fromtimestamp(self._created, timezone.utc)
+            created_at = _from_millis(self._created)
         user_agent, ip = _client(self.served)
         return Record(
             stored,

@@ -154,3 +154,69 @@ def test_a_companion_from_another_users_login_does_not_help(
     login(attacker, "mallory")
     attacker.set_cookie(REMEMBER, stolen.value)
     assert reopen(attacker) == "anonymous"
+
+
+def test_signing_out_one_device_stops_its_remember_cookie(
+    per_user_store: SessionStore,
+) -> None:
+    """Revoking one session by its handle also turns away the remember-me
+    cookie of that device (Laravel's issue 24857), even after the cookie
+    began a new session there; the other device's cookie keeps working."""
+    app = make_app(per_user_store)
+    phone, laptop = client_of(app), client_of(app)
+    login(phone, "ann")
+    login(laptop, "ann")
+    assert reopen(phone) == "ann"  # the phone's cookie began a new session
+    phone_session = [
+        info
+        for info in ext_of(app).sessions_for("ann", app=app)
+        if info.id == _handle_of(app, phone)
+    ]
+    assert len(phone_session) == 1
+    assert ext_of(app).revoke("ann", phone_session[0].id, app=app) == 1
+    assert reopen(phone) == "anonymous"
+    assert phone.get_cookie(REMEMBER) is None  # cleared
+    assert reopen(laptop) == "ann"
+    assert reopen(laptop) == "ann"
+
+
+def test_revoke_all_users_stops_cookies_of_users_without_sessions(
+    per_user_store: SessionStore,
+) -> None:
+    """`flask sessions revoke --all` also refuses remember-me cookies of
+    users who had no live session at the time; a login after it works."""
+    app = make_app(per_user_store)
+    ann, bob = client_of(app), client_of(app)
+    login(ann, "ann")
+    login(bob, "bob")
+    bob.delete_cookie("session")
+    ext_of(app).revoke("bob", app=app)  # bob: no live session left
+    login(bob, "bob")
+    bob.post("/logout")  # bob logs out; his new remember cookie stays...
+    login(bob, "bob")
+    ext_of(app).revoke("bob", keep_current=False, app=app)
+    login(bob, "bob")
+    bob_cookie_session = bob.get_cookie("session")
+    assert bob_cookie_session is not None
+    ext_of(app).revoke("bob", app=app)  # no session of bob is live now
+    login(bob, "bob")
+    assert ext_of(app).revoke("bob", app=app) == 1
+    # bob holds a remember cookie issued after his last revoke, and no
+    # session: only the everyone-mark can stop it.
+    result = app.test_cli_runner().invoke(args=["sessions", "revoke", "--all", "--yes"])
+    assert result.exit_code == 0, result.output
+    assert reopen(ann) == "anonymous"
+    assert reopen(bob) == "anonymous"
+    login(bob, "bob")
+    assert reopen(bob) == "bob"
+
+
+def _handle_of(app: t.Any, client: FlaskClient) -> str:
+    from flask_towersess.per_user import session_handle
+    from flask_towersess.session import stored_key
+
+    from .per_user_app import cookie_key
+
+    key = cookie_key(app, client)
+    assert key is not None
+    return session_handle(stored_key(key))

@@ -358,7 +358,7 @@ def test_a_huge_payload_is_refused_at_once(
 def _value_of_payload_size(size: int) -> str:
     """A value for /set/<value> whose session payload is ``size`` bytes."""
     serializer = MsgPackSerializer()
-    now = int(time.time())  # the session's start, stored with its data
+    now = int(time.time() * 1000)  # the session's start (ms), stored with its data
     for n in range(size, 0, -1):
         state = {"data": {"value": "x" * n}, "created": now, "since": now}
         if len(serializer.dumps(state)) == size:
