@@ -162,10 +162,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[Server]:
     yield from serve_example(tmp_path_factory, None)
 
 
-#: The store the "Your sessions" page is driven on: one with a per-user
-#: index on this branch. The SQLite default (``None``) takes its place once
-#: its per-user index is merged.
-PER_USER_STORE = "memory://"
+#: The store the "Your sessions" page is driven on: the zero-configuration
+#: SQLite default, as `make demo` runs it.
+PER_USER_STORE = None
 
 
 @pytest.fixture(scope="module")

@@ -409,9 +409,9 @@ def test_the_store_holds_no_session_key(app: Flask) -> None:
 
 # -- "Your sessions" -------------------------------------------------------------
 
-#: The stores the sessions page is tested on: those with a per-user index on
-#: this branch. The SQLite default joins once its per-user index is merged.
-PER_USER_STORES = ["memory://"]
+#: The stores the sessions page is tested on: the zero-configuration SQLite
+#: default (``None``), as `make demo` runs it, and memory.
+PER_USER_STORES = [None, "memory://"]
 SESSION_ROW = re.compile(
     r'<tr class="session( current)?" data-id="([\w-]+)">\s*'
     r'<td class="device">([^<]*?)\s*(?:<strong|</td>)'
