@@ -44,8 +44,10 @@ from .stores.base import LegacyKeys
 from .stores.base import Migrating
 from .stores.base import SessionStore
 from .stores.base import check_user_id
+from .upgrade import index_unindexed
 from .upgrade import legacy_keys_of
 from .upgrade import rehash_keys
+from .upgrade import unindexed_keys_of
 
 T = t.TypeVar("T")
 
@@ -203,14 +205,15 @@ def _codec() -> tuple[t.Any, t.Any]:
     type=click.IntRange(min=1),
     default=1000,
     show_default=True,
-    help="Unhashed session keys listed per batch.",
+    help="Session keys listed per batch (to hash, then to index).",
 )
 @_with_app
 def migrate_command(sql: bool, check: bool, batch_size: int) -> None:
     """Create or upgrade what the store needs (idempotent).
 
     Upgrading from 0.1, it also moves the sessions 0.1 stored under their
-    cookie's key under the key's hash, next to live traffic; an interrupted
+    cookie's key under the key's hash, and puts the sessions written before
+    the upgrade in their user's index, next to live traffic; an interrupted
     run resumes where it stopped.
     """
     store = _current_store()
@@ -246,16 +249,42 @@ def migrate_command(sql: bool, check: bool, batch_size: int) -> None:
             on_batch=on_batch,
         )
 
+    def index(on_batch: t.Callable[[int], None] | None = None) -> int:
+        return index_unindexed(
+            store,
+            serializer=serializer,
+            cipher=cipher,
+            batch_size=batch_size,
+            on_batch=on_batch,
+        )
+
+    unindexed = unindexed_keys_of(store)
     if _stderr_is_terminal():
         total = _call(store, legacy.count_unhashed)
         with click.progressbar(
             length=total, label="Hashing session keys", file=sys.stderr
         ) as bar:
             moved = _call(store, lambda: rehash(bar.update))
+        # After the keys: the records moved by requests before the schema
+        # was upgraded are among those it lists.
+        total = 0 if unindexed is None else _call(store, unindexed.count_unindexed)
+        if total:
+            with click.progressbar(
+                length=total, label="Indexing sessions", file=sys.stderr
+            ) as bar:
+                indexed = _call(store, lambda: index(bar.update))
+        else:
+            indexed = _call(store, index)
     else:
         moved = _call(store, rehash)
+        indexed = _call(store, index)
+    done = []
     if moved:
-        click.echo(f"hashed {counted(moved, 'session key')}")
+        done.append(f"hashed {counted(moved, 'session key')}")
+    if indexed:
+        done.append(f"indexed {counted(indexed, 'session')} written before the upgrade")
+    if done:
+        click.echo("; ".join(done))
     elif migrating is None:
         click.echo(_needs_no_migration(store))
 
@@ -272,11 +301,18 @@ def _check_migration(
         if pending_migrations is not None:
             pending = _call(store, pending_migrations)
     unhashed = 0 if legacy is None else _call(store, legacy.count_unhashed)
+    lister = None if legacy is None else unindexed_keys_of(store)
+    unindexed = 0 if lister is None else _call(store, lister.count_unindexed)
     for line in pending:
         click.echo(line)
     if unhashed:
         click.echo(f"{counted(unhashed, 'session key')} stored unhashed (by 0.1)")
-    if pending or unhashed:
+    if unindexed:
+        click.echo(
+            f"{counted(unindexed, 'session')} not in the per-user index"
+            " (written before the upgrade)"
+        )
+    if pending or unhashed or unindexed:
         raise click.ClickException(
             f"{store.describe()} is not up to date: run `flask sessions migrate`."
         )

@@ -245,16 +245,18 @@ def mark_everyone_revoked(store: SessionStore, *, lasting: timedelta) -> None:
 def _write_mark(store: SessionStore, key: str, lasting: timedelta) -> None:
     now = utcnow()
     payload = _MARK.pack(to_epoch_micros(now))
+    # Written with created_at and last_active_at (and no user): a record
+    # without them is one a store wrote before its schema had the per-user
+    # fields, which `flask sessions migrate --check` reports until filled in.
     for _ in range(5):
         current = store.load(key)
+        version = 1 if current is None else current.version + 1
+        mark = Record(key, payload, now + lasting, version, None, now, now)
         try:
             if current is None:
-                store.create(Record(key, payload, now + lasting))
+                store.create(mark)
             else:
-                store.save(
-                    Record(key, payload, now + lasting, current.version + 1),
-                    expected_version=current.version,
-                )
+                store.save(mark, expected_version=current.version)
             return
         except (CreateError, VersionConflict, UpdateError):
             continue  # another revoke of the same user: try again

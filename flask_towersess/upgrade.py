@@ -8,6 +8,11 @@ request that finds a session only under its unhashed key moves it itself
 moves all the others, in batches, the same way, so that the store ends up
 holding no key a cookie can carry.
 
+A 0.2 app that served before ``migrate`` upgraded an SQL table wrote its
+records (those it moved, and new ones) without the per-user fields, which
+the table had no columns for yet: :func:`index_unindexed` fills them in
+from each record's data, so that those sessions join their user's index.
+
 .. versionadded:: 0.2
 """
 
@@ -15,12 +20,20 @@ from __future__ import annotations
 
 import logging
 import typing as t
+from datetime import datetime
+from datetime import timezone
 
+from .errors import UpdateError
+from .errors import VersionConflict
 from .session import ServerSession
+from .session import _index_user
 from .session import is_valid_session_key
 from .stores.base import BatchCallback
 from .stores.base import LegacyKeys
+from .stores.base import Record
 from .stores.base import SessionStore
+from .stores.base import UnindexedKeys
+from .stores.base import utcnow
 
 if t.TYPE_CHECKING:
     from .crypto import PayloadCipher
@@ -124,3 +137,135 @@ def rehash_keys(
     if moved:
         logger.info("Moved %d session(s) stored under unhashed keys", moved)
     return moved
+
+
+def unindexed_keys_of(store: SessionStore) -> UnindexedKeys | None:
+    """``store`` (or, for a :class:`~flask_towersess.stores.CachingStore`,
+    the durable store behind it) as a store that lists the records written
+    without the per-user fields (``unindexed_keys``, ``count_unindexed``,
+    the optional part of :class:`~flask_towersess.stores.LegacyKeys`), or
+    ``None`` if it cannot hold any.
+
+    By duck typing: only a store whose schema can lack the per-user fields
+    (an SQL table made by 0.1) has them.
+
+    .. versionadded:: 0.2
+    """
+    from .stores.caching import CachingStore
+
+    # The cache never holds what the durable store does not: listing there
+    # finds them all, and the writes still go through the cache.
+    lister = store.store if isinstance(store, CachingStore) else store
+    if callable(getattr(lister, "unindexed_keys", None)) and callable(
+        getattr(lister, "count_unindexed", None)
+    ):
+        return t.cast(UnindexedKeys, lister)
+    return None
+
+
+def _is_revocation_mark(record: Record) -> bool:
+    # A revocation mark (per_user.mark_revoked) is no session: its payload
+    # is a timestamp, shorter than any session state this package writes.
+    from .per_user import _MARK
+
+    return len(record.payload) == _MARK.size
+
+
+def index_record(
+    store: SessionStore,
+    key: str,
+    *,
+    serializer: Serializer | None = None,
+    cipher: PayloadCipher | None = None,
+) -> bool:
+    """Fill in the per-user fields of the record stored under (hashed)
+    ``key``, written without them: the user id from its data (decoded as a
+    request decodes it: with the app's serializer and cipher, for the key
+    it is stored under), and its creation (from its data) and last
+    activity (now). Returns whether a session was written; a revocation
+    mark gets the times too (so that it is not listed again), uncounted.
+
+    A compare-and-set on the version read: a request that wrote the
+    record meanwhile wins (and wrote the fields itself, unless its store
+    still ran without them, which ``migrate --check`` reports). An
+    anonymous session gets the fields too, so it is not listed again.
+
+    .. versionadded:: 0.2
+    """
+    # Past a cache: the compare-and-set needs the version it is decided on.
+    record = store.load_current(key)
+    if record is None:
+        return False  # expired or deleted meanwhile
+    now = utcnow()
+    user: str | None = None
+    created_at = now
+    mark = _is_revocation_mark(record)
+    if not mark:
+        decoded = ServerSession(store, serializer=serializer, cipher=cipher)._decode(
+            record, key
+        )
+        user = _index_user(decoded.data)
+        if decoded.created is not None:
+            # What the session's next save would write.
+            created_at = datetime.fromtimestamp(decoded.created, timezone.utc)
+    indexed = Record(
+        record.key,
+        record.payload,
+        record.expires_at,
+        record.version + 1,
+        user,
+        created_at,
+        now,
+    )
+    try:
+        store.save(indexed, expected_version=record.version)
+    except (VersionConflict, UpdateError):
+        return False
+    return not mark
+
+
+def index_unindexed(
+    store: SessionStore,
+    *,
+    serializer: Serializer | None = None,
+    cipher: PayloadCipher | None = None,
+    batch_size: int = 1000,
+    on_batch: BatchCallback | None = None,
+) -> int:
+    """Fill in the per-user fields of every live record written without
+    them (:func:`index_record`), ``batch_size`` keys listed at a time:
+    what a 0.2 app wrote before ``migrate`` gave the store the columns for
+    them. Returns how many were written; 0 on a store that cannot hold
+    such records (:func:`unindexed_keys_of`).
+
+    Resumable, like :func:`rehash_keys`: a record written is no longer
+    listed. ``on_batch`` is called after each batch with the number of
+    keys it handled.
+
+    .. versionadded:: 0.2
+    """
+    unindexed = unindexed_keys_of(store)
+    if unindexed is None:
+        return 0
+    indexed = 0
+    cursor: str | None = None
+    while True:
+        keys, cursor = unindexed.unindexed_keys(cursor, batch_size)
+        for key in keys:
+            if index_record(store, key, serializer=serializer, cipher=cipher):
+                indexed += 1
+        if keys:
+            logger.debug(
+                "Filled in the per-user fields of a batch of %d session(s)",
+                len(keys),
+            )
+            if on_batch is not None:
+                on_batch(len(keys))
+        if cursor is None:
+            break
+    if indexed:
+        logger.info(
+            "Filled in the per-user fields of %d session(s) written before the upgrade",
+            indexed,
+        )
+    return indexed

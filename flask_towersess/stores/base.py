@@ -563,6 +563,10 @@ class LegacyKeys(t.Protocol):
     itself, and can list them, for the key-hashing step of
     ``flask sessions migrate``.
 
+    A store that may also hold records a 0.2 app wrote before its schema
+    was upgraded has the optional ``UnindexedKeys`` methods (``unindexed_keys``,
+    ``count_unindexed``) too.
+
     .. versionadded:: 0.2
     """
 
@@ -578,6 +582,36 @@ class LegacyKeys(t.Protocol):
     def count_unhashed(self) -> int:
         """How many live records are stored under keys not of
         :data:`HASHED_KEY_PATTERN`."""
+        ...
+
+
+class UnindexedKeys(t.Protocol):
+    """The optional part of :class:`LegacyKeys`, by duck typing (a
+    :class:`LegacyKeys` store need not have it, and ``isinstance`` does not
+    ask for it): a store that may hold live records under hashed keys
+    written without the per-user fields, by a 0.2 app while the store's
+    schema was not upgraded yet (a 0.1 SQL table before ``flask sessions
+    migrate`` added its columns), lists them, so that the upgrade can fill
+    in their user (``flask_towersess.upgrade.index_unindexed``).
+
+    A store whose writes always carry the per-user fields (memory, Redis,
+    MongoDB: nothing for them to miss) leaves it out.
+
+    .. versionadded:: 0.2
+    """
+
+    def unindexed_keys(
+        self, cursor: str | None, limit: int
+    ) -> tuple[list[str], str | None]:
+        """Up to about ``limit`` keys of live records under hashed keys
+        written without the per-user fields (by a store whose schema was not
+        upgraded yet), from ``cursor`` (``None``: the start), and the cursor
+        to go on from (``None`` when there are no more). A record written
+        with the fields since is no longer listed."""
+        ...
+
+    def count_unindexed(self) -> int:
+        """How many live records :meth:`unindexed_keys` would list."""
         ...
 
 

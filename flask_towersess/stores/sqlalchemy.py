@@ -480,8 +480,8 @@ class SQLAlchemyStore(
     first write that fails for want of them switches the store to the 0.1
     statements (with a warning to run the migration), and it tries the
     columns again a minute later (:data:`RECHECK_SECONDS`). Sessions written
-    meanwhile carry no user: they are not listed or revoked per user until
-    their next save after the migration.
+    meanwhile carry no user until ``flask sessions migrate`` fills it in
+    (:meth:`unindexed_keys`), or their next save after the migration does.
 
     .. versionadded:: 0.1
 
@@ -688,6 +688,26 @@ class SQLAlchemyStore(
         )
         self._count_unhashed = Statement(
             sa.select(sa.func.count()).select_from(self.table).where(*unhashed)
+        )
+        # -- rows a 0.2 app wrote before the per-user columns existed (see
+        # _without_per_user_columns), for the backfill of the index: under a
+        # hashed key, without created_at. Every write with the columns sets
+        # created_at; last_active_at would not do, as a touch sets it alone.
+        # In key order, like the unhashed keys: the primary key's order,
+        # which the LIMIT stops early.
+        unindexed = (
+            sa.not_(_unhashed(c.session_key)),
+            c.created_at.is_(None),
+            c.expires_at > now,
+        )
+        self._unindexed_keys = Statement(
+            sa.select(c.session_key)
+            .where(*unindexed, c.session_key > sa.bindparam("after"))
+            .order_by(c.session_key)
+            .limit(sa.bindparam("limit"))
+        )
+        self._count_unindexed = Statement(
+            sa.select(sa.func.count()).select_from(self.table).where(*unindexed)
         )
         # SQLite without RETURNING: takes the write lock, changes nothing.
         self._take_write_lock = (
@@ -1388,6 +1408,44 @@ class SQLAlchemyStore(
         """.. versionadded:: 0.2"""
         values = {"now": _naive_utc(utcnow())}
         row = self._run(lambda run: run.first(self._count_unhashed, values))
+        return int(row[0]) if row is not None else 0
+
+    def unindexed_keys(
+        self, cursor: str | None, limit: int
+    ) -> tuple[list[str], str | None]:
+        """Up to ``limit`` keys of live rows under hashed keys without
+        ``created_at``: rows a 0.2 app wrote while the table still lacked
+        the per-user columns (its first writes after ``migrate`` fill them
+        in), in key order after ``cursor``. For the backfill of the
+        per-user index by ``flask sessions migrate``; none on a table
+        without the per-user columns yet.
+
+        .. versionadded:: 0.2
+        """
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        values = {
+            "after": "" if cursor is None else cursor,
+            "now": _naive_utc(utcnow()),
+            "limit": limit,
+        }
+        try:
+            rows = self._run(lambda run: run.all(self._unindexed_keys, values))
+        except _NotUpgraded:
+            return [], None  # nothing to fill in before the columns exist
+        keys = [row[0] for row in rows]
+        return keys, (keys[-1] if len(keys) == limit else None)
+
+    def count_unindexed(self) -> int:
+        """How many live rows :meth:`unindexed_keys` would list.
+
+        .. versionadded:: 0.2
+        """
+        values = {"now": _naive_utc(utcnow())}
+        try:
+            row = self._run(lambda run: run.first(self._count_unindexed, values))
+        except _NotUpgraded:
+            return 0
         return int(row[0]) if row is not None else 0
 
     def count_live(self) -> int:
