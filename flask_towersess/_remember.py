@@ -186,7 +186,7 @@ def refuse_revoked_cookie(app: Flask, store: SessionStore) -> None:
     if user_id is None:
         return  # a forged cookie: Flask-Login refuses it itself
     issued, device = issued_at(app, user_id)
-    revoked = revoked_at(store, str(user_id), device)
+    revoked = revoked_at(store, str(user_id), device, without_companion=issued is None)
     if revoked is None:
         return
     if issued is None or issued <= revoked:

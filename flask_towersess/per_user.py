@@ -172,6 +172,15 @@ def revoke_sessions(
                     device_of(record.created_at),
                     lasting=remember_for or timedelta(days=365),
                 )
+        if ended:
+            # The same remember cookie value serves every device of a user:
+            # without its companion it names no device, so from now on it
+            # must bring one.
+            _write_mark(
+                store,
+                companion_required_key(user),
+                remember_for or timedelta(days=365),
+            )
     else:
         ended = per_user.delete_sessions_of(user, keep=keep)
         mark_revoked(store, user, lasting=remember_for or timedelta(days=365))
@@ -220,6 +229,12 @@ def device_revocation_key(user_id: str, device: int) -> str:
     return stored_key(f"flask-towersess revoked device\0{user_id}\0{device}")
 
 
+def companion_required_key(user_id: str) -> str:
+    """The stored key of the mark after which ``user_id``'s remember-me
+    cookies need their companion (one of its devices was revoked)."""
+    return stored_key(f"flask-towersess companion required\0{user_id}")
+
+
 #: The stored key of the mark ``flask sessions revoke --all`` leaves.
 EVERYONE_REVOKED_KEY = stored_key("flask-towersess revoked\0\0everyone")
 
@@ -264,14 +279,21 @@ def _write_mark(store: SessionStore, key: str, lasting: timedelta) -> None:
 
 
 def revoked_at(
-    store: SessionStore, user_id: str, device: int | None = None
+    store: SessionStore,
+    user_id: str,
+    device: int | None = None,
+    *,
+    without_companion: bool = False,
 ) -> datetime | None:
     """When ``user_id``'s remember-me cookies issued before were last
     revoked (all of that user's sessions, every user's, or, with
-    ``device``, that device's session), if a mark is still kept."""
+    ``device``, that device's session; ``without_companion``: any of its
+    devices), if a mark is still kept."""
     keys = [revocation_key(user_id), EVERYONE_REVOKED_KEY]
     if device is not None:
         keys.append(device_revocation_key(user_id, device))
+    if without_companion:
+        keys.append(companion_required_key(user_id))
     moments = [moment for moment in map(partial(_mark_of, store), keys) if moment]
     return max(moments) if moments else None
 

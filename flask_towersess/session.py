@@ -310,9 +310,10 @@ _MAX_EPOCH_MILLIS = 253402300799000
 _NEVER = datetime.min.replace(tzinfo=timezone.utc)
 
 
-def _recency(record: Record) -> tuple[datetime, str]:
-    """The order of :meth:`~.stores.PerUserIndex.trim_sessions_of`."""
-    return (record.last_active_at or _NEVER, record.key)
+def _newest_login(record: Record) -> tuple[datetime, str]:
+    """Which of racing log-ins keeps its session: the one begun last, the
+    same answer for every racer."""
+    return (record.created_at or _NEVER, record.key)
 
 
 def _index_user(data: t.Mapping[str, t.Any]) -> str | None:
@@ -689,9 +690,24 @@ class ServerSession(SessionMixin):
         hashed key, which the cipher binds); the per-user fields are filled
         from it, so the session joins its user's index.
 
+        A session ended meanwhile stays ended: the unhashed record is
+        retired by compare-and-set after the hashed one is written, and if
+        someone else retired it first (a request that moved it, which a
+        log-out or a revocation may have followed), the hashed record
+        written here is deleted again. A logged-in session of a user whose
+        sessions were revoked since (0.1 sessions are older than any
+        revocation) is ended, not moved.
+
         .. versionadded:: 0.2
         """
         data = self._decode(legacy, key).data
+        user = _index_user(data)
+        if user is not None:
+            from .per_user import revoked_at
+
+            if revoked_at(self.store, user) is not None:
+                self.store.delete(key)
+                return None
         now = utcnow()
         stored = self._stored(key)
         payload = legacy.payload
@@ -703,19 +719,28 @@ class ServerSession(SessionMixin):
             payload,
             legacy.expires_at,
             1,
-            _index_user(data),
+            user,
             now,
             now,
         )
         try:
             self.store.create(record)
         except CreateError:
-            # Another request (or `flask sessions migrate`) moved it first.
-            moved = self.store.load(record.key)
-        else:
-            moved = record
+            # Another request (or `flask sessions migrate`) moved it first
+            # (or stopped between its two steps): the hashed record is the
+            # session.
+            self.store.delete(key)
+            return self.store.load(record.key)
+        retired = Record(key, b"", _RETIRED_AT, legacy.version + 1)
+        try:
+            self.store.save(retired, expected_version=legacy.version)
+        except (UpdateError, VersionConflict):
+            # Moved (and maybe ended) by someone else since it was read: the
+            # record written here must not bring it back.
+            self.store.delete(record.key)
+            return self.store.load(record.key)
         self.store.delete(key)
-        return moved
+        return record
 
     def _decode(self, record: Record, key: str) -> _Decoded:
         """The state in ``record`` (stored for the cookie key ``key``)."""
@@ -1067,7 +1092,9 @@ class ServerSession(SessionMixin):
         # The last racer's pass sees every session made before it.
         live = per_user.sessions_of(user)
         if len(live) > limit:
-            top = max(live, key=_recency)
+            # The latest log-in: by its start, which a touch elsewhere (on a
+            # host whose clock runs ahead) cannot move.
+            top = max(live, key=_newest_login)
             ended += per_user.trim_sessions_of(user, limit, keep=top.key)
         if ended and session_ended.receivers:
             sender = _signal_sender()
@@ -1377,6 +1404,8 @@ class ServerSession(SessionMixin):
         self._discard(reason)
         self._persisted.reset()
         self._expiry = None
+        # What follows (a flash after a log-out) is a new session.
+        self._created = self._since = None
         self.accessed = True
         self.modified = True
 

@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import logging
 import typing as t
-from datetime import datetime
-from datetime import timezone
 
 from .errors import UpdateError
 from .errors import VersionConflict
 from .session import ServerSession
+from .session import _from_millis
 from .session import _index_user
 from .session import is_valid_session_key
 from .stores.base import BatchCallback
@@ -207,7 +206,7 @@ def index_record(
         user = _index_user(decoded.data)
         if decoded.created is not None:
             # What the session's next save would write.
-            created_at = datetime.fromtimestamp(decoded.created, timezone.utc)
+            created_at = _from_millis(decoded.created)
     indexed = Record(
         record.key,
         record.payload,

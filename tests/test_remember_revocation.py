@@ -77,9 +77,13 @@ def test_a_later_login_gives_a_working_cookie(per_user_store: SessionStore) -> N
     assert reopen(old) == "anonymous"
 
 
-def test_a_cookie_without_companion_works_until_the_first_revoke_all(
+def test_a_cookie_without_companion_works_until_the_first_revoke(
     per_user_store: SessionStore,
 ) -> None:
+    """A remember cookie without its companion (as 0.1.0 issued them, or a
+    thief's copy left without it) works until the user's first revocation
+    of any kind: signing out one device must not leave the same cookie
+    value working on it (it is the same on every device)."""
     app = make_app(per_user_store)
     client, other = client_of(app), client_of(app)
     login(client, "ann")
@@ -87,9 +91,21 @@ def test_a_cookie_without_companion_works_until_the_first_revoke_all(
     client.delete_cookie(ISSUED)  # as 0.1.0 issued it
     assert reopen(client) == "ann"
     client.delete_cookie(ISSUED)
-    # Revoking one session by its handle leaves no mark.
-    handle = ext_of(app).sessions_for("ann", app=app)[-1].id
-    ext_of(app).revoke("ann", handle, app=app)
+    handle = _handle_of(app, other)
+    assert ext_of(app).revoke("ann", handle, app=app) == 1
+    client.delete_cookie(ISSUED)
+    assert reopen(client) == "anonymous"
+    # A login after it issues a cookie with its companion, which works.
+    login(client, "ann")
+    assert reopen(client) == "ann"
+
+
+def test_a_cookie_without_companion_is_refused_after_a_revoke_all(
+    per_user_store: SessionStore,
+) -> None:
+    app = make_app(per_user_store)
+    client = client_of(app)
+    login(client, "ann")
     client.delete_cookie(ISSUED)
     assert reopen(client) == "ann"
     ext_of(app).revoke("ann", app=app)
