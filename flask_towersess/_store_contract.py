@@ -347,9 +347,11 @@ class StoreContract:
         assert store.load(key) is None
 
     def test_the_longest_key_is_read_without_error(self, store: SessionStore) -> None:
-        # A cookie may carry a 128-character key; no store ever creates one
-        # (the session layer makes 43-character keys), but every read must
-        # take it.
+        # No store ever creates a 128-character key: the session layer
+        # stores a session under the 64-character hex SHA-256 of its
+        # cookie's key (and reads 0.1's sessions under their unhashed
+        # 43-character keys). But every read must take a key of the session
+        # key form up to that length: a store is also called directly.
         key = "k" * 128
         assert store.load(key) is None
         assert not store.exists(key)
@@ -611,7 +613,8 @@ class StoreContract:
     ) -> None:
         if not isinstance(store, LegacyKeys):
             return
-        legacy = [make_record(b"0.1") for _ in range(5)]  # 43-character keys
+        # Unhashed 43-character keys, as 0.1 stored them.
+        legacy = [make_record(b"0.1") for _ in range(5)]
         for record in legacy:
             store.create(record)
         store.create(user_record(None))  # hashed: not listed

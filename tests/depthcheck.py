@@ -49,6 +49,7 @@ from flask_towersess.serializers import MSGPACK_FORMAT
 from flask_towersess.serializers import MsgPackSerializer
 from flask_towersess.session import ServerSession
 from flask_towersess.session import new_session_key
+from flask_towersess.session import stored_key
 from flask_towersess.stores.base import Record
 from flask_towersess.stores.base import utcnow
 from flask_towersess.stores.memory import MemoryStore
@@ -214,7 +215,7 @@ def read_session(payload: bytes) -> str:
     """Plant ``payload`` in a store and read it through a ServerSession."""
     store = MemoryStore()
     key = new_session_key()
-    store.create(Record(key, payload, utcnow() + timedelta(hours=1)))
+    store.create(Record(stored_key(key), payload, utcnow() + timedelta(hours=1)))
     logger = logging.getLogger("flask_towersess.security")
     warnings = Warnings()
     logger.addHandler(warnings)

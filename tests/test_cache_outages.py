@@ -24,6 +24,7 @@ import pytest
 from flask import Flask
 from flask import session
 
+from flask_towersess.session import stored_key
 from flask_towersess.stores.caching import CachingStore
 from flask_towersess.stores.redis import RedisStore
 
@@ -75,8 +76,10 @@ def make_app(tmp_path: Path, cache_url: str, **cache_options: t.Any) -> Flask:
     return app
 
 
-def cached(server: RedisProcess | MemcachedProcess, key: str) -> bytes | None:
-    """What the cache server holds for a session key, read directly."""
+def cached(server: RedisProcess | MemcachedProcess, cookie_key: str) -> bytes | None:
+    """What the cache server holds for the session of a cookie's key, read
+    directly (under the key's hash, as the session layer stores it)."""
+    key = stored_key(cookie_key)
     if isinstance(server, MemcachedProcess):
         from pymemcache.client.base import Client
 

@@ -26,6 +26,7 @@ from flask import flash
 from flask import get_flashed_messages
 
 from flask_towersess import SessionExt
+from flask_towersess.session import stored_key
 from flask_towersess.testing import session_data
 from flask_towersess.testing import session_key
 
@@ -286,8 +287,9 @@ def test_register_and_log_in_moves_the_session_to_a_fresh_key(
     assert anonymous is not None
     assert logged_in is not None
     assert logged_in != anonymous
-    assert session_store.load(anonymous) is None  # the pre-login record is gone
-    assert session_store.load(logged_in) is not None
+    # The pre-login record is gone.
+    assert session_store.load(stored_key(anonymous)) is None
+    assert session_store.load(stored_key(logged_in)) is not None
     assert story["register"][0] == 200
     assert story["registered"] == (200, None, EMAIL)  # registering logs in
     assert story["before log-in"][0] == 401
@@ -352,11 +354,11 @@ def test_two_factor_state_survives_between_steps_and_login_moves_the_key(
     assert keys["set up"] == keys["wrong code"] == pending
     # The code step logs in: a fresh key, and the pending record is gone.
     assert keys["logged in"] not in (None, pending)
-    assert session_store.load(pending) is None
+    assert session_store.load(stored_key(pending)) is None
     second = keys["second password"]
     assert second is not None
     assert keys["second logged in"] not in (None, second)
-    assert session_store.load(second) is None
+    assert session_store.load(stored_key(second)) is None
 
     assert story["password"] == (
         200,
@@ -412,7 +414,7 @@ def test_remember_cookie_logs_in_again_under_a_fresh_key(
     planted, remembered = story.keys["planted"], story.keys["remembered"]
     assert planted is not None
     assert remembered not in (None, planted)
-    assert session_store.load(planted) is None
+    assert session_store.load(stored_key(planted)) is None
     assert story["log in"][:2] == (302, "/")
     assert story["cookies"] == ["XSRF-Token", "remember_token"]
     assert story["remembered"] == (200, None, EMAIL)  # by the remember cookie
@@ -494,7 +496,7 @@ def test_logout_deletes_the_csrf_cookie_and_keeps_the_flash(
     for name in ("logged in", "logged in again"):
         key = story.keys[name]
         assert key is not None
-        assert session_store.load(key) is None
+        assert session_store.load(stored_key(key)) is None
     # The sign-out left a new session, holding the message; Flask-Security's
     # logout wrote only fs_cc, which its handler consumed: no session left.
     assert story.keys["signed out"] not in (None, story.keys["logged in"])
@@ -551,8 +553,8 @@ def test_change_password_keeps_the_user_logged_in_under_a_fresh_key(
     assert before is not None
     assert after is not None
     assert after != before
-    assert session_store.load(before) is None
-    assert session_store.load(after) is not None
+    assert session_store.load(stored_key(before)) is None
+    assert session_store.load(stored_key(after)) is not None
     assert session_data(story.clients["browser"])["_user_id"] == uniquifier
     # Flask-WTF's token moved along with the rest of the session.
     assert story.facts["csrf after"] == story.facts["csrf before"]

@@ -132,19 +132,36 @@ def test_new_session_read_costs_nothing(
     assert "Set-Cookie" not in response.headers
 
 
+@pytest.mark.parametrize(
+    ("legacy_keys", "loads"),
+    [
+        # Only under its hash.
+        (False, 1),
+        # A key of the length 0.1 made is looked up under its hash, unhashed
+        # (a record 0.1 stored), and under its hash again (another request
+        # may have moved it in between).
+        (True, 3),
+        # SESSION_LEGACY_KEYS left unset: the default looks up 0.1's keys.
+        (None, 3),
+    ],
+    ids=["no legacy keys", "legacy keys", "default"],
+)
 def test_unknown_id_never_becomes_a_session(
-    client: t.Any, app: Flask, counting_store: CountingStore
+    client: t.Any,
+    app: Flask,
+    counting_store: CountingStore,
+    legacy_keys: bool | None,
+    loads: int,
 ) -> None:
+    if legacy_keys is not None:
+        app.config["SESSION_LEGACY_KEYS"] = legacy_keys
     client.get("/set/a/1")
     key = cookie_of(client, app).value.partition(".")[0]
     counting_store.inner.delete(stored_key(key))
     counting_store.reset()
     response = client.get("/get/a")
     assert response.data == b"None"
-    # No record created on load. A key of the length 0.1 made is looked up
-    # under its hash, unhashed (a record 0.1 stored), and under its hash
-    # again (another request may have moved it in between).
-    assert counting_store.calls == {"load": 3}
+    assert counting_store.calls == {"load": loads}  # no record created on load
     assert cookie_of(client, app) is None  # the dangling cookie is removed
     client.get("/set/b/2")
     assert cookie_of(client, app).value.partition(".")[0] != key

@@ -410,11 +410,13 @@ def two_browsers(
 
 
 LOGOUTS = {
-    "flush in the other browser": lambda other, key, store: other.post("/logout"),
-    "clear in the other browser": lambda other, key, store: other.post(
+    "flush in the other browser": lambda other, session, store: other.post("/logout"),
+    "clear in the other browser": lambda other, session, store: other.post(
         "/logout-by-clearing"
     ),
-    "deleted in the store": lambda other, key, store: store.delete(key),
+    "deleted in the store": lambda other, session, store: store.delete(
+        session.stored_key
+    ),
 }
 
 
@@ -422,22 +424,25 @@ LOGOUTS = {
 def test_logout_in_one_browser_interrupts_a_write_in_the_other(
     store: SessionStore, logout: str
 ) -> None:
+    from flask_towersess.session import stored_key
+
     browsers: list[t.Any] = []
 
     def other_browser_logs_out(current: t.Any) -> None:
-        response = LOGOUTS[logout](browsers[1], current.session_key, store)
+        response = LOGOUTS[logout](browsers[1], current, store)
         if response is not None:
             assert response.status_code == 200
 
     first, second, counting = two_browsers(store, other_browser_logs_out)
     browsers[:] = [first, second]
     key = first.get_cookie("session").value.partition(".")[0]
+    assert store.load(stored_key(key)) is not None
     counting.reset()
     response = first.post("/write")
     assert response.status_code == 400  # SessionInterrupted
     assert "Set-Cookie" not in response.headers  # no new session handed out
     assert counting.calls["create"] == 0  # nor written under another key
-    assert store.load(key) is None  # and the old one was not brought back
+    assert store.load(stored_key(key)) is None  # the old one was not brought back
     assert first.get("/me").data == b"None"
     assert second.get("/me").data == b"None"
 

@@ -37,6 +37,7 @@ from flask_towersess.serializers import MAX_NESTING
 from flask_towersess.serializers import MsgPackSerializer
 from flask_towersess.session import ServerSession
 from flask_towersess.session import new_session_key
+from flask_towersess.session import stored_key
 from flask_towersess.stores.base import Record
 from flask_towersess.stores.base import utcnow
 from flask_towersess.stores.memory import MemoryStore
@@ -145,7 +146,7 @@ def test_session_with_hostile_payload_is_empty_and_logged(
     for name, payload in depthcheck.hostile_payloads().items():
         store = MemoryStore()
         key = new_session_key()
-        store.create(Record(key, payload, utcnow() + timedelta(hours=1)))
+        store.create(Record(stored_key(key), payload, utcnow() + timedelta(hours=1)))
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="flask_towersess.security"):
             session = ServerSession(store, key, serializer=serializer())
