@@ -310,10 +310,9 @@ _MAX_EPOCH_MILLIS = 253402300799000
 _NEVER = datetime.min.replace(tzinfo=timezone.utc)
 
 
-def _newest_login(record: Record) -> tuple[datetime, str]:
-    """Which of racing log-ins keeps its session: the one begun last, the
-    same answer for every racer."""
-    return (record.created_at or _NEVER, record.key)
+def _recency(record: Record) -> tuple[datetime, str]:
+    """The order of :meth:`~.stores.PerUserIndex.trim_sessions_of`."""
+    return (record.last_active_at or _NEVER, record.key)
 
 
 def _index_user(data: t.Mapping[str, t.Any]) -> str | None:
@@ -1087,14 +1086,14 @@ class ServerSession(SessionMixin):
             return  # init_app refuses the setting on such a store
         ended = per_user.trim_sessions_of(user, limit, keep=key)
         # Logins racing each other each kept their own new session: one more
-        # pass, keeping the most recent session by the stores' one order
-        # (which every racer agrees on), brings the user down to the limit.
-        # The last racer's pass sees every session made before it.
+        # pass, keeping the most recently active session by the stores' one
+        # order (which every racer agrees on), brings the user down to the
+        # limit; the last racer to look sees every session made before it.
+        # (A session last written by a host whose clock runs ahead can thus
+        # outrank this log-in: keep app hosts' clocks in step.)
         live = per_user.sessions_of(user)
         if len(live) > limit:
-            # The latest log-in: by its start, which a touch elsewhere (on a
-            # host whose clock runs ahead) cannot move.
-            top = max(live, key=_newest_login)
+            top = max(live, key=_recency)
             ended += per_user.trim_sessions_of(user, limit, keep=top.key)
         if ended and session_ended.receivers:
             sender = _signal_sender()
