@@ -467,8 +467,8 @@ class StoreContract:
         user = _user()
         live = user_record(user)
         store.create(live)
-        store.create(user_record(user, seconds=1))
-        time.sleep(1.2)  # expired by now; nothing was purged
+        store.create(user_record(user, seconds=0.3))
+        time.sleep(0.5)  # expired by now; nothing was purged
         assert [r.key for r in per_user.sessions_of(user)] == [live.key]
         assert per_user.delete_sessions_of(user, keep=live.key) == []
 
@@ -515,11 +515,11 @@ class StoreContract:
             return
         user = _user()
         before = utcnow() - timedelta(hours=1)
-        record = user_record(user, seconds=2, last_active_at=before)
+        record = user_record(user, seconds=0.5, last_active_at=before)
         store.create(record)
         later = utcnow() + timedelta(minutes=10)
         store.touch(record.key, later)
-        time.sleep(2.2)  # past the first expiry: the entry must follow the touch
+        time.sleep(0.7)  # past the first expiry: the entry must follow the touch
         (listed,) = per_user.sessions_of(user)
         assert abs(listed.expires_at - later) < timedelta(seconds=1)
         assert listed.last_active_at is not None and listed.last_active_at > before

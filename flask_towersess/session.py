@@ -681,7 +681,9 @@ class ServerSession(SessionMixin):
             record = self.store.load(stored)
         return record
 
-    def _rehash(self, key: str, legacy: Record) -> Record | None:
+    def _rehash(
+        self, key: str, legacy: Record, *, clear_left_behind: bool = False
+    ) -> Record | None:
         """Store the record 0.1 kept under ``key`` itself under its hash,
         and delete the unhashed one; return the record now stored.
 
@@ -725,17 +727,23 @@ class ServerSession(SessionMixin):
         try:
             self.store.create(record)
         except CreateError:
-            # Another request (or `flask sessions migrate`) moved it first
-            # (or stopped between its two steps): the hashed record is the
-            # session.
-            self.store.delete(key)
+            # Another request (or `flask sessions migrate`) is moving it, or
+            # moved it: the hashed record is the session. The unhashed one
+            # is the mover's to retire: retiring it here would make that
+            # mover take the move for a stale one (below), and undo it.
+            # Only the migration clears one a move left behind (a mover that
+            # stopped between its two steps).
+            if clear_left_behind:
+                self.store.delete(key)
             return self.store.load(record.key)
         retired = Record(key, b"", _RETIRED_AT, legacy.version + 1)
         try:
             self.store.save(retired, expected_version=legacy.version)
         except (UpdateError, VersionConflict):
-            # Moved (and maybe ended) by someone else since it was read: the
-            # record written here must not bring it back.
+            # Retired since it was read, by a mover that came first (movers
+            # that find the hashed record leave the unhashed one alone): the
+            # hashed record was written, and then ended (a log-out, a
+            # revocation), so the one written here must not bring it back.
             self.store.delete(record.key)
             return self.store.load(record.key)
         self.store.delete(key)

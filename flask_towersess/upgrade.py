@@ -80,7 +80,9 @@ def rehash_key(
         return False  # expired, or moved by a request meanwhile
     # The very code a request runs, so the two cannot disagree on what a
     # moved record holds.
-    ServerSession(store, serializer=serializer, cipher=cipher)._rehash(key, legacy)
+    ServerSession(store, serializer=serializer, cipher=cipher)._rehash(
+        key, legacy, clear_left_behind=True
+    )
     return True
 
 

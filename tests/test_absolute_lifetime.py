@@ -28,6 +28,20 @@ from .per_user_app import make_app
 from .per_user_app import set_cookie
 from .per_user_app import stored_of
 
+#: The age limit is the session layer's (it caps the expiry every store is
+#: given, and every store's contract suite shows it honours an expiry), and
+#: these tests wait in real time: they run on one store of each kind of
+#: expiry (in process, an SQL column, a Redis TTL) instead of on all of them.
+AGE_LIMIT_STORES = ["memory", "sqlite", "redis"]
+
+
+@pytest.fixture(params=AGE_LIMIT_STORES)
+def per_user_store(request: pytest.FixtureRequest) -> SessionStore:
+    store = t.cast("SessionStore", request.getfixturevalue(f"{request.param}_store"))
+    assert store.as_per_user() is not None
+    return store
+
+
 if t.TYPE_CHECKING:
     from flask.testing import FlaskClient
 
