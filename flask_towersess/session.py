@@ -11,6 +11,7 @@ admin tasks, tests).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import random
@@ -129,7 +130,9 @@ def _client(
     # them (after a ProxyFix, too): this runs on every write.
     environ = request.environ
     user_agent = ip = None
-    if config.read(settings, "SESSION_RECORD_USER_AGENT"):
+    # Plain lookups: init_app checked the settings' types (a flag is read
+    # as a bool), and this runs on every write.
+    if settings.get("SESSION_RECORD_USER_AGENT", True):
         user_agent = environ.get("HTTP_USER_AGENT")
         if user_agent is not None:
             # Shown in a page later: bounded, and no control characters
@@ -137,7 +140,7 @@ def _client(
             user_agent = user_agent[:USER_AGENT_LENGTH]
             if not user_agent.isprintable():
                 user_agent = "".join(filter(str.isprintable, user_agent))
-    if config.read(settings, "SESSION_RECORD_IP"):
+    if settings.get("SESSION_RECORD_IP", False):
         ip = environ.get("REMOTE_ADDR")
         if not isinstance(ip, str) or len(ip) > IP_LENGTH:
             ip = None
@@ -191,6 +194,7 @@ def new_session_key() -> str:
     return secrets.token_urlsafe(32)
 
 
+@functools.lru_cache(maxsize=4096)
 def stored_key(key: str) -> str:
     """The key a session is stored under: the SHA-256 of the key its cookie
     carries, in lowercase hex.
@@ -200,6 +204,8 @@ def stored_key(key: str) -> str:
     bits, so its hash cannot be inverted or guessed, and a hash sent as a
     cookie is hashed again and found nowhere. Unkeyed on purpose: no secret
     to rotate or lose, and the same key on every app sharing the store.
+    The last few thousand hashes are kept (a session's requests mostly
+    reach the same worker), as the interface keeps the cookies it verified.
 
     >>> stored_key("Yq3Zk1bG0xWm8aE2cV5nR7tL9pH4sJ6dF1gK3hN5oQ0")[:12]
     '10d4e7f17c69'
@@ -298,6 +304,7 @@ def _now_millis() -> int:
     return int(time.time() * 1000)
 
 
+@functools.lru_cache(maxsize=1024)
 def _from_millis(millis: int) -> datetime:
     return datetime.fromtimestamp(millis / 1000, timezone.utc)
 
@@ -786,7 +793,7 @@ class ServerSession(SessionMixin):
             data,
             expiry,
             _epoch_millis(state.get("created")),
-            _epoch_millis(state.get("since")),
+            _epoch_millis(state.get("since", state.get("created"))),
         )
 
     def load(self) -> dict[str, t.Any]:
@@ -974,17 +981,22 @@ class ServerSession(SessionMixin):
             self._created = now
         if self._since is None:
             self._since = now or _now_millis()
-        state: dict[str, t.Any] = {
-            "data": self._data or {},
-            "created": self._created,
-            "since": self._since,
-        }
+        state: dict[str, t.Any] = {"data": self._data or {}, "created": self._created}
+        if self._since != self._created:
+            # Most sessions never change user after they begin: then the
+            # start of their age limit is their start, and is left out.
+            state["since"] = self._since
         if self._expiry is not None:
             state["expiry"] = self._expiry
         return self.serializer.dumps(state)
 
     def _record(
-        self, key: str, payload: bytes, expires_at: datetime, version: int
+        self,
+        key: str,
+        payload: bytes,
+        expires_at: datetime,
+        version: int,
+        now: datetime | None = None,
     ) -> Record:
         """The record of this session's state, stored for cookie key ``key``."""
         stored = self._stored(key)
@@ -1007,7 +1019,7 @@ class ServerSession(SessionMixin):
             version,
             user,
             created_at,
-            utcnow(),
+            now or utcnow(),
             user_agent,
             ip,
         )
@@ -1164,8 +1176,13 @@ class ServerSession(SessionMixin):
         def updated() -> Record:
             version = persisted.version
             assert version is not None
+            now = utcnow()
             return self._record(
-                key, self._payload(), self.get_expiry_date(), version + 1
+                key,
+                self._payload(),
+                self.get_expiry_date(modification=now),
+                version + 1,
+                now,
             )
 
         self._after_write(self._compare_and_set(updated, key))

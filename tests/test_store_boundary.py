@@ -360,7 +360,7 @@ def _value_of_payload_size(size: int) -> str:
     serializer = MsgPackSerializer()
     now = int(time.time() * 1000)  # the session's start (ms), stored with its data
     for n in range(size, 0, -1):
-        state = {"data": {"value": "x" * n}, "created": now, "since": now}
+        state = {"data": {"value": "x" * n}, "created": now}
         if len(serializer.dumps(state)) == size:
             return "x" * n
     raise AssertionError(size)
