@@ -56,3 +56,25 @@ def test_benchmark_usage_errors_name_the_option() -> None:
     )
     assert done.returncode == 2
     assert "unknown stores: oracle" in done.stderr
+
+
+def test_per_user_benchmark_revokes_every_session(tmp_path: Path) -> None:
+    """A short ``python -m benchmarks per-user`` run on memory and SQLite:
+    exit 0, a log-in and a write timed, and each revoke ended exactly the
+    sessions it filled (the benchmark asserts that itself)."""
+    out = tmp_path / "per-user.json"
+    args = ["per-user", "--stores", "memory,sqlite", "--rounds", "1"]
+    args += ["--requests", "5", "--sessions", "3,30", "--json", str(out)]
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = json.loads(out.read_text())["results"]
+    assert [row["store"] for row in rows] == ["memory", "sqlite"]
+    for row in rows:
+        assert row["login_us"] > 0 and row["write_us"] > 0
+        assert set(row["revoke_all"]) == {"3", "30"}
