@@ -592,6 +592,23 @@ class SQLAlchemyStore(
     def describe(self) -> str:
         return f"SQLAlchemyStore {self._url_text()} table {self.table.fullname}"
 
+    def _key_pages(self, conditions: tuple[t.Any, ...]) -> tuple[Statement, Statement]:
+        """A page of the keys of the rows matching ``conditions``, in key
+        order after ``:after`` (the primary key's order, which ``:limit``
+        stops early), and the count of all of them: what the upgrade's
+        batches walk, and what ``migrate --check`` reports."""
+        c = self.table.c
+        page = Statement(
+            sa.select(c.session_key)
+            .where(*conditions, c.session_key > sa.bindparam("after"))
+            .order_by(c.session_key)
+            .limit(sa.bindparam("limit"))
+        )
+        count = Statement(
+            sa.select(sa.func.count()).select_from(self.table).where(*conditions)
+        )
+        return page, count
+
     def _build_statements(self) -> None:
         # Built once with bound parameters: compiled once per dialect for
         # the direct path, and served from SQLAlchemy's compiled cache on the
@@ -680,15 +697,7 @@ class SQLAlchemyStore(
         )
         # -- keys 0.1 stored unhashed, for the key-hashing migration.
         unhashed = (_unhashed(c.session_key), c.expires_at > now)
-        self._unhashed_keys = Statement(
-            sa.select(c.session_key)
-            .where(*unhashed, c.session_key > sa.bindparam("after"))
-            .order_by(c.session_key)
-            .limit(sa.bindparam("limit"))
-        )
-        self._count_unhashed = Statement(
-            sa.select(sa.func.count()).select_from(self.table).where(*unhashed)
-        )
+        self._unhashed_keys, self._count_unhashed = self._key_pages(unhashed)
         # -- rows a 0.2 app wrote before the per-user columns existed (see
         # _without_per_user_columns), for the backfill of the index: under a
         # hashed key, without created_at. Every write with the columns sets
@@ -700,15 +709,7 @@ class SQLAlchemyStore(
             c.created_at.is_(None),
             c.expires_at > now,
         )
-        self._unindexed_keys = Statement(
-            sa.select(c.session_key)
-            .where(*unindexed, c.session_key > sa.bindparam("after"))
-            .order_by(c.session_key)
-            .limit(sa.bindparam("limit"))
-        )
-        self._count_unindexed = Statement(
-            sa.select(sa.func.count()).select_from(self.table).where(*unindexed)
-        )
+        self._unindexed_keys, self._count_unindexed = self._key_pages(unindexed)
         # SQLite without RETURNING: takes the write lock, changes nothing.
         self._take_write_lock = (
             self.table.update().where(sa.false()).values(version=c.version)
