@@ -33,6 +33,7 @@ from itsdangerous import Signer
 
 from .per_user import revoked_at
 from .session import ServerSession
+from .session import current_server_session
 from .stores._epoch import from_epoch_micros
 from .stores._epoch import to_epoch_micros
 from .stores.base import utcnow
@@ -170,10 +171,8 @@ def refuse_revoked_cookie(app: Flask, store: SessionStore) -> None:
     cookie = request.cookies.get(name)
     if not cookie:
         return
-    from flask import session
-
-    server_session = session._get_current_object()  # type: ignore[attr-defined]
-    if not isinstance(server_session, ServerSession):
+    server_session = current_server_session()
+    if server_session is None:
         return
     if (
         server_session.get("_user_id") is not None

@@ -20,7 +20,7 @@ from .errors import SerializationError
 from .interface import ServerSessionInterface
 from .serializers import Serializer
 from .serializers import serializer_for
-from .session import ServerSession
+from .session import current_server_session
 from .stores import store_for
 from .stores.base import SessionStore
 
@@ -141,7 +141,7 @@ class SessionExt:
         refuse_revoked_cookie(app, self.get_store(app))
 
     def _on_logout(self, app: Flask, **kwargs: t.Any) -> None:
-        session = _current_server_session()
+        session = current_server_session()
         if session is None or not config.read(app.config, "SESSION_FLUSH_ON_LOGOUT"):
             return
         # What logout_user() and the view wrote before it (the request to
@@ -245,11 +245,11 @@ class SessionExt:
 
         .. versionadded:: 0.2
         """
-        from .per_user import current_stored_key
         from .per_user import list_sessions
 
         store = self.get_store(app)
-        current = current_stored_key() if self._is_current(app) else None
+        session = current_server_session() if self._is_current(app) else None
+        current = session.stored_key if session is not None else None
         return list_sessions(store, user_id, current=current)
 
     def revoke(
@@ -289,7 +289,7 @@ class SessionExt:
 
         target: t.Any = current_app if app is None else app
         store = self.get_store(app)
-        session = _current_server_session() if self._is_current(app) else None
+        session = current_server_session() if self._is_current(app) else None
         current = session.stored_key if session is not None else None
         ended = revoke_sessions(
             store,
@@ -344,16 +344,6 @@ def _create_folder_on_connect(engine: sa.engine.Engine, folder: str) -> None:
     @event.listens_for(engine, "do_connect")
     def _make_folder(*args: t.Any) -> None:
         os.makedirs(folder, exist_ok=True)
-
-
-def _current_server_session() -> ServerSession | None:
-    from flask import has_request_context
-    from flask import session
-
-    if not has_request_context():
-        return None
-    obj = session._get_current_object()  # type: ignore[attr-defined]
-    return obj if isinstance(obj, ServerSession) else None
 
 
 def _check_cookie_prefix(app: Flask) -> None:

@@ -25,7 +25,6 @@ from .errors import ConfigurationError
 from .errors import CreateError
 from .errors import UpdateError
 from .errors import VersionConflict
-from .session import ServerSession
 from .session import stored_key
 from .signals import session_ended
 from .stores._epoch import from_epoch_micros
@@ -318,16 +317,3 @@ def _as_user_id(user_id: object) -> object:
 def _most_recent_first(info: SessionInfo) -> tuple[float, str]:
     moment = info.last_active_at or info.created_at
     return (-(moment.timestamp() if moment else 0.0), info.id)
-
-
-def current_stored_key() -> str | None:
-    """The stored key of the current request's session, if it has one."""
-    from flask import has_request_context
-    from flask import session
-
-    if not has_request_context():
-        return None
-    obj = session._get_current_object()  # type: ignore[attr-defined]
-    if isinstance(obj, ServerSession):
-        return obj.stored_key
-    return None

@@ -189,6 +189,21 @@ def _signal_sender() -> Flask | None:
     return None
 
 
+def current_server_session() -> ServerSession | None:
+    """The :class:`ServerSession` of the request being served; ``None``
+    outside a request, or when the app uses another session interface.
+
+    .. versionadded:: 0.2
+    """
+    from flask import has_request_context
+    from flask import session
+
+    if not has_request_context():
+        return None
+    obj = session._get_current_object()  # type: ignore[attr-defined]
+    return obj if isinstance(obj, ServerSession) else None
+
+
 def new_session_key() -> str:
     """A fresh session key: 256 random bits from :mod:`secrets`, URL-safe."""
     return secrets.token_urlsafe(32)
