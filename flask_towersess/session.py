@@ -10,10 +10,12 @@ admin tasks, tests).
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import functools
 import hashlib
 import logging
+import os
 import random
 import secrets
 import threading
@@ -204,9 +206,39 @@ def current_server_session() -> ServerSession | None:
     return obj if isinstance(obj, ServerSession) else None
 
 
-def new_session_key() -> str:
-    """A fresh session key: 256 random bits from :mod:`secrets`, URL-safe."""
-    return secrets.token_urlsafe(32)
+def new_session_key(prefix: str = "") -> str:
+    """A fresh session key: 256 random bits from :mod:`secrets`, URL-safe.
+
+    With ``prefix`` (a store's
+    :meth:`~flask_towersess.stores.SessionStore.colocation_prefix`: hex, an
+    even number of digits, at most four), a key whose :func:`stored_key`
+    begins with it: keys are drawn until one does, 256 on average for two
+    digits (a fraction of a millisecond). The key keeps all but those 8 (or
+    16) of its 256 bits' unpredictability: what narrows it is a public
+    function of the key, not of a secret.
+
+    .. versionchanged:: 0.2
+        ``prefix``.
+    """
+    if not prefix:
+        return secrets.token_urlsafe(32)
+    if len(prefix) > 4 or len(prefix) % 2:
+        raise ValueError(f"a colocation prefix has 2 or 4 hex digits, not {prefix!r}")
+    wanted = bytes.fromhex(prefix)
+    size = len(wanted)
+    while True:
+        # One read of the OS's randomness for many draws: a draw is then
+        # the encoding and a hash, a microsecond or so.
+        pool = os.urandom(32 * _KEYS_PER_DRAW)
+        for start in range(0, len(pool), 32):
+            # What secrets.token_urlsafe(32) makes: 43 characters, no "=".
+            key = base64.urlsafe_b64encode(pool[start : start + 32])[:-1]
+            if hashlib.sha256(key).digest()[:size] == wanted:
+                return key.decode("ascii")
+
+
+#: Keys drawn per read of the OS's randomness by :func:`new_session_key`.
+_KEYS_PER_DRAW = 64
 
 
 @functools.lru_cache(maxsize=4096)
@@ -1058,8 +1090,9 @@ class ServerSession(SessionMixin):
     def _insert_under_fresh_key(self) -> Record:
         payload = self._payload()
         expires_at = self.get_expiry_date()
+        prefix = self._colocation_prefix()
         for _ in range(_CREATE_ATTEMPTS):
-            self._key = new_session_key()
+            self._key = new_session_key(prefix)
             record = self._record(self._key, payload, expires_at, 1)
             try:
                 self.store.create(record)
@@ -1278,6 +1311,12 @@ class ServerSession(SessionMixin):
         keeps a session alive that ended meanwhile.
         """
         assert self._key is not None
+        prefix = self._colocation_prefix()
+        if prefix and not self._stored(self._key).startswith(prefix):
+            # The user was set after cycle_key() chose the key: no record
+            # and no cookie has it yet, so it can still be one the store
+            # keeps next to the user's other sessions.
+            self._key = new_session_key(prefix)
         record = self._record(self._key, self._payload(), self.get_expiry_date(), 1)
         try:
             self.store.create(record)
@@ -1479,8 +1518,14 @@ class ServerSession(SessionMixin):
             if record is not None:
                 persisted.remember(record)
         persisted.start_move(key)
-        self._key = new_session_key()
+        self._key = new_session_key(self._colocation_prefix())
         self.modified = True
+
+    def _colocation_prefix(self) -> str:
+        """How the store wants the stored key of this session to begin, for
+        its user (``""``: anonymous, or any key will do)."""
+        user = _index_user(self._data or {})
+        return "" if user is None else self.store.colocation_prefix(user)
 
     # -- the end of a request --------------------------------------------------
 

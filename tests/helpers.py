@@ -46,6 +46,9 @@ class CountingStore(SessionStore):
         self.calls["delete"] += 1
         self.inner.delete(key)
 
+    def colocation_prefix(self, user_id: str) -> str:
+        return self.inner.colocation_prefix(user_id)
+
     def exists(self, key: str) -> bool:
         self.calls["exists"] += 1
         return self.inner.exists(key)

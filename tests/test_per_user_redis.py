@@ -65,6 +65,21 @@ def stored_key(cookie_key: str) -> str:
     return hashlib.sha256(cookie_key.encode()).hexdigest()
 
 
+def key_for(user_id: str | None, *, apart: bool = False) -> str:
+    """A stored key for a session of ``user_id`` as the session layer picks
+    it on a Cluster (in the slot of the user's index), or, ``apart``, one
+    outside it (a key chosen before the log-in, or by 0.1)."""
+    if user_id is None:
+        return stored_key(new_session_key())
+    prefix = _header.index_tag(user_id)[:2]
+    if not apart:
+        return stored_key(new_session_key(prefix))
+    while True:
+        key = stored_key(new_session_key())
+        if not key.startswith(prefix):
+            return key
+
+
 def record(
     user_id: str | None = "alice",
     *,
@@ -72,10 +87,11 @@ def record(
     version: int = 1,
     key: str | None = None,
     active: datetime | None = None,
+    apart: bool = False,
 ) -> Record:
     now = utcnow()
     return Record(
-        key or stored_key(new_session_key()),
+        key or key_for(user_id, apart=apart),
         b"payload",
         now + timedelta(seconds=seconds),
         version,
@@ -88,13 +104,12 @@ def record(
 
 
 def index_name(store: RedisStore, user_id: str) -> str:
-    return f"{store.key_prefix}u:{{{_header.index_tag(user_id)}}}"
+    return store._index_key(_header.index_tag(user_id))
 
 
 def index_members(store: RedisStore, user_id: str) -> set[str]:
-    start = len(store.key_prefix)
     members = store.client.zrange(index_name(store, user_id), 0, -1)
-    return {m.decode()[start:] for m in t.cast(list[bytes], members)}
+    return {store._key_of(m).decode() for m in t.cast(list[bytes], members)}
 
 
 def all_keys(store: RedisStore) -> list[bytes]:
@@ -258,7 +273,7 @@ def test_touch_sets_last_active_and_keeps_the_deadline(rstore: RedisStore) -> No
     assert listed.expires_at == later
     assert listed.last_active_at is not None
     assert before <= listed.last_active_at <= utcnow()
-    score = rstore.client.zscore(index_name(rstore, "alice"), rstore.key_prefix + r.key)
+    score = rstore.client.zscore(index_name(rstore, "alice"), rstore.redis_key(r.key))
     expiry_ms = (later - EPOCH) // timedelta(milliseconds=1)
     assert score is not None and score >= expiry_ms
     # A touch into the past ends the record and its entry.
@@ -307,8 +322,9 @@ def test_delete_some_sessions_of(rstore: RedisStore) -> None:
     assert rstore.delete_sessions_of("alice", []) == []
 
 
+@pytest.mark.parametrize("apart", [False, True], ids=["together", "apart"])
 def test_round_trips_of_the_request_path(
-    rstore: RedisStore, monkeypatch: pytest.MonkeyPatch
+    rstore: RedisStore, monkeypatch: pytest.MonkeyPatch, apart: bool
 ) -> None:
     # Each once first: redis-py loads a script on its first NOSCRIPT.
     def requests(anon: Record, mine: Record) -> dict[str, int]:
@@ -334,16 +350,17 @@ def test_round_trips_of_the_request_path(
             counts[name] = sent[0]
         return counts
 
-    requests(record(None), record())
-    counts = requests(record(None), record())
-    if not is_cluster(rstore):
-        # One command each, as before the index.
+    requests(record(None), record(apart=apart))
+    counts = requests(record(None), record(apart=apart))
+    if not is_cluster(rstore) or not apart:
+        # One command each, as before the index: on a Cluster the record is
+        # in the slot of its user's index.
         assert set(counts.values()) == {1}, counts
     else:
-        # The index is in another slot: create and save of a user's record
-        # send one pipeline (one request to each of the two masters, sent
-        # together, or one if a master holds both); touch and delete of a
-        # user's record one follow-up; anonymous records cost as before.
+        # A record outside its user's slot: create and save of it send one
+        # pipeline (one request to each of the two masters, sent together,
+        # or one if a master holds both); touch and delete one follow-up;
+        # anonymous records cost as before.
         assert counts.pop("create") in (1, 2)
         assert counts.pop("save") in (1, 2)
         assert counts == {
@@ -357,30 +374,45 @@ def test_round_trips_of_the_request_path(
         }
 
 
-def test_revoking_costs_the_same_for_10_and_1000_sessions(
-    rstore: RedisStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def revoke_costs(
+    store: RedisStore, monkeypatch: pytest.MonkeyPatch, *, apart: bool
+) -> list[int]:
+    """Requests sent to end all but one, then the last, of 10 and of 1,000
+    sessions of a user."""
     costs = []
     for n in (10, 1000):
         user = f"user-{n}"
-        keep = record(user)
-        rstore.create(keep)
+        keep = record(user, apart=apart)
+        store.create(keep)
         for _ in range(n - 1):
-            rstore.create(record(user))
-        rstore.delete_sessions_of("nobody")  # the script loaded
+            store.create(record(user, apart=apart))
+        store.delete_sessions_of("nobody")  # the script loaded
         with counting(monkeypatch) as sent:
-            ended = rstore.delete_sessions_of(user, keep=keep.key)
+            ended = store.delete_sessions_of(user, keep=keep.key)
         assert len(ended) == n - 1
         costs.append(sent[0])
         with counting(monkeypatch) as sent:
-            assert len(rstore.delete_sessions_of(user)) == 1
+            assert len(store.delete_sessions_of(user)) == 1
         costs.append(sent[0])
-    if not is_cluster(rstore):
-        assert costs == [1, 1, 1, 1]
-    else:
-        # The index, one request per master holding records (3), the index.
-        assert costs[0] == costs[2] == 5, costs
-        assert costs[1] == costs[3] == 3, costs
+        assert store.sessions_of(user) == []
+    return costs
+
+
+def test_revoking_costs_the_same_for_10_and_1000_sessions(
+    rstore: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One script, on a Cluster too: the records are in the index's slot.
+    assert revoke_costs(rstore, monkeypatch, apart=False) == [1, 1, 1, 1]
+
+
+def test_revoking_records_outside_their_slot_on_a_cluster(
+    redis_cluster_store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Records written before their user logged in (or by 0.1): the index,
+    # one request per master holding records (3), the index.
+    costs = revoke_costs(redis_cluster_store, monkeypatch, apart=True)
+    assert costs[0] == costs[2] == 5, costs
+    assert costs[1] == costs[3] == 3, costs
 
 
 def test_trim_keeps_the_most_recent(rstore: RedisStore) -> None:
@@ -474,7 +506,7 @@ def write_0_1_record(store: RedisStore, key: str, version: int = 1) -> datetime:
     expires_at = utcnow() + timedelta(minutes=5)
     micros = (expires_at - EPOCH) // timedelta(microseconds=1)
     value = struct.pack(">Bqq", 0xF1, version, micros) + b"0.1"
-    store.client.set(store.key_prefix + key, value, pxat=micros // 1000)
+    store.client.set(store.redis_key(key), value, pxat=micros // 1000)
     return expires_at
 
 
@@ -546,7 +578,7 @@ def test_hostile_stored_metadata_is_none_in_the_listing(rstore: RedisStore) -> N
     )
     value = struct.pack(">BqqqH", 0xF2, 1, micros, active, len(meta)) + meta + b"x"
     rstore.create(r)
-    rstore.client.set(rstore.key_prefix + r.key, value, pxat=micros // 1000)
+    rstore.client.set(rstore.redis_key(r.key), value, pxat=micros // 1000)
     (listed,) = rstore.sessions_of("alice")
     assert listed.user_agent is None
     assert listed.created_at is None
@@ -556,7 +588,7 @@ def test_hostile_stored_metadata_is_none_in_the_listing(rstore: RedisStore) -> N
     # A value of another app in the index is dropped, not a crash.
     other = record()
     rstore.create(other)
-    rstore.client.set(rstore.key_prefix + other.key, b"\xf2garbage")
+    rstore.client.set(rstore.redis_key(other.key), b"\xf2garbage")
     assert keys_of(rstore.sessions_of("alice")) == {r.key}
 
 
@@ -574,12 +606,12 @@ def test_bad_user_ids_are_refused(rstore: RedisStore) -> None:
 
 def test_a_key_of_another_type_is_no_record(rstore: RedisStore) -> None:
     key = stored_key(new_session_key())
-    rstore.client.hset(rstore.key_prefix + key, "field", "value")
+    rstore.client.hset(rstore.redis_key(key), "field", "value")
     rstore.touch(key, utcnow() + timedelta(minutes=5))
     with pytest.raises(UpdateError):
         rstore.save(Record(key, b"x", utcnow() + timedelta(minutes=5), 2), 1)
     rstore.delete(key)
-    assert rstore.client.exists(rstore.key_prefix + key) == 0
+    assert rstore.client.exists(rstore.redis_key(key)) == 0
 
 
 def test_cluster_trim_spares_a_session_touched_after_it_read(
@@ -587,9 +619,10 @@ def test_cluster_trim_spares_a_session_touched_after_it_read(
 ) -> None:
     # On a Cluster a trim reads, then ends: a session touched in between
     # (now the most recent) is not ended on the strength of the old read.
+    # (Only records outside their user's slot are ranked that way.)
     store = redis_cluster_store
     now = utcnow()
-    old = [record(active=now - timedelta(minutes=10 - i)) for i in range(4)]
+    old = [record(active=now - timedelta(minutes=10 - i), apart=True) for i in range(4)]
     for r in old:
         store.create(r)
     current = record()
@@ -605,3 +638,136 @@ def test_cluster_trim_spares_a_session_touched_after_it_read(
     ended = store.trim_sessions_of("alice", 1, keep=current.key)
     assert set(ended) == keys_of(old[1:])
     assert keys_of(store.sessions_of("alice")) == {old[0].key, current.key}
+
+
+# -- a user's records in the slot of the user's index ---------------------------
+
+
+def test_the_cluster_asks_for_keys_in_the_users_slot(rstore: RedisStore) -> None:
+    prefix = rstore.colocation_prefix("alice")
+    if not is_cluster(rstore):
+        assert prefix == ""  # one script reaches every key
+        return
+    assert prefix == _header.index_tag("alice")[:2]
+    key = key_for("alice")
+    client = rstore._client
+    assert client.keyslot(rstore.redis_key(key)) == client.keyslot(
+        index_name(rstore, "alice")
+    )
+    # A 0.1 key (unhashed) has no hash tag: it is kept as it was.
+    legacy = new_session_key()
+    assert rstore.redis_key(legacy) == rstore.key_prefix + legacy
+
+
+def test_records_in_and_outside_the_users_slot_together(rstore: RedisStore) -> None:
+    # A user whose sessions began before the layout (or were moved from
+    # 0.1 keys) has records outside the index's slot next to new ones:
+    # listing, trimming and ending treat them alike.
+    now = utcnow()
+    together = [record(active=now - timedelta(minutes=10 - 2 * i)) for i in range(3)]
+    apart = [
+        record(active=now - timedelta(minutes=9 - 2 * i), apart=True) for i in range(3)
+    ]
+    for r in [*together, *apart]:
+        rstore.create(r)
+    everyone = keys_of([*together, *apart])
+    assert keys_of(rstore.sessions_of("alice")) == everyone
+    # Most recent first: apart[2], together[2], apart[1], together[1], ...
+    ended = rstore.trim_sessions_of("alice", 2, keep=together[0].key)
+    assert set(ended) == keys_of([together[1], apart[0], apart[1]])
+    left = {together[0].key, together[2].key, apart[2].key}
+    assert keys_of(rstore.sessions_of("alice")) == left
+    assert index_members(rstore, "alice") == left
+    rstore.touch(apart[2].key, now + timedelta(minutes=30))
+    (touched,) = [r for r in rstore.sessions_of("alice") if r.key == apart[2].key]
+    assert touched.expires_at == now + timedelta(minutes=30)
+    ended = rstore.delete_sessions_of("alice", keep=together[2].key)
+    assert set(ended) == {together[0].key, apart[2].key}
+    assert keys_of(rstore.sessions_of("alice")) == {together[2].key}
+    rstore.delete(together[2].key)
+    assert rstore.sessions_of("alice") == []
+    assert index_members(rstore, "alice") == set()
+
+
+def test_a_cluster_trim_is_atomic_when_the_records_are_together(
+    redis_cluster_store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One script in the index's slot reads, ranks and ends: nothing is read
+    # first by the client and ended later on the strength of that read.
+    store = redis_cluster_store
+    now = utcnow()
+    old = [record(active=now - timedelta(minutes=10 - i)) for i in range(4)]
+    for r in old:
+        store.create(r)
+    current = record()
+    store.create(current)
+    store.trim_sessions_of("nobody", 1, keep=current.key)  # the script loaded
+
+    def no_reading(*args: t.Any) -> t.NoReturn:
+        raise AssertionError("the trim read the records first")
+
+    monkeypatch.setattr(store, "_live_records", no_reading)
+    with counting(monkeypatch) as sent:
+        ended = store.trim_sessions_of("alice", 2, keep=current.key)
+    assert sent[0] == 1
+    assert set(ended) == keys_of(old[:3])
+    monkeypatch.undo()
+    assert keys_of(store.sessions_of("alice")) == {old[3].key, current.key}
+
+
+def test_a_login_on_a_cluster_gets_a_key_in_the_users_slot(
+    redis_cluster_store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flask import Flask
+    from flask import session
+
+    from flask_towersess import SessionExt
+
+    app = Flask(__name__)
+    app.config.update(SECRET_KEY="test secret", SESSION_TOUCH_INTERVAL=0)
+    SessionExt(app, store=redis_cluster_store)
+
+    @app.post("/login/<name>")
+    def login(name: str) -> str:
+        session["_user_id"] = name
+        return "in"
+
+    @app.post("/cycle-then-login/<name>")
+    def cycle_then_login(name: str) -> str:
+        # The key is chosen before the user is known: the save picks again.
+        session.cycle_key()  # type: ignore[attr-defined]
+        session["_user_id"] = name
+        return "in"
+
+    @app.get("/read")
+    def read() -> str:
+        return f"{session.get('_user_id')} {session.stored_key}"  # type: ignore[attr-defined]
+
+    prefix = redis_cluster_store.colocation_prefix("alice")
+    for path in ("/login/alice", "/cycle-then-login/alice"):
+        client = app.test_client()
+        client.get("/read")
+        assert client.post(path).status_code == 200
+        user, key = client.get("/read").text.split()
+        assert user == "alice"
+        assert key.startswith(prefix)
+        assert key in keys_of(redis_cluster_store.sessions_of("alice"))
+        with counting(monkeypatch) as sent:
+            assert client.get("/read").text == f"alice {key}"
+        # The load and the touch, one request each: no follow-up to the
+        # index, which is in the record's slot.
+        assert sent[0] == 2
+        redis_cluster_store.delete_sessions_of("alice")
+
+
+def test_new_session_key_with_a_prefix() -> None:
+    from flask_towersess.session import stored_key as session_stored_key
+
+    for prefix in ("00", "ab", "ff", "0a1b"):
+        key = new_session_key(prefix)
+        assert len(key) == 43
+        assert session_stored_key(key).startswith(prefix)
+    assert len({new_session_key("ab") for _ in range(50)}) == 50
+    for bad in ("a", "abc", "abcdef", "zz"):
+        with pytest.raises(ValueError):
+            new_session_key(bad)

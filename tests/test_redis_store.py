@@ -70,7 +70,7 @@ def make_record(
 
 
 def pttl(store: RedisStore, key: str) -> int:
-    return int(store.client.pttl(store.key_prefix + key))
+    return int(store.client.pttl(store.redis_key(key)))
 
 
 def pool(store: RedisStore) -> t.Any:
@@ -79,7 +79,7 @@ def pool(store: RedisStore) -> t.Any:
 
 
 def raw(store: RedisStore, key: str) -> bytes | None:
-    value = store.client.get(store.key_prefix + key)
+    value = store.client.get(store.redis_key(key))
     return None if value is None else bytes(value)
 
 
@@ -264,7 +264,7 @@ def test_stored_value_format(rstore: RedisStore) -> None:
     epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
     assert epoch + timedelta(microseconds=micros) == expires_at
     # Redis's expiry is the record's, rounded down to the millisecond.
-    full_key = rstore.key_prefix + record.key
+    full_key = rstore.redis_key(record.key)
     try:
         pexpiretime = int(rstore.client.execute_command("PEXPIRETIME", full_key))
     except redis.ResponseError:  # Redis < 7.0: no PEXPIRETIME
@@ -281,7 +281,7 @@ def test_format_1_records_of_0_1_still_load_save_and_touch(rstore: RedisStore) -
     epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
     micros = (expires_at - epoch) // timedelta(microseconds=1)
     value = struct.pack(">Bqq", 0xF1, 3, micros) + b"old"
-    rstore.client.set(rstore.key_prefix + key, value, pxat=micros // 1000)
+    rstore.client.set(rstore.redis_key(key), value, pxat=micros // 1000)
     assert rstore.load(key) == Record(key, b"old", expires_at, 3)
     later = expires_at + timedelta(minutes=5)
     rstore.touch(key, later)
@@ -320,7 +320,7 @@ def test_a_value_this_store_did_not_write_is_ignored(
     rstore: RedisStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     key = new_session_key()
-    full_key = rstore.key_prefix + key
+    full_key = rstore.redis_key(key)
     rstore.client.set(full_key, b"\x80\x04pickled flask-session data")
     with caplog.at_level(logging.WARNING, "flask_towersess.stores.redis"):
         assert rstore.load(key) is None
@@ -345,7 +345,7 @@ def test_cluster_spreads_sessions_over_all_masters(
     client = redis_cluster_store.client
     assert isinstance(client, redis.RedisCluster)
     nodes = {
-        client.get_node_from_key(redis_cluster_store.key_prefix + record.key)
+        client.get_node_from_key(redis_cluster_store.redis_key(record.key))
         for record in records
     }
     assert len(nodes) == 3
@@ -429,7 +429,7 @@ def test_from_url_sentinel(redis_sentinel_topology: SentinelTopology) -> None:
         assert connection_pool.get_master_address()[1] == topology.master.port
         # The record is in db 1 of the master, under the store's prefix.
         with redis.Redis(port=topology.master.port, db=1) as direct:
-            assert direct.exists(store.key_prefix + record.key)
+            assert direct.exists(store.redis_key(record.key))
         assert "sentinel" in store.describe()
 
 

@@ -582,7 +582,7 @@ def in_an_hour() -> int:
 
 
 def redis_set(store: RedisStore, key: str, value: bytes) -> None:
-    store.client.set(store.key_prefix + key, value, px=600_000)
+    store.client.set(store.redis_key(key), value, px=600_000)
 
 
 def a_payload(value: str = "1") -> bytes:
@@ -645,7 +645,7 @@ def test_redis_key_of_another_type(
 ) -> None:
     client = make_app(redis_store).test_client()
     key = start_session(client)
-    full_key = redis_store.key_prefix + key
+    full_key = redis_store.redis_key(key)
     redis_store.client.delete(full_key)
     redis_store.client.hset(full_key, "payload", b"x")
     load_refused(redis_store, key, caplog)

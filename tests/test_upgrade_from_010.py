@@ -115,12 +115,18 @@ def keys_in_backend(where: Target, memory: MemoryStore | None) -> set[str]:
         prefix = where.options["key_prefix"]
         client = redis.Redis.from_url(where.url)
         try:
-            return {
+            names = [
                 key.decode()[len(prefix) :]
                 for key in client.scan_iter(match=prefix + "*", count=1000)
-            }
+            ]
         finally:
             client.close()
+        # A hashed key is kept under "{" + its first two digits + "}" + it
+        # (a Cluster hash tag; RedisStore.redis_key()).
+        return {
+            name[4:] if name[:1] == "{" and name[3:4] == "}" else name
+            for name in names
+        }
     engine = sa.create_engine(where.url)
     try:
         with engine.connect() as conn:

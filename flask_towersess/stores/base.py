@@ -352,6 +352,25 @@ class SessionStore(abc.ABC):
         """
         return self.load(key)
 
+    def colocation_prefix(self, user_id: str) -> str:
+        """How the stored keys of ``user_id``'s sessions should begin: ``""``
+        (any key will do, the default) or up to four lowercase hex digits,
+        an even number.
+
+        For a store that keeps a user's records next to that user's index
+        only when their keys say so (:class:`~.redis.RedisStore` on a
+        Cluster, where one script reaches one hash slot). The session layer
+        then picks, for a logged-in session, a cookie key whose
+        :func:`~flask_towersess.session.stored_key` begins with it (about
+        256 tries for two digits, a fraction of a millisecond, at log-in
+        and key rotation only). A key that does not begin with it (written
+        before, or by a script) must still work, at a cost the store
+        documents.
+
+        .. versionadded:: 0.2
+        """
+        return ""
+
     def ping(self) -> None:
         """Check that the backend answers and accepts the store's settings.
 

@@ -504,6 +504,11 @@ class CachingStore(SessionStore, Purging, Migrating, Counting):
             self._write_failed("filling", key, exc)
         return record
 
+    def colocation_prefix(self, user_id: str) -> str:
+        """The durable store's: its per-user index is the one that counts
+        (the cache keeps records by key only)."""
+        return self.store.colocation_prefix(user_id)
+
     def load_current(self, key: str) -> Record | None:
         """Read the durable store, which decides every compare-and-set.
 

@@ -169,9 +169,25 @@ local function fix_ttl(idx)
   local top = redis.call('ZRANGE', idx, -1, -1, 'WITHSCORES')
   if top[2] then redis.call('PEXPIREAT', idx, top[2]) end
 end
+-- The index of a tag: its first two digits are the Cluster hash tag, as
+-- the first two of a stored key are its record's (see RedisStore.redis_key).
+local function index_key(prefix, tag)
+  return prefix .. 'u:{' .. string.sub(tag, 1, 2) .. '}' .. tag
+end
+-- Whether this script may use the index of tag, or the record of full key
+-- m: group '*' (standalone, Sentinel) reaches every key; on a Cluster
+-- group is the hash tag of the keys the script was given ('' for a key
+-- without one), and only keys of that slot are reachable.
+local function reachable(tag, group)
+  return group == '*' or string.sub(tag, 1, 2) == group
+end
+local function member_here(m, prefix, group)
+  return group == '*'
+    or string.sub(m, #prefix + 1, #prefix + 4) == '{' .. group .. '}'
+end
 local function unindex(prefix, tag, k)
   if tag == '' then return end
-  local idx = prefix .. 'u:{' .. tag .. '}'
+  local idx = index_key(prefix, tag)
   if redis.call('ZREM', idx, k) == 1 then fix_ttl(idx) end
 end
 local function index(idx, k, score)
@@ -185,8 +201,8 @@ local function index(idx, k, score)
 end
 """
 
-# Create a record of a user and index it, in one atomic step (standalone
-# and Sentinel; on a Cluster the index lives in another slot).
+# Create a record of a user and index it, in one atomic step (on a Cluster,
+# when the record's key is in its user's slot).
 _CREATE_SCRIPT = (
     _LUA_HELPERS
     + """
@@ -205,8 +221,8 @@ return 1
 # empty string, which no record is. Either format is compared by its
 # version. The index entry moves with the user: out of the old user's
 # index (its tag read from the old header), into KEYS[2] (the new user's,
-# if any). ARGV[6] = '1' (Cluster): the old index is in another slot, so
-# the script only returns the old tag and the caller fixes that index.
+# if the caller gives it). ARGV[6] = the group (see reachable()): an old
+# index out of reach is left to the caller, and its tag returned.
 _SAVE_SCRIPT = (
     _LUA_HELPERS
     + """
@@ -220,16 +236,18 @@ if (f ~= 0xF1 and f ~= 0xF2) or string.sub(h, 2, 9) ~= ARGV[1] then
 end
 redis.call('SET', KEYS[1], ARGV[2], 'PXAT', ARGV[3])
 local old = tag_of(h)
-if ARGV[6] == '1' then
-  return {1, old}
-end
-if old ~= ARGV[4] or redis.call('EXISTS', KEYS[1]) == 0 then
-  unindex(ARGV[5], old, KEYS[1])
+local left = ''
+if old ~= '' and (old ~= ARGV[4] or redis.call('EXISTS', KEYS[1]) == 0) then
+  if reachable(old, ARGV[6]) then
+    unindex(ARGV[5], old, KEYS[1])
+  else
+    left = old
+  end
 end
 if KEYS[2] then
   index(KEYS[2], KEYS[1], ARGV[3])
 end
-return {1, old}
+return {1, left}
 """
 )
 
@@ -237,8 +255,9 @@ return {1, old}
 # header in place (SETRANGE keeps the key's TTL and value: the expiry, and
 # in format 2 last_active_at next to it) and move the TTL and the index
 # entry. A key that is missing, or is not a record, is left alone: SETRANGE
-# would otherwise create it. Returns the record's index tag ('' none; nil
-# for no record).
+# would otherwise create it. ARGV[5] = the group. Returns the index tag of
+# a record whose index is out of reach (a Cluster record outside its user's
+# slot), for the caller to fix; '' if none; nil for no record.
 _TOUCH_SCRIPT = (
     _LUA_HELPERS
     + """
@@ -253,59 +272,75 @@ else
 end
 redis.call('PEXPIREAT', KEYS[1], ARGV[2])
 local tag = tag_of(h)
-if tag ~= '' and ARGV[5] ~= '1' then
-  index(ARGV[4] .. 'u:{' .. tag .. '}', KEYS[1], ARGV[2])
+if tag == '' then return '' end
+if reachable(tag, ARGV[5]) then
+  index(index_key(ARGV[4], tag), KEYS[1], ARGV[2])
+  return ''
 end
 return tag
 """
 )
 
-# Delete records and their index entries. Returns their index tags ('' for
-# none). ARGV[2] = '1' (Cluster): one key, and the caller fixes the index.
+# Delete records and their index entries. ARGV[2] = the group (on a
+# Cluster, one key). Returns, per key, the index tag of an entry out of
+# reach, for the caller to drop ('' for none).
 _DELETE_SCRIPT = (
     _LUA_HELPERS
     + """
-local tags = {}
+local left = {}
 for i, k in ipairs(KEYS) do
-  tags[i] = tag_of(getrange(k, 0, 59))
+  local tag = tag_of(getrange(k, 0, 59))
   redis.call('DEL', k)
-  if ARGV[2] ~= '1' then unindex(ARGV[1], tags[i], k) end
+  if tag ~= '' and reachable(tag, ARGV[2]) then
+    unindex(ARGV[1], tag, k)
+    tag = ''
+  end
+  left[i] = tag
 end
-return tags
+return left
 """
 )
 
-# The live entries of one index, as {member, header, ...}: first drop the
-# entries past their deadline, then those whose record is gone, is not of
-# format 2 or is in another index (its user changed, and a Cluster caller
-# has not moved the entry yet). ARGV[1] = now (ms), ARGV[2] = the index tag.
-# Standalone only: it reads the records, which on a Cluster are elsewhere.
+# The live entries of one index, as {{member, header, ...}, {member, ...}}:
+# first drop the entries past their deadline, then those whose record is
+# gone, is not of format 2 or is in another index (its user changed, and a
+# Cluster caller has not moved the entry yet). ARGV[1] = now (ms), ARGV[2] =
+# the index tag, ARGV[3] = the key prefix, ARGV[4] = the group. Members out
+# of reach (on a Cluster, records outside the user's slot) come second, for
+# the caller to read.
 _LIST_SCRIPT = (
     _LUA_HELPERS
     + """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-local out = {}
+local out, away = {}, {}
 local dropped = false
 for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  local h = header(m)
-  if h == '' or tag_of(h) ~= ARGV[2] then
-    redis.call('ZREM', KEYS[1], m)
-    dropped = true
+  if not member_here(m, ARGV[3], ARGV[4]) then
+    away[#away + 1] = m
   else
-    out[#out + 1] = m
-    out[#out + 1] = h
+    local h = header(m)
+    if h == '' or tag_of(h) ~= ARGV[2] then
+      redis.call('ZREM', KEYS[1], m)
+      dropped = true
+    else
+      out[#out + 1] = m
+      out[#out + 1] = h
+    end
   end
 end
 if dropped then fix_ttl(KEYS[1]) end
-return out
+return {out, away}
 """
 )
 
-# End sessions of one user, atomically (standalone only). ARGV: now (ms),
-# index tag, user id, now (microseconds), keep (full key or ''), limit
-# (-1: end all but keep), then the full keys to end ('*' alone: all).
-# Survivors of a trim: the `limit` most recent by (last_active_at, key),
-# descending, plus keep. Returns the full keys ended.
+# End sessions of one user, atomically. ARGV: now (ms), index tag, user id,
+# now (microseconds), keep (full key or ''), limit (-1: end all but keep),
+# key prefix, group, then the full keys to end ('*' alone: all). Survivors
+# of a trim: the `limit` most recent by (last_active_at, key), descending,
+# plus keep. Returns {the full keys ended, the live entries out of reach
+# (on a Cluster, records outside the user's slot) among those to end, 1};
+# a trim that meets one of those ends nothing and returns 0 last, since it
+# cannot rank a record it cannot read.
 _END_SCRIPT = (
     _LUA_HELPERS
     + """
@@ -319,20 +354,28 @@ end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 local now = tonumber(ARGV[4])
 local wanted = nil
-if ARGV[7] ~= '*' then
+if ARGV[9] ~= '*' then
   wanted = {}
-  for i = 7, #ARGV do wanted[ARGV[i]] = true end
-end
-local live = {}
-for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  local h = header(m)
-  if h == '' or tag_of(h) ~= ARGV[2] or i64(h, 10) <= now then
-    redis.call('ZREM', KEYS[1], m)
-  elseif owner(h) == ARGV[3] then
-    live[#live + 1] = {m, i64(h, 18)}
-  end
+  for i = 9, #ARGV do wanted[ARGV[i]] = true end
 end
 local limit = tonumber(ARGV[6])
+local live, away = {}, {}
+for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  if not member_here(m, ARGV[7], ARGV[8]) then
+    if m ~= ARGV[5] and (wanted == nil or wanted[m]) then away[#away + 1] = m end
+  else
+    local h = header(m)
+    if h == '' or tag_of(h) ~= ARGV[2] or i64(h, 10) <= now then
+      redis.call('ZREM', KEYS[1], m)
+    elseif owner(h) == ARGV[3] then
+      live[#live + 1] = {m, i64(h, 18)}
+    end
+  end
+end
+if limit >= 0 and #away > 0 then
+  fix_ttl(KEYS[1])
+  return {{}, away, 0}
+end
 if limit >= 0 then
   table.sort(live, function(a, b)
     if a[2] ~= b[2] then return a[2] > b[2] end
@@ -349,30 +392,25 @@ for i, e in ipairs(live) do
   end
 end
 fix_ttl(KEYS[1])
-return ended
+return {ended, away, 1}
 """
 )
 
-# Cluster only: the index's own commands, in its slot. ARGV[1] = 'add'
-# (ARGV[2] = score, then members: ZADD GT, a deadline never moves back, as
-# a save that raced may have raised it), 'rem' (members), or 'list'
-# (ARGV[2] = now in ms: drop the entries past their deadline, return the
-# rest).
+# Cluster only, for records outside their user's slot: the index's own
+# commands, in its slot. ARGV[1] = 'add' (ARGV[2] = score, then members:
+# ZADD GT, a deadline never moves back, as a save that raced may have
+# raised it) or 'rem' (members).
 _INDEX_SCRIPT = (
     _LUA_HELPERS
     + """
 local idx = KEYS[1]
 if ARGV[1] == 'add' then
   for i = 3, #ARGV do redis.call('ZADD', idx, 'GT', ARGV[2], ARGV[i]) end
-  fix_ttl(idx)
-  return 1
-elseif ARGV[1] == 'rem' then
+else
   for i = 2, #ARGV do redis.call('ZREM', idx, ARGV[i]) end
-  fix_ttl(idx)
-  return 1
 end
-redis.call('ZREMRANGEBYSCORE', idx, '-inf', ARGV[2])
-return redis.call('ZRANGE', idx, 0, -1)
+fix_ttl(idx)
+return 1
 """
 )
 
@@ -683,8 +721,58 @@ class RedisStore(SessionStore, Counting, PerUserIndex, CountingPerUser, LegacyKe
 
     # -- the store contract ------------------------------------------------
 
-    def _key(self, key: str) -> str:
+    def redis_key(self, key: str) -> str:
+        """The Redis key the record of ``key`` is kept under.
+
+        A stored key of 64 characters (the SHA-256 of a cookie's key, see
+        :func:`~flask_towersess.session.stored_key`) is kept under
+        ``key_prefix + "{" + key[:2] + "}" + key``: its first two digits are
+        its Cluster hash tag, and its user's index has the same one
+        (:meth:`colocation_prefix`), so that one script reaches both. Other
+        keys (those 0.1 wrote) are kept under ``key_prefix + key``.
+
+        .. versionadded:: 0.2
+        """
+        if len(key) == 64:
+            return f"{self.key_prefix}{{{key[:2]}}}{key}"
         return self.key_prefix + key
+
+    _key = redis_key
+
+    def colocation_prefix(self, user_id: str) -> str:
+        """On a Cluster, the first two digits of the tag of ``user_id``'s
+        index: the session layer gives the sessions of a user keys that
+        begin with them, which puts each record in the slot of its user's
+        index. ``""`` on standalone Redis and Sentinel, where one script
+        reaches every key.
+
+        .. versionadded:: 0.2
+        """
+        if not self._cluster:
+            return ""
+        return _header.index_tag(check_user_id(user_id))[:2]
+
+    def _group(self, key: str) -> str:
+        """The ``group`` argument of the scripts for the record of ``key``:
+        ``"*"`` (every key reachable) but on a Cluster, where it is the
+        record's hash tag (``""`` if it has none: nothing else is
+        reachable)."""
+        if not self._cluster:
+            return "*"
+        return key[:2] if len(key) == 64 else ""
+
+    def _reachable(self, key: str, tag: str) -> bool:
+        """Whether a script given the record of ``key`` may use the index of
+        ``tag`` (same slot, or not a Cluster)."""
+        return not self._cluster or (len(key) == 64 and key[:2] == tag[:2])
+
+    def _key_of(self, name: bytes) -> bytes:
+        """The record key (as stored) in the Redis key ``name``, which
+        begins with :attr:`key_prefix`."""
+        rest = name[len(self.key_prefix.encode()) :]
+        if rest[:1] == b"{" and rest[3:4] == b"}" and rest[1:3] == rest[4:6]:
+            return rest[4:]
+        return rest
 
     def _translate(self, exc: Exception) -> TowerSessError | None:
         problem = _misconfiguration(exc)
@@ -695,12 +783,7 @@ class RedisStore(SessionStore, Counting, PerUserIndex, CountingPerUser, LegacyKe
         return None
 
     def _index_key(self, tag: str) -> str:
-        return f"{self.key_prefix}u:{{{tag}}}"
-
-    def _mode(self) -> str:
-        # The scripts' last argument: "1" on a Cluster, where a script may
-        # touch only the keys it declares, all in one slot.
-        return "1" if self._cluster else "0"
+        return f"{self.key_prefix}u:{{{tag[:2]}}}{tag}"
 
     def load(self, key: str) -> Record | None:
         check_key(key)
@@ -731,16 +814,17 @@ class RedisStore(SessionStore, Counting, PerUserIndex, CountingPerUser, LegacyKe
         with self._translated_errors:
             if not tag:
                 created = self._commands.set(name, value, nx=True, pxat=pxat)
-            elif not self._cluster:
+            elif self._reachable(record.key, tag):
                 created = self._create_script(
                     [name, self._index_key(tag)], [value, pxat]
                 )
             else:
-                # Two slots: the record and the index entry go in one
-                # pipeline (one round trip of latency, a command on each
-                # master). Should the SET NX fail, the entry names a record
-                # that is not this user's: listings skip it, and it ends at
-                # its deadline.
+                # A Cluster record outside its user's slot (a key chosen
+                # before the log-in, or by a script): the record and the
+                # index entry go in one pipeline (one round trip of latency,
+                # a command on each master). Should the SET NX fail, the
+                # entry names a record that is not this user's: listings
+                # skip it, and it ends at its deadline.
                 pipe = self._client.pipeline(transaction=False)
                 pipe.set(name, value, nx=True, pxat=pxat)
                 self._pipe_eval(
@@ -764,14 +848,20 @@ class RedisStore(SessionStore, Counting, PerUserIndex, CountingPerUser, LegacyKe
             pxat,
             tag.encode(),
             self.key_prefix.encode(),
-            self._mode().encode(),
+            self._group(record.key),
         ]
         with self._translated_errors:
-            if not self._cluster:
+            if not tag or self._reachable(record.key, tag):
                 keys = [name, self._index_key(tag)] if tag else [name]
-                result, old = self._save_script(keys, args)
+                result, left = self._save_script(keys, args)
             else:
-                result, old = self._save_on_cluster(name, tag, micros, pxat, args)
+                result, left = self._save_apart(name, tag, micros, pxat, args)
+            if result == _SAVED and left:
+                # A Cluster record that was outside its old user's slot
+                # (a retired or logged-out key): one more round trip.
+                self._client.eval(
+                    _INDEX_SCRIPT, 1, self._index_key(left.decode()), "rem", name
+                )
         if result == _SAVED:
             return
         if result == _MISSING:
@@ -783,7 +873,7 @@ class RedisStore(SessionStore, Counting, PerUserIndex, CountingPerUser, LegacyKe
             )
         raise RuntimeError(f"unexpected reply from the save script: {result!r}")
 
-    def _save_on_cluster(
+    def _save_apart(
         self,
         name: str,
         tag: str,
@@ -791,25 +881,20 @@ class RedisStore(SessionStore, Counting, PerUserIndex, CountingPerUser, LegacyKe
         pxat: int,
         args: list[bytes | str | int],
     ) -> tuple[int, bytes]:
-        indexed = bool(tag) and micros > to_epoch_micros(utcnow())
-        if indexed:
-            # The compare-and-set and the new index entry in one pipeline;
-            # a failed compare-and-set leaves an entry that listings skip
-            # and that ends at its deadline.
-            pipe = self._client.pipeline(transaction=False)
-            self._pipe_eval(pipe, _SAVE_SCRIPT, name, *args)
-            self._pipe_eval(
-                pipe, _INDEX_SCRIPT, self._index_key(tag), "add", pxat, name
-            )
-            (result, old), _ = pipe.execute()
-        else:
-            result, old = self._save_script([name], args)
-        old_tag = old.decode("ascii", "replace")
-        if result == _SAVED and old_tag and (old_tag != tag or not indexed):
-            # The user changed (a retired key, a logout): one more round
-            # trip, to the old user's index.
-            self._client.eval(_INDEX_SCRIPT, 1, self._index_key(old_tag), "rem", name)
-        return result, old
+        """Cluster: save a user's record outside the user's slot."""
+        if micros <= to_epoch_micros(utcnow()):
+            # Saved expired (a retirement): no entry to add; the script
+            # reports the one to drop.
+            result, left = self._save_script([name], args)
+            return result, left
+        # The compare-and-set and the new index entry in one pipeline; a
+        # failed compare-and-set leaves an entry that listings skip and
+        # that ends at its deadline.
+        pipe = self._client.pipeline(transaction=False)
+        self._pipe_eval(pipe, _SAVE_SCRIPT, name, *args)
+        self._pipe_eval(pipe, _INDEX_SCRIPT, self._index_key(tag), "add", pxat, name)
+        (result, left), _ = pipe.execute()
+        return result, left
 
     def touch(self, key: str, expires_at: datetime) -> None:
         check_key(key)
@@ -825,12 +910,12 @@ class RedisStore(SessionStore, Counting, PerUserIndex, CountingPerUser, LegacyKe
                     pxat,
                     _header.VERSION.pack(now),
                     self.key_prefix.encode(),
-                    self._mode().encode(),
+                    self._group(key),
                 ],
             )
-            if tag and self._cluster:
-                # The index is in another slot: one more round trip, for a
-                # record of a user only.
+            if tag:
+                # A Cluster record outside its user's slot: one more round
+                # trip, to the index.
                 op = ("add", pxat) if micros > now else ("rem",)
                 index = self._index_key(tag.decode("ascii", "replace"))
                 self._client.eval(_INDEX_SCRIPT, 1, index, *op, name)
@@ -839,29 +924,34 @@ class RedisStore(SessionStore, Counting, PerUserIndex, CountingPerUser, LegacyKe
         check_key(key)
         name = self._key(key)
         with self._translated_errors:
-            (tag,) = self._delete_script([name], [self.key_prefix, self._mode()])
-            if tag and self._cluster:
+            (tag,) = self._delete_script([name], [self.key_prefix, self._group(key)])
+            if tag:
+                # A Cluster record outside its user's slot.
                 index = self._index_key(tag.decode("ascii", "replace"))
                 self._client.eval(_INDEX_SCRIPT, 1, index, "rem", name)
 
     def delete_many(self, keys: t.Collection[str]) -> None:
         """Delete the records of ``keys`` and their index entries: one
         script on standalone Redis; on a Cluster, one pipelined request
-        per master holding the records, then one per master holding the
-        indexes of the users among them.
+        per master holding the records (which drops the entries of records
+        kept in their user's slot), then, only for records outside it, one
+        per master holding their users' indexes.
 
         .. versionadded:: 0.2
         """
-        names = [self._key(check_key(key)) for key in keys]
+        checked = [check_key(key) for key in keys]
+        names = [self._key(key) for key in checked]
         if not names:
             return
         with self._translated_errors:
             if not self._cluster:
-                self._delete_script(names, [self.key_prefix, "0"])
+                self._delete_script(names, [self.key_prefix, "*"])
                 return
             pipe = self._client.pipeline(transaction=False)
-            for name in names:
-                self._pipe_eval(pipe, _DELETE_SCRIPT, name, self.key_prefix, "1")
+            for key, name in zip(checked, names):
+                self._pipe_eval(
+                    pipe, _DELETE_SCRIPT, name, self.key_prefix, self._group(key)
+                )
             by_tag: dict[str, list[str]] = {}
             for name, (tag,) in zip(names, pipe.execute()):
                 if tag:
@@ -896,14 +986,27 @@ class RedisStore(SessionStore, Counting, PerUserIndex, CountingPerUser, LegacyKe
         dropped on the way."""
         index = self._index_key(tag)
         now_ms = to_epoch_micros(utcnow()) // 1000
-        if not self._cluster:
-            return _pairs(self._list_script([index], [now_ms, tag]))
-        members = [
-            m.decode("utf-8", "replace")
-            for m in self._client.eval(_INDEX_SCRIPT, 1, index, "list", now_ms)
-        ]
-        if not members:
-            return []
+        here, away = self._list_script(
+            [index], [now_ms, tag, self.key_prefix, self._index_group(tag)]
+        )
+        entries = _pairs(here)
+        if away:
+            entries += self._entries_apart(tag, index, away)
+        return entries
+
+    def _index_group(self, tag: str) -> str:
+        """The ``group`` of the scripts run on the index of ``tag``."""
+        return tag[:2] if self._cluster else "*"
+
+    def _entries_apart(
+        self, tag: str, index: str, away: list[bytes]
+    ) -> list[tuple[str, bytes]]:
+        """Cluster: what :meth:`_entries` reads for the members ``away``
+        of the index of ``tag``, outside its slot (records written before
+        their user logged in, or by a script): their headers, one pipelined
+        request per master, and one more round trip to the index only if
+        some outlived their records."""
+        members = [m.decode("utf-8", "replace") for m in away]
         pipe = self._client.pipeline(transaction=False)
         for name in members:
             self._pipe_eval(pipe, _HEADER_SCRIPT, name)
@@ -925,14 +1028,18 @@ class RedisStore(SessionStore, Counting, PerUserIndex, CountingPerUser, LegacyKe
     ) -> t.Iterable[list[tuple[str, bytes]] | None]:
         """What :meth:`_entries` reads for each of ``tags``: in one
         pipeline on standalone Redis; ``None`` (read it then) on a
-        Cluster, where each index needs its own steps."""
+        Cluster, where each index is in its own slot."""
         if self._cluster:
             return [None] * len(tags)
         now_ms = to_epoch_micros(utcnow()) // 1000
         pipe = self._client.pipeline(transaction=False)
         for tag in tags:
-            self._list_script([self._index_key(tag)], [now_ms, tag], client=pipe)
-        return [_pairs(flat) for flat in pipe.execute()]
+            self._list_script(
+                [self._index_key(tag)],
+                [now_ms, tag, self.key_prefix, "*"],
+                client=pipe,
+            )
+        return [_pairs(here) for here, _ in pipe.execute()]
 
     def _live_records(
         self,
@@ -944,12 +1051,12 @@ class RedisStore(SessionStore, Counting, PerUserIndex, CountingPerUser, LegacyKe
         ``entries``, if read already), of ``user_id`` (``None``: of every
         user whose index it is)."""
         now = utcnow()
-        start = len(self.key_prefix)
         records = []
         if entries is None:
             entries = self._entries(tag)
         for name, head in entries:
-            info = _header.parse_info(name[start:], head)
+            key = self._key_of(name.encode()).decode("utf-8", "replace")
+            info = _header.parse_info(key, head)
             if info is None or info.tag != tag or info.record.expires_at <= now:
                 continue
             owner = info.record.user_id
@@ -964,10 +1071,11 @@ class RedisStore(SessionStore, Counting, PerUserIndex, CountingPerUser, LegacyKe
         """The live records of ``user_id``, with their per-user fields and
         an empty payload.
 
-        One script on standalone Redis and Sentinel. On a Cluster: one call
-        to the index, one pipelined request per master holding the
-        records, and one more to the index only if entries outlived their
-        records.
+        One script, on a Cluster too: there the records of a user's
+        sessions are kept in the slot of the user's index. A record outside
+        it (written before its user logged in, or by a script) costs one
+        pipelined request per master holding such records, and one more
+        round trip to the index only if some outlived their records.
 
         .. versionadded:: 0.2
         """
@@ -985,10 +1093,11 @@ class RedisStore(SessionStore, Counting, PerUserIndex, CountingPerUser, LegacyKe
         """End the live sessions of ``user_id`` (all, or those of ``keys``)
         but ``keep``; a key of another user's record is left alone.
 
-        One script on standalone Redis and Sentinel, however many sessions
-        the user has. On a Cluster three round trips: the index, one
-        pipelined request per master holding the records (each record is
-        deleted by a script that checks its user), and the index again.
+        One script, however many sessions the user has, on a Cluster too
+        (its records are in the slot of its index). Records outside that
+        slot (see :meth:`sessions_of`) cost one pipelined request per
+        master holding them (each deleted by a script that checks its
+        user), and one more round trip to the index.
 
         .. versionadded:: 0.2
         """
@@ -998,40 +1107,33 @@ class RedisStore(SessionStore, Counting, PerUserIndex, CountingPerUser, LegacyKe
         if wanted is not None and not wanted:
             return []
         with self._translated_errors:
-            if not self._cluster:
-                ended = self._end_script(
-                    [self._index_key(tag)],
-                    self._end_args(tag, user_id, keep_name, -1, wanted),
-                )
-                return self._keys_of(ended)
-            members = self._client.eval(
-                _INDEX_SCRIPT,
-                1,
-                self._index_key(tag),
-                "list",
-                to_epoch_micros(utcnow()) // 1000,
+            ended, away, _ = self._end_script(
+                [self._index_key(tag)],
+                self._end_args(tag, user_id, keep_name, -1, wanted),
             )
-            names = [m.decode("utf-8", "replace") for m in members]
-            names = [
-                n for n in names if n != keep_name and (wanted is None or n in wanted)
-            ]
-            return self._end_on_cluster(user_id, tag, names)
+            keys = self._keys_of(ended)
+            if away:
+                names = [m.decode("utf-8", "replace") for m in away]
+                keys += self._end_apart(user_id, tag, names)
+            return keys
 
     def trim_sessions_of(self, user_id: str, limit: int, *, keep: str) -> list[str]:
         """End the live sessions of ``user_id`` but ``keep`` and the
         ``limit`` most recently active.
 
-        One script on standalone Redis and Sentinel, atomic. On a Cluster
-        the records are in several slots, which no Redis command spans: the
-        survivors are chosen from one reading of the index and the headers
-        (two or three round trips), then the others are ended, each by a
-        script that checks it is still the user's, at the version and last
-        activity it was chosen by (one round trip per master), and the
-        index is fixed (one more). So a session touched or saved after the
-        reading is spared, and two trims at once agree on the order: neither
-        ends a session the other keeps unless the limit leaves room for one
-        of them only. A session created after the reading is not trimmed
-        by that call (the next login's trim sees it).
+        One script, atomic, on a Cluster too (a user's records are in the
+        slot of the user's index). Should some of them be outside it
+        (written before their user logged in, or by a script), no Redis
+        command spans them all: the survivors are chosen from one reading
+        of the index and the headers (two or three round trips), then the
+        others are ended, each by a script that checks it is still the
+        user's, at the version and last activity it was chosen by (one
+        round trip per master), and the index is fixed (one more). So a
+        session touched or saved after the reading is spared, and two trims
+        at once agree on the order: neither ends a session the other keeps
+        unless the limit leaves room for one of them only. A session
+        created after the reading is not trimmed by that call (the next
+        login's trim sees it).
 
         .. versionadded:: 0.2
         """
@@ -1040,18 +1142,18 @@ class RedisStore(SessionStore, Counting, PerUserIndex, CountingPerUser, LegacyKe
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
             raise ValueError("limit must be an int >= 0")
         with self._translated_errors:
-            if not self._cluster:
-                ended = self._end_script(
-                    [self._index_key(tag)],
-                    self._end_args(tag, user_id, keep_name, limit, None),
-                )
+            ended, _, done = self._end_script(
+                [self._index_key(tag)],
+                self._end_args(tag, user_id, keep_name, limit, None),
+            )
+            if done:
                 return self._keys_of(ended)
             live = self._live_records(user_id, tag)
             live.sort(key=_recency, reverse=True)
             chosen = [r for r in live[limit:] if self._key(r.key) != keep_name]
             # Each is ended only if unchanged since it was chosen: one
             # touched or saved meanwhile may now be among the most recent.
-            return self._end_on_cluster(
+            return self._end_apart(
                 user_id,
                 tag,
                 [self._key(r.key) for r in chosen],
@@ -1074,14 +1176,15 @@ class RedisStore(SessionStore, Counting, PerUserIndex, CountingPerUser, LegacyKe
             now,
             keep_name,
             limit,
+            self.key_prefix,
+            self._index_group(tag),
             *(["*"] if wanted is None else sorted(wanted)),
         ]
 
     def _keys_of(self, names: t.Iterable[bytes]) -> list[str]:
-        start = len(self.key_prefix.encode())
-        return [name[start:].decode("ascii") for name in names]
+        return [self._key_of(name).decode("ascii") for name in names]
 
-    def _end_on_cluster(
+    def _end_apart(
         self,
         user_id: str,
         tag: str,
@@ -1109,8 +1212,7 @@ class RedisStore(SessionStore, Counting, PerUserIndex, CountingPerUser, LegacyKe
                 dead.append(name)
         if dead:
             self._unindex_many({tag: dead})
-        start = len(self.key_prefix)
-        return [name[start:] for name in ended]
+        return self._keys_of(name.encode() for name in ended)
 
     def per_user_counts(self, top: int) -> list[tuple[str, int]]:
         """The ``top`` users with the most live sessions, most first.
@@ -1123,18 +1225,21 @@ class RedisStore(SessionStore, Counting, PerUserIndex, CountingPerUser, LegacyKe
 
         .. versionadded:: 0.2
         """
-        pattern = _glob_escape(self.key_prefix) + "u:{*}"
+        pattern = _glob_escape(self.key_prefix) + "u:{*}*"
         options: dict[str, t.Any] = {}
         if self._cluster:
             options["target_nodes"] = "primaries"
         start = len(self.key_prefix.encode()) + 3
         counts: dict[str, int] = {}
         with self._translated_errors:
+            # "<prefix>u:{" + the tag's first two digits + "}" + the tag.
             tags = {
-                name[start:-1].decode("ascii", "replace")
+                name[start + 3 :].decode("ascii", "replace")
                 for name in self._commands.scan_iter(
                     match=pattern, count=SCAN_BATCH, **options
                 )
+                if name[start + 2 : start + 3] == b"}"
+                and name[start : start + 2] == name[start + 3 : start + 5]
             }
             listed = [tag for tag in tags if len(tag) == _header.INDEX_TAG_LENGTH]
             for first in range(0, len(listed), SCAN_BATCH):
@@ -1162,7 +1267,6 @@ class RedisStore(SessionStore, Counting, PerUserIndex, CountingPerUser, LegacyKe
         nodes = self._scan_nodes()
         node, scan = (0, 0) if cursor is None else _split_cursor(cursor, len(nodes))
         pattern = _glob_escape(self.key_prefix) + "*"
-        start = len(self.key_prefix.encode())
         found: list[str] = []
         with self._translated_errors:
             while node < len(nodes) and len(found) < limit:
@@ -1170,7 +1274,7 @@ class RedisStore(SessionStore, Counting, PerUserIndex, CountingPerUser, LegacyKe
                     cursor=scan, match=pattern, count=max(limit, 10)
                 )
                 for name in names:
-                    key = name[start:]
+                    key = self._key_of(name)
                     if _is_session_key(key) and not _is_hashed(key):
                         found.append(key.decode("ascii"))
                 if scan == 0:
@@ -1234,14 +1338,13 @@ class RedisStore(SessionStore, Counting, PerUserIndex, CountingPerUser, LegacyKe
             # Every key lives on exactly one primary; replicas would count
             # them twice.
             options["target_nodes"] = "primaries"
-        start = len(self.key_prefix.encode())
         with self._translated_errors:
             return sum(
                 1
                 for name in self._commands.scan_iter(
                     match=pattern, count=SCAN_BATCH, **options
                 )
-                if _is_session_key(name[start:])
+                if _is_session_key(self._key_of(name))
             )
 
     def ping(self) -> None:
