@@ -56,6 +56,7 @@ from .stores.base import USER_ID_LENGTH
 from .stores.base import Record
 from .stores.base import SessionStore
 from .stores.base import check_key
+from .stores.base import recency
 from .stores.base import short_key
 from .stores.base import utcnow
 
@@ -359,14 +360,6 @@ def _from_millis(millis: int) -> datetime:
 #: The latest moment a payload's times may name (year 9999): beyond it a
 #: datetime cannot be made, and no payload this package wrote holds one.
 _MAX_EPOCH_MILLIS = 253402300799000
-
-
-_NEVER = datetime.min.replace(tzinfo=timezone.utc)
-
-
-def _recency(record: Record) -> tuple[datetime, str]:
-    """The order of :meth:`~.stores.PerUserIndex.trim_sessions_of`."""
-    return (record.last_active_at or _NEVER, record.key)
 
 
 def _index_user(data: t.Mapping[str, t.Any]) -> str | None:
@@ -1161,7 +1154,7 @@ class ServerSession(SessionMixin):
         # outrank this log-in: keep app hosts' clocks in step.)
         live = per_user.sessions_of(user)
         if len(live) > limit:
-            top = max(live, key=_recency)
+            top = max(live, key=recency)
             ended += per_user.trim_sessions_of(user, limit, keep=top.key)
         if ended and session_ended.receivers:
             sender = _signal_sender()

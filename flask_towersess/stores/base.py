@@ -255,6 +255,20 @@ class Record:
         return self.expires_at <= (now or utcnow())
 
 
+#: Earlier than any ``last_active_at``: the recency of a record without one.
+NEVER_ACTIVE = datetime.min.replace(tzinfo=timezone.utc)
+
+
+def recency(record: Record) -> tuple[datetime, str]:
+    """The order of :meth:`PerUserIndex.trim_sessions_of`, ascending: least
+    recently active first, a record without ``last_active_at`` before all
+    others, then by key (one total order, which every store sorts by).
+
+    .. versionadded:: 0.2
+    """
+    return (record.last_active_at or NEVER_ACTIVE, record.key)
+
+
 class SessionStore(abc.ABC):
     """Base class of the session stores.
 

@@ -14,7 +14,6 @@ import os
 import threading
 import typing as t
 from datetime import datetime
-from datetime import timezone
 
 from ..errors import CreateError
 from ..errors import UpdateError
@@ -31,6 +30,7 @@ from .base import Record
 from .base import SessionStore
 from .base import check_key
 from .base import check_user_id
+from .base import recency
 from .base import short_key
 from .base import utcnow
 
@@ -201,7 +201,7 @@ class MemoryStore(
         check_user_id(user_id)
         with self._lock:
             live = self._live_of(user_id, utcnow())
-            live.sort(key=_recency, reverse=True)
+            live.sort(key=recency, reverse=True)
             ended = [record.key for record in live[limit:] if record.key != keep]
             for key in ended:
                 self._remove(key)
@@ -276,12 +276,3 @@ class MemoryStore(
     def __len__(self) -> int:
         with self._lock:
             return len(self._records)
-
-
-_NEVER = datetime.min.replace(tzinfo=timezone.utc)
-
-
-def _recency(record: Record) -> tuple[datetime, str]:
-    """The order of :meth:`MemoryStore.trim_sessions_of`: least recently
-    active first; a record without ``last_active_at`` before all others."""
-    return (record.last_active_at or _NEVER, record.key)

@@ -48,6 +48,7 @@ from ._urls import redact_message
 from ._urls import redact_url
 from ._urls import url_location
 from .base import KEY_PATTERN
+from .base import NEVER_ACTIVE
 from .base import BatchCallback
 from .base import Counting
 from .base import CountingPerUser
@@ -823,16 +824,13 @@ class MongoDBStore(
         return f"MongoDBStore({self._where})"
 
 
-_NEVER = datetime.min.replace(tzinfo=timezone.utc)
-
-
 def _recency(last_active_at: object, key: str) -> tuple[datetime, str]:
     """The order of :meth:`MongoDBStore.trim_sessions_of`, as
     :class:`~.memory.MemoryStore` has it: a document without a readable
     ``last_active_at`` is the least recent."""
     if isinstance(last_active_at, datetime):
         return _from_bson_date(last_active_at), key
-    return _NEVER, key
+    return NEVER_ACTIVE, key
 
 
 #: Server error codes of settings MongoDB refused: the credentials

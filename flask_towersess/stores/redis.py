@@ -38,7 +38,6 @@ import logging
 import sys
 import typing as t
 from datetime import datetime
-from datetime import timezone
 from urllib.parse import SplitResult
 from urllib.parse import unquote
 from urllib.parse import urlsplit
@@ -65,6 +64,7 @@ from .base import Record
 from .base import SessionStore
 from .base import check_key
 from .base import check_user_id
+from .base import recency
 from .base import refuse_record
 from .base import short_key
 from .base import utcnow
@@ -1149,7 +1149,7 @@ class RedisStore(SessionStore, Counting, PerUserIndex, CountingPerUser, LegacyKe
             if done:
                 return self._keys_of(ended)
             live = self._live_records(user_id, tag)
-            live.sort(key=_recency, reverse=True)
+            live.sort(key=recency, reverse=True)
             chosen = [r for r in live[limit:] if self._key(r.key) != keep_name]
             # Each is ended only if unchanged since it was chosen: one
             # touched or saved meanwhile may now be among the most recent.
@@ -1401,16 +1401,6 @@ def _split_cursor(cursor: str, nodes: int) -> tuple[int, int]:
     if not sep or not node.isdigit() or not scan.isdigit() or int(node) >= nodes:
         raise ValueError("not a cursor of RedisStore.unhashed_keys")
     return int(node), int(scan)
-
-
-_NEVER = datetime.min.replace(tzinfo=timezone.utc)
-
-
-def _recency(record: Record) -> tuple[datetime, str]:
-    """The order of :meth:`RedisStore.trim_sessions_of`, as the standalone
-    script sorts: least recently active first, no ``last_active_at``
-    before all others, then by key."""
-    return (record.last_active_at or _NEVER, record.key)
 
 
 def _is_cluster(client: object) -> bool:

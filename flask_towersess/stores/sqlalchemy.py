@@ -56,6 +56,7 @@ from ._statements import in_autocommit
 from ._urls import redact_message
 from ._urls import redact_url
 from .base import IP_LENGTH
+from .base import NEVER_ACTIVE
 from .base import USER_AGENT_LENGTH
 from .base import USER_ID_LENGTH
 from .base import BatchCallback
@@ -196,15 +197,12 @@ def _all_keys(rows: t.Sequence[Row]) -> list[str]:
     return [row[0] for row in rows]
 
 
-_NEVER = datetime.min.replace(tzinfo=timezone.utc)
-
-
 def _recency(row: Row) -> tuple[datetime, str]:
     """The order of :meth:`SQLAlchemyStore.trim_sessions_of` on a row of
     ``(key, last_active_at as text)``: a row without (or with an
     unreadable) ``last_active_at`` is the least recent."""
     key, last_active_at = row
-    return (_listed_time(last_active_at) or _NEVER, key)
+    return (_listed_time(last_active_at) or NEVER_ACTIVE, key)
 
 
 def _aware_utc(moment: datetime) -> datetime:
