@@ -1135,9 +1135,15 @@ class ServerSession(SessionMixin):
     def _limit_sessions_per_user(self) -> None:
         """After a log-in, end the user's least recently active sessions
         beyond ``SESSION_MAX_PER_USER``."""
-        if not has_app_context():
+        # The served app's setting, as for the other settings read when
+        # needed; a session saved outside a request uses the current app's.
+        if self.served is not None:
+            settings = self.served[0].config
+        elif has_app_context():
+            settings = current_app.config
+        else:
             return
-        limit = config.read(current_app.config, "SESSION_MAX_PER_USER")
+        limit = config.read(settings, "SESSION_MAX_PER_USER")
         user = _index_user(self._data or {})
         key = self.stored_key
         if limit is None or user is None or key is None:
