@@ -771,3 +771,26 @@ def test_new_session_key_with_a_prefix() -> None:
     for bad in ("a", "abc", "abcdef", "zz"):
         with pytest.raises(ValueError):
             new_session_key(bad)
+
+
+def test_a_cluster_prefix_that_would_break_the_hash_tags_is_refused(
+    redis_cluster_store: RedisStore,
+) -> None:
+    from flask_towersess.errors import ConfigurationError
+
+    client = redis_cluster_store.client
+    for bad in ("session{", "a{b:", "{}session:"):
+        with pytest.raises(ConfigurationError, match="hash tag"):
+            RedisStore(client, key_prefix=bad)
+    # A whole tag puts every key in one slot: it works, listing included.
+    store = RedisStore(client, key_prefix="{towersess-test-one-slot}:")
+    try:
+        r = record()
+        store.create(r)
+        store.touch(r.key, r.expires_at)
+        assert keys_of(store.sessions_of("alice")) == {r.key}
+        assert store.delete_sessions_of("alice") == [r.key]
+    finally:
+        for node in nodes(store):
+            for name in node.scan_iter(match="{towersess-test-one-slot}:*"):
+                node.delete(name)

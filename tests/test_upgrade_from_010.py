@@ -124,8 +124,7 @@ def keys_in_backend(where: Target, memory: MemoryStore | None) -> set[str]:
         # A hashed key is kept under "{" + its first two digits + "}" + it
         # (a Cluster hash tag; RedisStore.redis_key()).
         return {
-            name[4:] if name[:1] == "{" and name[3:4] == "}" else name
-            for name in names
+            name[4:] if name[:1] == "{" and name[3:4] == "}" else name for name in names
         }
     engine = sa.create_engine(where.url)
     try:

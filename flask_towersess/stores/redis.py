@@ -598,6 +598,8 @@ class RedisStore(SessionStore, Counting, PerUserIndex, CountingPerUser, LegacyKe
         # The rest of redis-py's API (pipelines, EVAL, the Cluster's nodes).
         self._client: t.Any = client
         self._cluster = _is_cluster(client)
+        if self._cluster:
+            _check_cluster_prefix(key_prefix)
         from redis.exceptions import ResponseError
 
         self._unavailable_errors = _unavailable_errors()
@@ -1401,6 +1403,26 @@ def _split_cursor(cursor: str, nodes: int) -> tuple[int, int]:
     if not sep or not node.isdigit() or not scan.isdigit() or int(node) >= nodes:
         raise ValueError("not a cursor of RedisStore.unhashed_keys")
     return int(node), int(scan)
+
+
+def _check_cluster_prefix(key_prefix: str) -> None:
+    """Refuse a Cluster key prefix that would take the hash tag from the
+    keys: a ``{`` with no ``}`` after it in the prefix, or an empty ``{}``.
+    Redis hashes the text between a key's first ``{`` and the next ``}``;
+    with such a prefix a session and its user's index could land in slots
+    that the store takes to be one. A prefix with a whole tag
+    (``"{myapp}:session:"``) puts every key in one slot, which works."""
+    start = key_prefix.find("{")
+    if start == -1:
+        return
+    end = key_prefix.find("}", start + 1)
+    if end == -1 or end == start + 1:
+        raise ConfigurationError(
+            f"key_prefix {key_prefix!r} cannot be used on a Redis Cluster: its"
+            " '{' opens a hash tag that the store's keys would close. Leave"
+            " braces out of the prefix, or give it a whole tag such as"
+            " '{myapp}:session:'."
+        )
 
 
 def _is_cluster(client: object) -> bool:
