@@ -44,6 +44,7 @@ from ._common import benchmark_parser
 from ._common import emit
 from ._common import machine
 from ._common import positive_ints
+from .requests import _add_session_views
 
 STORES = ("memory", "sqlite", "postgresql", "mariadb", "redis", "caching")
 DEFAULT_SESSIONS = (10, 1000)
@@ -77,13 +78,8 @@ def _app(store: SessionStore) -> tuple[Flask, SessionExt]:
     app.config.update(SECRET_KEY="bench", SESSION_STORE=store)
     ext = SessionExt(app)
     logins = iter(range(10**9))
-
-    @app.get("/write")
-    def write() -> str:
-        counter = session.get("counter", 0) + 1
-        session["counter"] = counter
-        session["prefs"] = {"theme": "dark", "seen": counter}
-        return "ok"
+    # /write: the requests benchmark's write scenario.
+    _add_session_views(app)
 
     @app.get("/login")
     def login() -> str:

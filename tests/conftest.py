@@ -97,10 +97,20 @@ PER_USER_CANDIDATES: dict[str, tuple[str, ...]] = {
 }
 
 
+_PER_USER_METHODS = ("sessions_of", "delete_sessions_of", "trim_sessions_of")
+
+
 def _keeps_per_user_index(modules: tuple[str, ...]) -> bool:
     """Whether every store class involved has the per-user methods (the
     :class:`~flask_towersess.stores.PerUserIndex` protocol), without
-    connecting to anything: decided at collection."""
+    connecting to anything: decided at collection.
+
+    A :class:`~flask_towersess.stores.caching.CachingStore` has them only on
+    the subclass its constructor picks when the durable store has them, so
+    its class is the one of a caching store built in front of an (empty,
+    in-process) :class:`~flask_towersess.stores.memory.MemoryStore`; its
+    durable store's class is checked as any other module of the tuple.
+    """
     import importlib
 
     classes = {
@@ -116,10 +126,11 @@ def _keeps_per_user_index(modules: tuple[str, ...]) -> bool:
         except ImportError:
             return False
         cls = getattr(found, classes[module])
-        if not all(
-            callable(getattr(cls, name, None))
-            for name in ("sessions_of", "delete_sessions_of", "trim_sessions_of")
-        ):
+        if module == "caching":
+            from flask_towersess.stores.memory import MemoryStore
+
+            cls = type(cls(MemoryStore(), MemoryStore()))
+        if not all(callable(getattr(cls, name, None)) for name in _PER_USER_METHODS):
             return False
     return True
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import typing as t
 from collections import Counter
 from datetime import datetime
 
 from flask_towersess.stores.base import BatchCallback
+from flask_towersess.stores.base import LegacyKeys
 from flask_towersess.stores.base import Record
 from flask_towersess.stores.base import SessionStore
 
@@ -91,3 +93,46 @@ def timed(call: t.Callable[[], t.Any]) -> tuple[t.Any, float]:
     started = time.monotonic()
     result = call()
     return result, time.monotonic() - started
+
+
+T = t.TypeVar("T")
+
+
+def at_once(*calls: t.Callable[[threading.Barrier], T]) -> list[T]:
+    """Run each call in a thread of its own, given one barrier for all of
+    them to wait on where the race should begin; their results, in the
+    order of ``calls``. The first error a call raised is raised here."""
+    barrier = threading.Barrier(len(calls))
+    results: list[t.Any] = [None] * len(calls)
+    errors: list[BaseException] = []
+
+    def run(index: int, call: t.Callable[[threading.Barrier], T]) -> None:
+        try:
+            results[index] = call(barrier)
+        except BaseException as exc:
+            errors.append(exc)
+            barrier.abort()  # the others stop waiting for this one
+
+    threads = [
+        threading.Thread(target=run, args=(index, call))
+        for index, call in enumerate(calls)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return results
+
+
+def unhashed_pages(store: LegacyKeys, limit: int) -> list[list[str]]:
+    """Every page :meth:`~flask_towersess.stores.base.LegacyKeys.unhashed_keys`
+    gives, ``limit`` keys at most each, from the first to the last."""
+    pages: list[list[str]] = []
+    cursor: str | None = None
+    while True:
+        keys, cursor = store.unhashed_keys(cursor, limit)
+        pages.append(keys)
+        if cursor is None:
+            return pages

@@ -34,6 +34,15 @@ from .per_user_app import stored_of
 #: expiry (in process, an SQL column, a Redis TTL) instead of on all of them.
 AGE_LIMIT_STORES = ["memory", "sqlite", "redis"]
 
+#: The tests of what a cache could get wrong (a cached copy, its expiry and
+#: the touch that drops it) also run through Redis in front of PostgreSQL;
+#: the others would only wait again for what the durable store decides.
+through_the_cache = pytest.mark.parametrize(
+    "per_user_store",
+    [*AGE_LIMIT_STORES, "caching_redis_postgresql"],
+    indirect=True,
+)
+
 
 @pytest.fixture(params=AGE_LIMIT_STORES)
 def per_user_store(request: pytest.FixtureRequest) -> SessionStore:
@@ -163,6 +172,7 @@ def test_cycle_key_does_not_restart_it(per_user_store: SessionStore) -> None:
     assert whoami(client) == "anonymous"
 
 
+@through_the_cache
 def test_touch_never_extends_past_it(per_user_store: SessionStore) -> None:
     app = make_app(
         per_user_store,
@@ -202,6 +212,7 @@ def test_touch_never_extends_past_it(per_user_store: SessionStore) -> None:
     ],
     ids=["int", "datetime", "browser-close", "permanent"],
 )
+@through_the_cache
 def test_no_cookie_or_record_outlives_it(
     per_user_store: SessionStore, query: dict[str, str]
 ) -> None:

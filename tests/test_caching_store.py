@@ -259,10 +259,16 @@ def test_unreadable_entry_is_dropped(
 # -- the write path ----------------------------------------------------------------
 
 
-def test_create_writes_durable_then_cache(layers: Layers) -> None:
+def test_create_leases_the_slot_then_writes_durable_then_cache(
+    layers: Layers,
+) -> None:
     record = make_record()
     layers.store.create(record)
-    assert layers.log == [("durable", "create"), ("cache", "create")]
+    assert layers.log == [
+        ("cache", "create"),  # the lease
+        ("durable", "create"),
+        ("cache", "save"),  # the lease replaced by the record
+    ]
     assert layers.durable.inner.load(record.key) == record
 
 
@@ -271,7 +277,12 @@ def test_create_of_a_taken_key_fails_in_durable(layers: Layers) -> None:
     layers.durable.inner.create(record)
     with pytest.raises(CreateError):
         layers.store.create(Record(record.key, b"second", record.expires_at))
-    assert layers.log == [("durable", "create")]
+    # The lease is given back.
+    assert layers.log == [
+        ("cache", "create"),
+        ("durable", "create"),
+        ("cache", "delete"),
+    ]
     assert layers.store.load(record.key) == record
 
 

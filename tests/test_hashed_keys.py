@@ -25,6 +25,7 @@ from flask_towersess.session import new_session_key
 from flask_towersess.session import stored_key
 from flask_towersess.stores.base import Record
 from flask_towersess.stores.base import utcnow
+from flask_towersess.stores.caching import CachingStore
 from flask_towersess.stores.memory import MemoryStore
 
 from .per_user_app import client_of
@@ -54,6 +55,14 @@ def record_loads(monkeypatch: pytest.MonkeyPatch, store: SessionStore) -> list[s
 
     monkeypatch.setattr(store, "load", load)
     return loaded
+
+
+def layers_of(store: SessionStore) -> list[SessionStore]:
+    """The stores that hold records: a caching store's cache and durable
+    store, or the store itself."""
+    if isinstance(store, CachingStore):
+        return [store.cache, store.store]
+    return [store]
 
 
 def read(client: FlaskClient) -> dict[str, t.Any]:
@@ -97,12 +106,17 @@ def test_the_store_never_holds_the_cookie_key(per_user_store: SessionStore) -> N
     assert key is not None and anonymous is not None and key != anonymous
     assert per_user_store.load(key) is None
     assert per_user_store.load(stored_key(key)) is not None
-    if isinstance(per_user_store, MemoryStore):
-        assert key not in per_user_store._records
-        assert all(HEX64.fullmatch(stored) for stored in per_user_store._records)
-        for record in per_user_store._records.values():
-            assert key.encode() not in record.payload
-            assert anonymous.encode() not in record.payload
+    if isinstance(per_user_store, CachingStore):
+        # The cache holds the session too, under the same hash.
+        assert per_user_store.cache.load(stored_key(key)) is not None
+    for layer in layers_of(per_user_store):
+        assert layer.load(key) is None
+        if isinstance(layer, MemoryStore):
+            assert key not in layer._records
+            assert all(HEX64.fullmatch(stored) for stored in layer._records)
+            for record in layer._records.values():
+                assert key.encode() not in record.payload
+                assert anonymous.encode() not in record.payload
 
 
 @pytest.mark.parametrize("signer", [True, False], ids=["signed", "unsigned"])
@@ -198,8 +212,10 @@ def test_a_legacy_record_is_moved_under_its_hash(per_user_store: SessionStore) -
     assert client.post("/write").data == b"6"
     assert cookie_key(app, client) == key  # no log-in happened: same key
     assert read(client)["n"] == 6
-    if isinstance(per_user_store, MemoryStore):
-        assert key not in per_user_store._records
+    for layer in layers_of(per_user_store):
+        assert layer.load(key) is None
+        if isinstance(layer, MemoryStore):
+            assert key not in layer._records
 
 
 def test_an_anonymous_legacy_record_is_moved_unlisted(

@@ -192,6 +192,41 @@ def test_revoke_invalidates_in_one_cache_call(
     assert store.load(other.key) is None and cache.delete_many_calls[-1] == 1
 
 
+@pytest.mark.parametrize("ending", ["revoke", "trim"])
+def test_a_session_ended_while_it_is_created_is_not_cached(
+    store: CachingStore,
+    cache: SickCache,
+    durable: MemoryStore,
+    monkeypatch: pytest.MonkeyPatch,
+    ending: str,
+) -> None:
+    """The index makes a new key known to other requests as soon as the
+    durable store has it: a revoke (or another log-in's trim) can end it
+    before its creator writes the cache, and that write must not bring it
+    back (two logins racing with ``SESSION_MAX_PER_USER=1`` both stayed
+    logged in through the cache)."""
+    record = user_record("hank")
+    keeper = user_record("hank")
+    store.create(keeper)
+    per_user = t.cast(PerUserIndex, store)
+    real = durable.create
+
+    def create_then_end(created: Record) -> None:
+        real(created)
+        if ending == "revoke":
+            ended = per_user.delete_sessions_of("hank", keep=keeper.key)
+        else:
+            ended = per_user.trim_sessions_of("hank", 0, keep=keeper.key)
+        assert ended == [created.key]
+
+    monkeypatch.setattr(durable, "create", create_then_end)
+    store.create(record)
+    assert durable.load(record.key) is None
+    assert not cached_in(cache, record.key)
+    assert store.load(record.key) is None
+    assert store.load(keeper.key) is not None
+
+
 def test_a_failing_cache_owes_the_revoked_keys(
     store: CachingStore, cache: SickCache, durable: MemoryStore
 ) -> None:

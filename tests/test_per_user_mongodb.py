@@ -9,6 +9,7 @@ each one is one command to the server.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
 import threading
@@ -27,6 +28,9 @@ from flask_towersess.stores.base import Record
 from flask_towersess.stores.base import utcnow
 from flask_towersess.stores.mongodb import USER_INDEX_NAME
 from flask_towersess.stores.mongodb import MongoDBStore
+
+from .helpers import at_once
+from .helpers import unhashed_pages
 
 #: The moment a retired key is saved with (see the session layer).
 RETIRED = datetime(2000, 1, 1, tzinfo=timezone.utc)
@@ -183,22 +187,11 @@ def test_login_logout_cycles_leave_nothing(mongodb_store: MongoDBStore) -> None:
 
 
 def test_parallel_creates_are_all_listed(mongodb_store: MongoDBStore) -> None:
-    barrier = threading.Barrier(20)
-    errors: list[BaseException] = []
+    def login(barrier: threading.Barrier) -> None:
+        barrier.wait()
+        mongodb_store.create(user_record("dave"))
 
-    def login() -> None:
-        try:
-            barrier.wait()
-            mongodb_store.create(user_record("dave"))
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=login) for _ in range(20)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
+    at_once(*[login] * 20)
     assert len(mongodb_store.sessions_of("dave")) == 20
 
 
@@ -348,22 +341,13 @@ def test_trim_under_two_racing_logins(mongodb_store: MongoDBStore, limit: int) -
         new = [
             user_record(user, active=now + timedelta(milliseconds=n)) for n in range(2)
         ]
-        barrier = threading.Barrier(2)
 
-        def login(
-            record: Record,
-            barrier: threading.Barrier = barrier,
-            user: str = user,
-        ) -> None:
+        def login(barrier: threading.Barrier, record: Record, user: str = user) -> None:
             barrier.wait()
             mongodb_store.create(record)
             mongodb_store.trim_sessions_of(user, limit, keep=record.key)
 
-        threads = [threading.Thread(target=login, args=(r,)) for r in new]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        at_once(*(functools.partial(login, record=r) for r in new))
         left = keys_of(mongodb_store, user)
         # The most recent always survives; the limit holds unless each
         # trim kept its own; an old session survives only within the limit.
@@ -402,14 +386,8 @@ def test_unhashed_keys(unpurged_store: MongoDBStore) -> None:
         unpurged_store.create(user_record("walter"))
     unpurged_store.create(Record(legacy_key(), b"old", ms(utcnow() - timedelta(1))))
     assert unpurged_store.count_unhashed() == 7
-    seen: list[str] = []
-    cursor: str | None = None
-    while True:
-        keys, cursor = unpurged_store.unhashed_keys(cursor, 3)
-        seen.extend(keys)
-        if cursor is None:
-            break
-    assert seen == legacy
+    pages = unhashed_pages(unpurged_store, 3)
+    assert [key for page in pages for key in page] == legacy
     assert unpurged_store.unhashed_keys(None, 100) == (legacy, None)
 
 

@@ -29,6 +29,9 @@ from flask_towersess.stores.base import Record
 from flask_towersess.stores.base import utcnow
 from flask_towersess.stores.redis import RedisStore
 
+from .helpers import at_once
+from .helpers import unhashed_pages
+
 try:
     import redis
     import redis.connection
@@ -211,21 +214,13 @@ def test_login_logout_cycles_leave_nothing_behind(rstore: RedisStore) -> None:
 
 
 def test_parallel_creates_for_one_user(rstore: RedisStore) -> None:
-    created: list[str] = []
-    barrier = threading.Barrier(20)
-
-    def login() -> None:
+    def login(barrier: threading.Barrier) -> str:
         r = record()
         barrier.wait()
         rstore.create(r)
-        created.append(r.key)
+        return r.key
 
-    threads = [threading.Thread(target=login) for _ in range(20)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert len(created) == 20
+    created = at_once(*[login] * 20)
     assert keys_of(rstore.sessions_of("alice")) == set(created)
 
 
@@ -431,27 +426,15 @@ def test_trim_keeps_the_most_recent(rstore: RedisStore) -> None:
 def race_two_logins(rstore: RedisStore, user: str, limit: int) -> list[Record]:
     """Two logins of ``user`` at once, each creating its session and
     trimming to ``limit``; returns the two new records."""
-    barrier = threading.Barrier(2)
-    new: list[Record] = []
-    errors: list[BaseException] = []
 
-    def login() -> None:
-        try:
-            r = record(user, active=utcnow() + timedelta(seconds=1))
-            new.append(r)
-            barrier.wait()
-            rstore.create(r)
-            rstore.trim_sessions_of(user, limit, keep=r.key)
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
+    def login(barrier: threading.Barrier) -> Record:
+        r = record(user, active=utcnow() + timedelta(seconds=1))
+        barrier.wait()
+        rstore.create(r)
+        rstore.trim_sessions_of(user, limit, keep=r.key)
+        return r
 
-    threads = [threading.Thread(target=login) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
-    return new
+    return at_once(login, login)
 
 
 def test_trim_under_two_racing_logins(rstore: RedisStore) -> None:
@@ -516,17 +499,9 @@ def test_unhashed_keys_pagination_and_count(rstore: RedisStore) -> None:
         write_0_1_record(rstore, key)
     for _ in range(10):
         rstore.create(record())
-    listed: list[str] = []
-    cursor = None
-    pages = 0
-    while True:
-        keys, cursor = rstore.unhashed_keys(cursor, 4)
-        listed += keys
-        pages += 1
-        if cursor is None:
-            break
-    assert set(listed) == legacy
-    assert pages > 2
+    pages = unhashed_pages(rstore, 4)
+    assert {key for page in pages for key in page} == legacy
+    assert len(pages) > 2
     assert rstore.count_unhashed() == 25
     with pytest.raises(ValueError):
         rstore.unhashed_keys("nonsense", 4)

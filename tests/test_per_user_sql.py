@@ -35,6 +35,9 @@ from flask_towersess.stores.base import utcnow
 from flask_towersess.stores.sqlalchemy import SQLAlchemyStore
 from flask_towersess.stores.sqlalchemy import create_engine
 
+from .helpers import at_once
+from .helpers import unhashed_pages
+
 RETIRED = datetime(2000, 1, 1).astimezone()  # how the session layer retires a key
 
 
@@ -157,19 +160,12 @@ def test_login_logout_cycles_leave_nothing(sql_store: SQLAlchemyStore) -> None:
 
 
 def test_parallel_logins_are_all_listed(sql_store: SQLAlchemyStore) -> None:
-    barrier = threading.Barrier(20)
-    keys: list[str] = []
-
-    def one() -> None:
+    def one(barrier: threading.Barrier) -> str:
         barrier.wait()
-        keys.append(login(sql_store, "busy").key)
+        return login(sql_store, "busy").key
 
-    threads = [threading.Thread(target=one) for _ in range(20)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert len(keys) == 20
+    keys = at_once(*[one] * 20)
+    assert len(set(keys)) == 20
     assert listed(sql_store, "busy") == set(keys)
 
 
@@ -292,29 +288,17 @@ def test_racing_logins_agree(sql_store: SQLAlchemyStore, together: bool) -> None
 def _race_logins(store: SQLAlchemyStore, user: str, together: bool) -> list[str]:
     """Two threads each log ``user`` in and trim to 2: with ``together``
     the logins start at once, else the trims do. Their new keys."""
-    barrier = threading.Barrier(2)
-    new: list[str] = []
-    errors: list[BaseException] = []
 
-    def one() -> None:
-        try:
-            if together:
-                barrier.wait()
-            record = login(store, user)
-            new.append(record.key)
-            if not together:
-                barrier.wait()
-            store.trim_sessions_of(user, 2, keep=record.key)
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
+    def one(barrier: threading.Barrier) -> str:
+        if together:
+            barrier.wait()
+        record = login(store, user)
+        if not together:
+            barrier.wait()
+        store.trim_sessions_of(user, 2, keep=record.key)
+        return record.key
 
-    threads = [threading.Thread(target=one) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors
-    return new
+    return at_once(one, one)
 
 
 def test_per_user_counts(sql_store: SQLAlchemyStore) -> None:
@@ -375,18 +359,11 @@ def test_unhashed_keys(sql_store: SQLAlchemyStore) -> None:
     for _ in range(3):
         login(sql_store, "alice")
     assert sql_store.count_unhashed() == 8
-    seen: list[str] = []
-    cursor = None
-    pages = 0
-    while True:
-        keys, cursor = sql_store.unhashed_keys(cursor, 3)
-        seen += keys
-        pages += 1
-        if cursor is None:
-            break
+    pages = unhashed_pages(sql_store, 3)
+    seen = [key for page in pages for key in page]
     # In the database's collation order, each key once.
     assert sorted(seen) == unhashed and len(set(seen)) == len(seen)
-    assert pages == 3
+    assert len(pages) == 3
 
 
 # -- statements -----------------------------------------------------------------------

@@ -9,6 +9,7 @@ the asking device's, and a forged or borrowed companion does not help.
 
 from __future__ import annotations
 
+import time
 import typing as t
 
 from flask_towersess._remember import _signer
@@ -182,6 +183,10 @@ def test_signing_out_one_device_stops_its_remember_cookie(
     phone, laptop = client_of(app), client_of(app)
     login(phone, "ann")
     login(laptop, "ann")
+    # A device is named by its session's start, in milliseconds
+    # (per_user.device_of): a session begun in the laptop's millisecond would
+    # share its name, and revoking it would turn the laptop away too.
+    time.sleep(0.002)
     assert reopen(phone) == "ann"  # the phone's cookie began a new session
     phone_session = [
         info

@@ -19,8 +19,11 @@ The consistency rules (see ``docs/caching.rst`` for the reasoning):
    - ``save`` replaces the cached copy by compare-and-set from the version
      the durable store replaced; if the cache holds anything else, the entry
      is deleted instead.
-   - ``create`` inserts into an empty slot; if the slot is taken, the entry
-     is deleted instead.
+   - ``create`` takes a *fill lease* (below) on the empty slot before the
+     durable create, then replaces it by compare-and-set; if the slot is
+     taken, the entry is deleted instead. A revoke or a trim that ends the
+     new session in between (the per-user index lists it as soon as the
+     durable store has it) removes the lease, so it is never cached.
    - a read that misses first takes a *fill lease* (a placeholder entry with
      a random negative version), then reads the durable store, then replaces
      its own lease by compare-and-set. Any write or delete in between removes
@@ -536,18 +539,50 @@ class CachingStore(SessionStore, Purging, Migrating, Counting):
 
     def create(self, record: Record) -> None:
         check_key(record.key)
-        self.store.create(record)
         # A new key has nothing cached to go stale: no debt while skipping.
         if self._skipping_cache():
+            self.store.create(record)
+            return
+        # The slot is leased before the durable create, as a reader's fill:
+        # once the durable store has the record, the per-user index lists it,
+        # and a revoke or a trim may end it (deleting the lease) before the
+        # record reaches the cache, which must then not get it.
+        token = self._lease(record.key)
+        try:
+            self.store.create(record)
+        except BaseException:
+            if token is not None:
+                self._invalidate(record.key)
+            raise
+        if token is None:
+            # A reader's lease, or a leftover the cache should not have:
+            # either way the slot cannot be trusted, so empty it (or the
+            # cache failed, and is being skipped).
+            self._invalidate(record.key)
             return
         try:
-            self.cache.create(self._to_cache(record, utcnow()))
-        except CreateError:
-            # A reader's lease, or a leftover the cache should not have:
-            # either way the slot cannot be trusted, so empty it.
-            self._invalidate(record.key)
+            self.cache.save(self._to_cache(record, utcnow()), expected_version=token)
+        except (UpdateError, VersionConflict):
+            # The lease is gone: the session was ended meanwhile.
+            pass
         except TowerSessError as exc:
             self._write_failed("write", record.key, exc)
+
+    def _lease(self, key: str) -> int | None:
+        """Take ``key``'s empty slot for a write (a lease, as a reader's
+        fill does); its version, or ``None`` if the slot is taken or the
+        cache failed."""
+        token = -(secrets.randbelow(2**31 - 1) + 1)
+        try:
+            self.cache.create(Record(key, b"", utcnow() + self.lease, token))
+        except CreateError:
+            return None
+        except TowerSessError as exc:
+            # A lease that lands late is harmless: readers skip leases, and
+            # it runs out.
+            self._cache_failed("taking the write lease", key, exc, owes_delete=False)
+            return None
+        return token
 
     def save(self, record: Record, expected_version: int) -> None:
         check_key(record.key)
