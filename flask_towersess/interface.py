@@ -380,15 +380,15 @@ class ServerSessionInterface(SessionInterface):
             self.store,
             serializer=self.serializer,
             lifetime=app.permanent_session_lifetime,
-            permanent=self.get_default_permanent(app),
-            save_timeout=self.get_save_timeout(app),
-            save_retries=self.get_save_retries(app),
             cipher=self.cipher,
             # The cookie is read and verified on first use of the session only.
             key_from_cookie=lambda: self._key_from_request(app, request),
         )
-        if not self.get_cycle_on_login(app):
-            session.cycle_on_login = False
+        # SESSION_PERMANENT, SESSION_SAVE_TIMEOUT, SESSION_SAVE_RETRIES and
+        # SESSION_CYCLE_ON_LOGIN are read through this interface's getters
+        # when the session first needs them: most requests need none of them
+        # (and a save only meets the last three on a conflict or a log-in).
+        session._settings_from = (self, app)
         session.served = (app, request)
         return session
 
