@@ -206,19 +206,31 @@ class ServerSessionInterface(SessionInterface):
 
     def get_use_signer(self, app: Flask) -> bool:
         """``SESSION_USE_SIGNER``: sign the session key in the cookie."""
-        value: bool = config.read(app.config, "SESSION_USE_SIGNER")
-        return value
+        # The flags and the interval are read once or twice on every request
+        # that uses the session: a value of the final type (init_app set
+        # one) is taken as it is, without config.read()'s call.
+        value = app.config.get("SESSION_USE_SIGNER")
+        if type(value) is bool:
+            return value
+        flag: bool = config.read(app.config, "SESSION_USE_SIGNER")
+        return flag
 
     def get_default_permanent(self, app: Flask) -> bool:
         """``SESSION_PERMANENT``: the default of ``session.permanent``."""
-        value: bool = config.read(app.config, "SESSION_PERMANENT")
-        return value
+        value = app.config.get("SESSION_PERMANENT")
+        if type(value) is bool:
+            return value
+        flag: bool = config.read(app.config, "SESSION_PERMANENT")
+        return flag
 
     def get_touch_interval(self, app: Flask) -> timedelta:
         """``SESSION_TOUCH_INTERVAL``: the least time between two expiry
         refreshes of an unmodified session (seconds or a ``timedelta``)."""
-        value: timedelta = config.read(app.config, "SESSION_TOUCH_INTERVAL")
-        return value
+        value = app.config.get("SESSION_TOUCH_INTERVAL")
+        if type(value) is timedelta:
+            return value
+        interval: timedelta = config.read(app.config, "SESSION_TOUCH_INTERVAL")
+        return interval
 
     def get_refresh_each_request(self, app: Flask) -> bool:
         """``SESSION_REFRESH_EACH_REQUEST``: extend the expiry of a session
@@ -256,8 +268,14 @@ class ServerSessionInterface(SessionInterface):
     # -- the cookie ----------------------------------------------------------
 
     def _get_signers(self, app: Flask) -> tuple[_Signer, _Signer | None]:
-        fallbacks = tuple(app.config.get("SECRET_KEY_FALLBACKS") or ())
-        cache_key = (app.secret_key, *fallbacks)
+        fallbacks = app.config.get("SECRET_KEY_FALLBACKS")
+        # Twice on a write: most apps have no fallbacks, whose key is built
+        # without a tuple() and an unpacking of nothing.
+        if fallbacks:
+            fallbacks = tuple(fallbacks)
+            cache_key = (app.secret_key, *fallbacks)
+        else:
+            cache_key = (app.secret_key,)
         signers = self._signers.get(cache_key)
         if signers is None:
             options = {"salt": self.salt, "digest_method": hashlib.sha256}
@@ -328,10 +346,11 @@ class ServerSessionInterface(SessionInterface):
         *,
         new_key: bool = True,
     ) -> None:
-        assert session.session_key is not None
+        key = session.session_key
+        assert key is not None
         expires = self.get_expiration_time(app, session)
         name = self.get_cookie_name(app)
-        value = self._cookie_value(app, session.session_key)
+        value = self._cookie_value(app, key)
         options: dict[str, t.Any] = {
             "httponly": self.get_cookie_httponly(app),
             "domain": self.get_cookie_domain(app),
