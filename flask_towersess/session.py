@@ -310,10 +310,7 @@ class _Decoded(t.NamedTuple):
     since: int | None = None
 
 
-def _epoch_millis(value: object) -> int | None:
-    if type(value) is int and 0 <= value <= _MAX_EPOCH_MILLIS:
-        return value
-    return None
+_new_tuple = tuple.__new__
 
 
 def _now_millis() -> int:
@@ -886,7 +883,9 @@ class ServerSession(SessionMixin):
             state = self.serializer.loads(payload)
             data = state["data"]
             expiry = state.get("expiry")
-            if not isinstance(data, dict) or not _is_valid_expiry(expiry):
+            if not isinstance(data, dict) or (
+                expiry is not None and not _is_valid_expiry(expiry)
+            ):
                 raise SerializationError("the payload is not a session")
         except (SerializationError, KeyError) as exc:
             # A payload that cannot be read is treated as an empty session:
@@ -898,12 +897,16 @@ class ServerSession(SessionMixin):
                 exc,
             )
             return _Decoded({}, None)
-        return _Decoded(
-            data,
-            expiry,
-            _epoch_millis(state.get("created")),
-            _epoch_millis(state.get("since", state.get("created"))),
-        )
+        # Times a payload of this package holds (ints in the range of a
+        # datetime), else None; the tuple made without the named tuple's
+        # __new__ (a Python call): every read comes here.
+        created = state.get("created")
+        since = state.get("since", created)
+        if type(created) is not int or not 0 <= created <= _MAX_EPOCH_MILLIS:
+            created = None
+        if type(since) is not int or not 0 <= since <= _MAX_EPOCH_MILLIS:
+            since = None
+        return _new_tuple(_Decoded, (data, expiry, created, since))
 
     def load(self) -> dict[str, t.Any]:
         """Read the session from the store and return its data.
