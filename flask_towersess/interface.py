@@ -351,27 +351,34 @@ class ServerSessionInterface(SessionInterface):
         expires = self.get_expiration_time(app, session)
         name = self.get_cookie_name(app)
         value = self._cookie_value(app, key)
-        options: dict[str, t.Any] = {
-            "httponly": self.get_cookie_httponly(app),
-            "domain": self.get_cookie_domain(app),
-            "path": self.get_cookie_path(app),
-            "secure": self.get_cookie_secure(app),
-            "partitioned": self.get_cookie_partitioned(app),
-            "samesite": self.get_cookie_samesite(app),
-        }
-        if new_key and not options["secure"]:
+        # The getters' values in response.set_cookie()'s order: a tuple,
+        # the key of the cache of whole headers below; the keyword dict is
+        # built only where it is used (a miss, a cookie with an expiry).
+        attributes = (
+            name,
+            value,
+            self.get_cookie_httponly(app),
+            self.get_cookie_domain(app),
+            self.get_cookie_path(app),
+            self.get_cookie_secure(app),
+            self.get_cookie_partitioned(app),
+            self.get_cookie_samesite(app),
+        )
+        if new_key and not attributes[5]:
             # Checked when a cookie carries a new key only: every visitor's
             # first response and every log-in, often enough to be seen.
             self._warn_if_insecure()
         if expires is not None:
-            response.set_cookie(name, value, expires=expires, **options)
+            response.set_cookie(name, value, expires=expires, **_options(attributes))
         else:
             # What response.set_cookie() adds, built once per cookie.
-            attributes = (name, value, *options.values())
             header = self._cookie_headers.get(attributes)
             if header is None:
                 header = dump_cookie(
-                    name, value, max_size=response.max_cookie_size, **options
+                    name,
+                    value,
+                    max_size=response.max_cookie_size,
+                    **_options(attributes),
                 )
                 _remember(self._cookie_headers, attributes, header)
             response.headers.add("Set-Cookie", header)
@@ -545,6 +552,20 @@ class MongoDBSessionInterface(_StoreInterface):
     """
 
     store_class_name = "MongoDBStore"
+
+
+def _options(attributes: tuple[t.Any, ...]) -> dict[str, t.Any]:
+    """The cookie attributes of :meth:`ServerSessionInterface._set_cookie`'s
+    tuple, as ``set_cookie()`` and ``dump_cookie()`` take them."""
+    httponly, domain, path, secure, partitioned, samesite = attributes[2:]
+    return {
+        "httponly": httponly,
+        "domain": domain,
+        "path": path,
+        "secure": secure,
+        "partitioned": partitioned,
+        "samesite": samesite,
+    }
 
 
 def _remember(cache: dict[t.Any, t.Any], key: t.Any, value: t.Any) -> None:

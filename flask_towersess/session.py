@@ -753,7 +753,12 @@ class ServerSession(SessionMixin):
     @property
     def _session(self) -> dict[str, t.Any]:
         self.accessed = True
-        return self._load_data()
+        # What _load_data() does, without its call: every use of the
+        # mapping comes here.
+        data = self._data
+        if data is None:
+            data = self._data = self._read_store()
+        return data
 
     def _read_store(self) -> dict[str, t.Any]:
         key = self._key
@@ -1022,7 +1027,8 @@ class ServerSession(SessionMixin):
 
     def _current_expiry(self) -> Expiry:
         self.accessed = True
-        self._load_data()
+        if self._data is None:  # _load_data(), without its call
+            self._data = self._read_store()
         return self._expiry
 
     def get_expiry_age(
