@@ -206,19 +206,31 @@ class ServerSessionInterface(SessionInterface):
 
     def get_use_signer(self, app: Flask) -> bool:
         """``SESSION_USE_SIGNER``: sign the session key in the cookie."""
-        value: bool = config.read(app.config, "SESSION_USE_SIGNER")
-        return value
+        # The flags and the interval are read once or twice on every request
+        # that uses the session: a value of the final type (init_app set
+        # one) is taken as it is, without config.read()'s call.
+        value = app.config.get("SESSION_USE_SIGNER")
+        if type(value) is bool:
+            return value
+        flag: bool = config.read(app.config, "SESSION_USE_SIGNER")
+        return flag
 
     def get_default_permanent(self, app: Flask) -> bool:
         """``SESSION_PERMANENT``: the default of ``session.permanent``."""
-        value: bool = config.read(app.config, "SESSION_PERMANENT")
-        return value
+        value = app.config.get("SESSION_PERMANENT")
+        if type(value) is bool:
+            return value
+        flag: bool = config.read(app.config, "SESSION_PERMANENT")
+        return flag
 
     def get_touch_interval(self, app: Flask) -> timedelta:
         """``SESSION_TOUCH_INTERVAL``: the least time between two expiry
         refreshes of an unmodified session (seconds or a ``timedelta``)."""
-        value: timedelta = config.read(app.config, "SESSION_TOUCH_INTERVAL")
-        return value
+        value = app.config.get("SESSION_TOUCH_INTERVAL")
+        if type(value) is timedelta:
+            return value
+        interval: timedelta = config.read(app.config, "SESSION_TOUCH_INTERVAL")
+        return interval
 
     def get_refresh_each_request(self, app: Flask) -> bool:
         """``SESSION_REFRESH_EACH_REQUEST``: extend the expiry of a session
@@ -256,8 +268,14 @@ class ServerSessionInterface(SessionInterface):
     # -- the cookie ----------------------------------------------------------
 
     def _get_signers(self, app: Flask) -> tuple[_Signer, _Signer | None]:
-        fallbacks = tuple(app.config.get("SECRET_KEY_FALLBACKS") or ())
-        cache_key = (app.secret_key, *fallbacks)
+        fallbacks = app.config.get("SECRET_KEY_FALLBACKS")
+        # Twice on a write: most apps have no fallbacks, whose key is built
+        # without a tuple() and an unpacking of nothing.
+        if fallbacks:
+            fallbacks = tuple(fallbacks)
+            cache_key = (app.secret_key, *fallbacks)
+        else:
+            cache_key = (app.secret_key,)
         signers = self._signers.get(cache_key)
         if signers is None:
             options = {"salt": self.salt, "digest_method": hashlib.sha256}
@@ -328,31 +346,39 @@ class ServerSessionInterface(SessionInterface):
         *,
         new_key: bool = True,
     ) -> None:
-        assert session.session_key is not None
+        key = session.session_key
+        assert key is not None
         expires = self.get_expiration_time(app, session)
         name = self.get_cookie_name(app)
-        value = self._cookie_value(app, session.session_key)
-        options: dict[str, t.Any] = {
-            "httponly": self.get_cookie_httponly(app),
-            "domain": self.get_cookie_domain(app),
-            "path": self.get_cookie_path(app),
-            "secure": self.get_cookie_secure(app),
-            "partitioned": self.get_cookie_partitioned(app),
-            "samesite": self.get_cookie_samesite(app),
-        }
-        if new_key and not options["secure"]:
+        value = self._cookie_value(app, key)
+        # The getters' values in response.set_cookie()'s order: a tuple,
+        # the key of the cache of whole headers below; the keyword dict is
+        # built only where it is used (a miss, a cookie with an expiry).
+        attributes = (
+            name,
+            value,
+            self.get_cookie_httponly(app),
+            self.get_cookie_domain(app),
+            self.get_cookie_path(app),
+            self.get_cookie_secure(app),
+            self.get_cookie_partitioned(app),
+            self.get_cookie_samesite(app),
+        )
+        if new_key and not attributes[5]:
             # Checked when a cookie carries a new key only: every visitor's
             # first response and every log-in, often enough to be seen.
             self._warn_if_insecure()
         if expires is not None:
-            response.set_cookie(name, value, expires=expires, **options)
+            response.set_cookie(name, value, expires=expires, **_options(attributes))
         else:
             # What response.set_cookie() adds, built once per cookie.
-            attributes = (name, value, *options.values())
             header = self._cookie_headers.get(attributes)
             if header is None:
                 header = dump_cookie(
-                    name, value, max_size=response.max_cookie_size, **options
+                    name,
+                    value,
+                    max_size=response.max_cookie_size,
+                    **_options(attributes),
                 )
                 _remember(self._cookie_headers, attributes, header)
             response.headers.add("Set-Cookie", header)
@@ -380,15 +406,15 @@ class ServerSessionInterface(SessionInterface):
             self.store,
             serializer=self.serializer,
             lifetime=app.permanent_session_lifetime,
-            permanent=self.get_default_permanent(app),
-            save_timeout=self.get_save_timeout(app),
-            save_retries=self.get_save_retries(app),
             cipher=self.cipher,
             # The cookie is read and verified on first use of the session only.
             key_from_cookie=lambda: self._key_from_request(app, request),
         )
-        if not self.get_cycle_on_login(app):
-            session.cycle_on_login = False
+        # SESSION_PERMANENT, SESSION_SAVE_TIMEOUT, SESSION_SAVE_RETRIES and
+        # SESSION_CYCLE_ON_LOGIN are read through this interface's getters
+        # when the session first needs them: most requests need none of them
+        # (and a save only meets the last three on a conflict or a log-in).
+        session._settings_from = (self, app)
         session.served = (app, request)
         return session
 
@@ -526,6 +552,20 @@ class MongoDBSessionInterface(_StoreInterface):
     """
 
     store_class_name = "MongoDBStore"
+
+
+def _options(attributes: tuple[t.Any, ...]) -> dict[str, t.Any]:
+    """The cookie attributes of :meth:`ServerSessionInterface._set_cookie`'s
+    tuple, as ``set_cookie()`` and ``dump_cookie()`` take them."""
+    httponly, domain, path, secure, partitioned, samesite = attributes[2:]
+    return {
+        "httponly": httponly,
+        "domain": domain,
+        "path": path,
+        "secure": secure,
+        "partitioned": partitioned,
+        "samesite": samesite,
+    }
 
 
 def _remember(cache: dict[t.Any, t.Any], key: t.Any, value: t.Any) -> None:

@@ -66,6 +66,7 @@ if t.TYPE_CHECKING:
     from flask import Request
 
     from .crypto import PayloadCipher
+    from .interface import ServerSessionInterface
 
 #: Warnings about payloads that cannot be decoded (tampering, corruption)
 #: go here, so operators can route them apart from ordinary logs.
@@ -342,14 +343,19 @@ class _Decoded(t.NamedTuple):
     since: int | None = None
 
 
-def _epoch_millis(value: object) -> int | None:
-    if type(value) is int and 0 <= value <= _MAX_EPOCH_MILLIS:
-        return value
-    return None
+_new_tuple = tuple.__new__
 
 
 def _now_millis() -> int:
     return int(time.time() * 1000)
+
+
+@functools.lru_cache(maxsize=64)
+def _seconds(seconds: int) -> timedelta:
+    """``timedelta(seconds=seconds)``, remembered: a session's age is one
+    of a few values (the app's lifetime, mostly), and building a timedelta
+    from keywords costs several times a cache lookup."""
+    return timedelta(seconds=seconds)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -453,10 +459,17 @@ class ServerSession(SessionMixin):
         # every request.
         self._lifetime = lifetime
         self._lifetime_seconds = int(lifetime.total_seconds())
-        self.default_permanent = permanent
-        self.save_timeout = save_timeout
-        self.save_retries = save_retries
-        self._key_value = session_key if is_valid_session_key(session_key) else None
+        # Only what differs from the class-level defaults: left unset, they
+        # are read from the served app's settings when first needed (see
+        # _setting), which most requests never do.
+        if permanent:
+            self._default_permanent = permanent
+        if save_timeout is not DEFAULT_SAVE_TIMEOUT:
+            self._save_timeout = save_timeout
+        if save_retries is not None:
+            self._save_retries = save_retries
+        if session_key is not None:
+            self._key_value = session_key if is_valid_session_key(session_key) else None
         self._persisted = Persisted()
         if key_from_cookie is not None:
             self._key_resolver = key_from_cookie
@@ -467,9 +480,17 @@ class ServerSession(SessionMixin):
     #: The data; ``None`` until loaded (or replaced without loading).
     _data: dict[str, t.Any] | None = None
     _expiry: Expiry = None
-    #: Whether a change of :attr:`user_id` (or a log-in becoming fresh)
-    #: moves the session to a fresh key at save (``SESSION_CYCLE_ON_LOGIN``).
-    cycle_on_login = True
+    _key_value: str | None = None
+    # The interface and the app whose settings (SESSION_PERMANENT,
+    # SESSION_SAVE_TIMEOUT, SESSION_SAVE_RETRIES, SESSION_CYCLE_ON_LOGIN)
+    # the properties below read through the interface's getters on first
+    # use, instead of the interface reading all four on every request; set
+    # by the interface. ``None``: the defaults.
+    _settings_from: tuple[ServerSessionInterface, Flask] | None = None
+    _default_permanent: t.Any = _MISSING
+    _save_timeout: t.Any = _MISSING
+    _save_retries: t.Any = _MISSING
+    _cycle_on_login: t.Any = _MISSING
     accessed = False
     modified = False
     # Given by the interface (key_from_cookie): reads the key from the
@@ -512,6 +533,72 @@ class ServerSession(SessionMixin):
     #: carries (its user's other sessions were revoked, this one kept).
     restamp_remember = False
 
+    def _setting(self, getter: str, default: t.Any) -> t.Any:
+        """The value the interface's ``getter`` gives for the served app,
+        or ``default`` without an interface."""
+        source = self._settings_from
+        if source is None:
+            return default
+        interface, app = source
+        return getattr(interface, getter)(app)
+
+    @property
+    def default_permanent(self) -> bool:
+        """The default of :attr:`permanent` (``SESSION_PERMANENT``)."""
+        value = self._default_permanent
+        if value is _MISSING:
+            value = self._default_permanent = self._setting(
+                "get_default_permanent", False
+            )
+        return bool(value)
+
+    @default_permanent.setter
+    def default_permanent(self, value: bool) -> None:
+        self._default_permanent = value
+
+    @property
+    def save_timeout(self) -> timedelta:
+        """How long a save that meets concurrent changes may keep merging
+        and retrying (``SESSION_SAVE_TIMEOUT``)."""
+        value = self._save_timeout
+        if value is _MISSING:
+            value = self._save_timeout = self._setting(
+                "get_save_timeout", DEFAULT_SAVE_TIMEOUT
+            )
+        return value  # type: ignore[no-any-return]
+
+    @save_timeout.setter
+    def save_timeout(self, value: timedelta) -> None:
+        self._save_timeout = value
+
+    @property
+    def save_retries(self) -> int | None:
+        """The most retries of a save, whatever the time; ``None`` for no
+        limit but :attr:`save_timeout` (``SESSION_SAVE_RETRIES``)."""
+        value = self._save_retries
+        if value is _MISSING:
+            value = self._save_retries = self._setting("get_save_retries", None)
+        return value  # type: ignore[no-any-return]
+
+    @save_retries.setter
+    def save_retries(self, value: int | None) -> None:
+        self._save_retries = value
+
+    @property
+    def cycle_on_login(self) -> bool:
+        """Whether a change of :attr:`user_id` (or a log-in becoming fresh)
+        moves the session to a fresh key at save (``SESSION_CYCLE_ON_LOGIN``)."""
+        value = self._cycle_on_login
+        if value is _MISSING:
+            value = self._cycle_on_login = bool(
+                self._setting("get_cycle_on_login", True)
+            )
+        return bool(value)
+
+    @cycle_on_login.setter
+    def cycle_on_login(self, value: bool) -> None:
+        self._cycle_on_login = value
+
     @property
     def _key(self) -> str | None:
         resolver = self._key_resolver
@@ -538,12 +625,16 @@ class ServerSession(SessionMixin):
         value = self._absolute_lifetime
         if value is _MISSING:
             served = self.served
-            value = self._absolute_lifetime = (
-                None
-                if served is None
-                else config.read(served[0].config, "SESSION_ABSOLUTE_LIFETIME")
-            )
-        return t.cast("timedelta | None", value)
+            if served is not None:
+                # Unset (None) in most apps, and read on every write: the
+                # full (checking) read only for a value that needs it.
+                value = served[0].config.get("SESSION_ABSOLUTE_LIFETIME")
+                if value is not None:
+                    value = config.read(served[0].config, "SESSION_ABSOLUTE_LIFETIME")
+            else:
+                value = None
+            self._absolute_lifetime = value
+        return value  # type: ignore[no-any-return]
 
     @absolute_lifetime.setter
     def absolute_lifetime(self, value: timedelta | None) -> None:
@@ -687,7 +778,12 @@ class ServerSession(SessionMixin):
     @property
     def _session(self) -> dict[str, t.Any]:
         self.accessed = True
-        return self._load_data()
+        # What _load_data() does, without its call: every use of the
+        # mapping comes here.
+        data = self._data
+        if data is None:
+            data = self._data = self._read_store()
+        return data
 
     def _read_store(self) -> dict[str, t.Any]:
         key = self._key
@@ -817,7 +913,9 @@ class ServerSession(SessionMixin):
             state = self.serializer.loads(payload)
             data = state["data"]
             expiry = state.get("expiry")
-            if not isinstance(data, dict) or not _is_valid_expiry(expiry):
+            if not isinstance(data, dict) or (
+                expiry is not None and not _is_valid_expiry(expiry)
+            ):
                 raise SerializationError("the payload is not a session")
         except (SerializationError, KeyError) as exc:
             # A payload that cannot be read is treated as an empty session:
@@ -829,12 +927,16 @@ class ServerSession(SessionMixin):
                 exc,
             )
             return _Decoded({}, None)
-        return _Decoded(
-            data,
-            expiry,
-            _epoch_millis(state.get("created")),
-            _epoch_millis(state.get("since", state.get("created"))),
-        )
+        # Times a payload of this package holds (ints in the range of a
+        # datetime), else None; the tuple made without the named tuple's
+        # __new__ (a Python call): every read comes here.
+        created = state.get("created")
+        since = state.get("since", created)
+        if type(created) is not int or not 0 <= created <= _MAX_EPOCH_MILLIS:
+            created = None
+        if type(since) is not int or not 0 <= since <= _MAX_EPOCH_MILLIS:
+            since = None
+        return _new_tuple(_Decoded, (data, expiry, created, since))
 
     def load(self) -> dict[str, t.Any]:
         """Read the session from the store and return its data.
@@ -950,7 +1052,8 @@ class ServerSession(SessionMixin):
 
     def _current_expiry(self) -> Expiry:
         self.accessed = True
-        self._load_data()
+        if self._data is None:  # _load_data(), without its call
+            self._data = self._read_store()
         return self._expiry
 
     def get_expiry_age(
@@ -974,8 +1077,11 @@ class ServerSession(SessionMixin):
         if isinstance(expiry, datetime):
             moment = expiry
         else:
-            age = self._inactivity_age(expiry)
-            moment = (modification or utcnow()) + timedelta(seconds=age)
+            # What _inactivity_age() says, without its call: every write
+            # comes here.
+            moment = (modification or utcnow()) + _seconds(
+                expiry or self._lifetime_seconds
+            )
         if self.absolute_lifetime is not None:
             return min(moment, self.absolute_deadline())
         return moment
@@ -1190,7 +1296,9 @@ class ServerSession(SessionMixin):
                 self._create_at_current_key()
             return
         self._load_data()
-        if self._key is None:  # the stored session had gone away
+        # The key's own attribute from here on: the first line above read
+        # the cookie, and the property's call costs on every write.
+        if self._key_value is None:  # the stored session had gone away
             self.create()
             return
         if persisted.version is None and not persisted.must_create:
@@ -1218,7 +1326,7 @@ class ServerSession(SessionMixin):
         if persisted.must_create:
             self._move_to_current_key()
             return
-        key = self._key
+        key = self._key_value
 
         def updated() -> Record:
             version = persisted.version
@@ -1247,7 +1355,7 @@ class ServerSession(SessionMixin):
         try:
             while True:
                 persisted = self._persisted
-                if key == self._key:
+                if key == self._key_value:
                     version = persisted.version
                 else:
                     version = persisted.moving_version
@@ -1560,7 +1668,7 @@ class ServerSession(SessionMixin):
             return _UNCHANGED
         elif touch_interval is not None:
             self._touch_if_due(touch_interval)
-        renew = self._resign_cookie or self._key != cookie_key
+        renew = self._resign_cookie or self._key_value != cookie_key
         return _RENEW_COOKIE if renew else _KEEP_COOKIE
 
     def _touch_if_due(self, min_interval: timedelta) -> bool:
