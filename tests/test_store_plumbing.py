@@ -130,3 +130,30 @@ def test_capabilities() -> None:
     assert isinstance(store, Purging) and store.as_purging() is store
     assert not isinstance(store, Migrating) and store.as_migrating() is None
     store.ping()  # a store that answers
+
+
+def test_record_init_matches_its_fields() -> None:
+    # Record's __init__ is written by hand (for speed): a field added to the
+    # class must be added to it too, with the same default, in order.
+    import dataclasses
+    import inspect
+
+    from flask_towersess.stores.base import Record
+
+    params = list(inspect.signature(Record.__init__).parameters.values())[1:]
+    fields = dataclasses.fields(Record)
+    assert [p.name for p in params] == [f.name for f in fields]
+    for param, field in zip(params, fields):
+        assert param.default == (
+            inspect.Parameter.empty
+            if field.default is dataclasses.MISSING
+            else field.default
+        ), field.name
+    moment = datetime(2030, 1, 1, tzinfo=timezone.utc)
+    values = {f.name: f"v-{f.name}" for f in fields}
+    values["expires_at"] = moment
+    record = Record(**values)  # type: ignore[arg-type]
+    assert dataclasses.asdict(record) == values
+    assert record == dataclasses.replace(record)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        record.key = "other"  # type: ignore[misc]
