@@ -47,7 +47,7 @@ def mongodb_collection() -> t.Iterator[t.Any]:
     else:
         mongomock = pytest.importorskip("mongomock")
         collection = mongomock.MongoClient().towersess_test[name]
-        _apply_atomically(collection)
+        apply_atomically(collection)
         yield collection
         collection.drop()
 
@@ -63,29 +63,80 @@ _OPERATIONS = (
     "count_documents",
     "create_index",
     "index_information",
+    "aggregate",
 )
 
+#: Those that return a cursor: mongomock reads the documents while the
+#: cursor is iterated, after the call returned.
+_CURSORS = frozenset({"find", "aggregate"})
 
-def _apply_atomically(collection: t.Any) -> None:
+
+class _SnapshotCursor:
+    """A mongomock cursor read whole under the collection's lock on its
+    first iteration, as a server's reply is one snapshot. mongomock reads
+    each matched document while the cursor is iterated: a document another
+    thread deletes meanwhile raises ``KeyError`` inside mongomock, which
+    no MongoDB server does."""
+
+    def __init__(self, cursor: t.Any, lock: threading.RLock) -> None:
+        self._cursor = cursor
+        self._lock = lock
+
+    def _chain(self, name: str, *args: t.Any, **kwargs: t.Any) -> _SnapshotCursor:
+        with self._lock:
+            self._cursor = getattr(self._cursor, name)(*args, **kwargs)
+        return self
+
+    def sort(self, *args: t.Any, **kwargs: t.Any) -> _SnapshotCursor:
+        return self._chain("sort", *args, **kwargs)
+
+    def limit(self, *args: t.Any, **kwargs: t.Any) -> _SnapshotCursor:
+        return self._chain("limit", *args, **kwargs)
+
+    def skip(self, *args: t.Any, **kwargs: t.Any) -> _SnapshotCursor:
+        return self._chain("skip", *args, **kwargs)
+
+    _documents: t.Iterator[t.Any] | None = None
+
+    def __iter__(self) -> _SnapshotCursor:
+        return self
+
+    def __next__(self) -> t.Any:
+        if self._documents is None:
+            with self._lock:
+                self._documents = iter(list(self._cursor))
+        return next(self._documents)
+
+    def __getattr__(self, name: str) -> t.Any:
+        # What else mongomock itself calls on its cursors (its own methods
+        # call find() too, and get this).
+        return getattr(self._cursor, name)
+
+
+def apply_atomically(collection: t.Any) -> None:
     """Run each operation on a mongomock collection under one lock.
 
     A MongoDB server applies every single-document write atomically, and a
     compare-and-set (``update_one`` on ``version``) relies on it. mongomock
     matches and then writes in Python, with no lock: two threads can both
     match the same version, and a threaded test would find mongomock's lost
-    write, not the store's.
+    write, not the store's. Cursors are read whole under the lock too
+    (:class:`_SnapshotCursor`).
     """
     lock = threading.RLock()
 
-    def atomic(method: t.Callable[..., t.Any]) -> t.Callable[..., t.Any]:
+    def atomic(name: str, method: t.Callable[..., t.Any]) -> t.Callable[..., t.Any]:
         def call(*args: t.Any, **kwargs: t.Any) -> t.Any:
             with lock:
-                return method(*args, **kwargs)
+                result = method(*args, **kwargs)
+            if name in _CURSORS:
+                return _SnapshotCursor(result, lock)
+            return result
 
         return call
 
     for name in _OPERATIONS:
-        setattr(collection, name, atomic(getattr(collection, name)))
+        setattr(collection, name, atomic(name, getattr(collection, name)))
 
 
 @pytest.fixture

@@ -33,6 +33,7 @@ from flask_towersess import SessionExt
 from flask_towersess.errors import ConfigurationError
 from flask_towersess.stores.base import utcnow
 
+from .fixtures_mongodb import apply_atomically
 from .fixtures_redis import DEFAULT_REDIS_URL
 from .fixtures_redis import REDIS_URL_ENV
 from .fixtures_sql import MYSQL_URL
@@ -160,6 +161,8 @@ def target(request: pytest.FixtureRequest, tmp_path: t.Any) -> t.Iterator[Target
     else:
         mongomock = pytest.importorskip("mongomock")
         collection = mongomock.MongoClient().towersess_legacy[f"sessions_{unique}"]
+        # Requests and the upgrade run in threads at once, as on a server.
+        apply_atomically(collection)
         yield Target(name, "mongomock://", {}, collection=collection)
         collection.drop()
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+import traceback
 import typing as t
 
 import pytest
@@ -265,8 +266,8 @@ def upgrade_under_traffic(
     finally:
         stop.set()
         thread.join(60)
-    assert not errors, errors[0]
-    assert result.exit_code == 0, result.output
+    assert not errors, "".join(traceback.format_exception(errors[0]))
+    assert result.exit_code == 0, result.output + _traceback_of(result)
     assert passes >= 2
     assert during > 0, "no request ran during the migration"
     # Every key left was moved once: by migrate, or by a request first.
@@ -418,3 +419,11 @@ def test_check_interrupted_and_resumed_migration(
     assert again.stdout == (
         "MemoryStore needs no migration; there is nothing to migrate.\n"
     )
+
+
+def _traceback_of(result: t.Any) -> str:
+    """The traceback of what a CLI run raised ('' if nothing), for the
+    failure message: the output alone hides where an error came from."""
+    if result.exc_info is None or isinstance(result.exception, SystemExit):
+        return ""
+    return "".join(traceback.format_exception(*result.exc_info))
