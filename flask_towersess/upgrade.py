@@ -116,25 +116,21 @@ def rehash_keys(
             f"{store.describe()} cannot list the keys 0.1 stored unhashed: give"
             " it unhashed_keys() and count_unhashed() (the LegacyKeys capability)."
         )
-    moved = 0
-    cursor: str | None = None
-    while True:
-        keys, cursor = legacy.unhashed_keys(cursor, batch_size)
-        for key in keys:
-            if not is_valid_session_key(key):
-                # No request can carry it, and no store call takes it.
-                logger.warning("Skipped a stored key not of the session-key form")
-                continue
-            if rehash_key(store, key, serializer=serializer, cipher=cipher):
-                moved += 1
-        if keys:
-            logger.debug(
-                "Moved a batch of %d session key(s) under their hash", len(keys)
-            )
-            if on_batch is not None:
-                on_batch(len(keys))
-        if cursor is None:
-            break
+
+    def move(key: str) -> bool:
+        if not is_valid_session_key(key):
+            # No request can carry it, and no store call takes it.
+            logger.warning("Skipped a stored key not of the session-key form")
+            return False
+        return rehash_key(store, key, serializer=serializer, cipher=cipher)
+
+    moved = _each_page(
+        legacy.unhashed_keys,
+        move,
+        batch_size=batch_size,
+        on_batch=on_batch,
+        batch_done="Moved a batch of %d session key(s) under their hash",
+    )
     if moved:
         logger.info("Moved %d session(s) stored under unhashed keys", moved)
     return moved
@@ -248,25 +244,42 @@ def index_unindexed(
     unindexed = unindexed_keys_of(store)
     if unindexed is None:
         return 0
-    indexed = 0
-    cursor: str | None = None
-    while True:
-        keys, cursor = unindexed.unindexed_keys(cursor, batch_size)
-        for key in keys:
-            if index_record(store, key, serializer=serializer, cipher=cipher):
-                indexed += 1
-        if keys:
-            logger.debug(
-                "Filled in the per-user fields of a batch of %d session(s)",
-                len(keys),
-            )
-            if on_batch is not None:
-                on_batch(len(keys))
-        if cursor is None:
-            break
+    indexed = _each_page(
+        unindexed.unindexed_keys,
+        lambda key: index_record(store, key, serializer=serializer, cipher=cipher),
+        batch_size=batch_size,
+        on_batch=on_batch,
+        batch_done="Filled in the per-user fields of a batch of %d session(s)",
+    )
     if indexed:
         logger.info(
             "Filled in the per-user fields of %d session(s) written before the upgrade",
             indexed,
         )
     return indexed
+
+
+def _each_page(
+    pages: t.Callable[[str | None, int], tuple[list[str], str | None]],
+    handle: t.Callable[[str], bool],
+    *,
+    batch_size: int,
+    on_batch: BatchCallback | None,
+    batch_done: str,
+) -> int:
+    """Call ``handle`` on every key ``pages`` lists (``batch_size`` a page,
+    a cursor from one page to the next), logging ``batch_done`` and calling
+    ``on_batch`` after each page; how many keys ``handle`` changed."""
+    changed = 0
+    cursor: str | None = None
+    while True:
+        keys, cursor = pages(cursor, batch_size)
+        for key in keys:
+            if handle(key):
+                changed += 1
+        if keys:
+            logger.debug(batch_done, len(keys))
+            if on_batch is not None:
+                on_batch(len(keys))
+        if cursor is None:
+            return changed

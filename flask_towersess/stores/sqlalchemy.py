@@ -197,6 +197,18 @@ def _all_keys(rows: t.Sequence[Row]) -> list[str]:
     return [row[0] for row in rows]
 
 
+def _page_values(cursor: str | None, limit: int) -> dict[str, t.Any]:
+    """The parameters of a key-page statement: live keys after ``cursor``
+    (``None``: from the first), ``limit`` of them."""
+    if limit < 1:
+        raise ValueError("limit must be at least 1")
+    return {
+        "after": "" if cursor is None else cursor,
+        "now": _naive_utc(utcnow()),
+        "limit": limit,
+    }
+
+
 def _recency(row: Row) -> tuple[datetime, str]:
     """The order of :meth:`SQLAlchemyStore.trim_sessions_of` on a row of
     ``(key, last_active_at as text)``: a row without (or with an
@@ -1392,13 +1404,7 @@ class SQLAlchemyStore(
 
         .. versionadded:: 0.2
         """
-        if limit < 1:
-            raise ValueError("limit must be at least 1")
-        values = {
-            "after": "" if cursor is None else cursor,
-            "now": _naive_utc(utcnow()),
-            "limit": limit,
-        }
+        values = _page_values(cursor, limit)
         rows = self._run(lambda run: run.all(self._unhashed_keys, values))
         keys = [row[0] for row in rows]
         return keys, (keys[-1] if len(keys) == limit else None)
@@ -1421,13 +1427,7 @@ class SQLAlchemyStore(
 
         .. versionadded:: 0.2
         """
-        if limit < 1:
-            raise ValueError("limit must be at least 1")
-        values = {
-            "after": "" if cursor is None else cursor,
-            "now": _naive_utc(utcnow()),
-            "limit": limit,
-        }
+        values = _page_values(cursor, limit)
         try:
             rows = self._run(lambda run: run.all(self._unindexed_keys, values))
         except _NotUpgraded:
