@@ -1608,7 +1608,12 @@ class ServerSession(SessionMixin):
         Call it at log-in, against session fixation. The new key is
         :attr:`session_key` at once; the new record is written, and the old
         one deleted, by the next :meth:`save` (the end of the request), so a
-        request that fails keeps the old session intact.
+        request that fails keeps the old session intact. On a store that
+        keeps a user's sessions together (Redis Cluster, see
+        :meth:`~flask_towersess.stores.SessionStore.colocation_prefix`), a
+        key chosen before the session's user was set is chosen again by that
+        save, for the user: read :attr:`session_key` after the save (or set
+        the user before calling this) if you keep it.
         """
         self.accessed = True
         self._load_data()  # the data must move along, loaded or not

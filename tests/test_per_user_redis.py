@@ -769,3 +769,60 @@ def test_a_cluster_prefix_that_would_break_the_hash_tags_is_refused(
         for node in nodes(store):
             for name in node.scan_iter(match="{towersess-test-one-slot}:*"):
                 node.delete(name)
+
+
+@pytest.mark.parametrize("first", ["index", "record"])
+def test_a_slot_being_migrated_loses_nothing(
+    redis_cluster_store: RedisStore, first: str
+) -> None:
+    # Resharding moves a slot's keys in batches: for a while a user's index
+    # and their session's record are on two masters. The scripts never
+    # write an index they did not declare on a node that does not hold it
+    # (a second index there would stop the migration with BUSYKEY), nor
+    # drop an entry whose record they cannot see; the caller then reads and
+    # writes those keys declared, which follows the Cluster's redirections.
+    store = redis_cluster_store
+    client = store._client
+    user = f"resharded-{first}"
+    r = record(user)
+    other = record(user)
+    store.create(r)
+    store.create(other)
+    index, name = index_name(store, user), store.redis_key(r.key)
+    other_name = store.redis_key(other.key)
+    slot = client.keyslot(index)
+    assert client.keyslot(name) == slot == client.keyslot(other_name)
+    source = client.get_node_from_key(index)
+    target = next(n for n in client.get_primaries() if n.name != source.name)
+    source_conn = client.get_redis_connection(source)
+    target_conn = client.get_redis_connection(target)
+    source_id = source_conn.execute_command("CLUSTER", "MYID").decode()
+    target_id = target_conn.execute_command("CLUSTER", "MYID").decode()
+    target_conn.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+    source_conn.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+
+    def migrate(*keys: str) -> None:
+        source_conn.execute_command(
+            "MIGRATE", target.host, target.port, "", 0, 5000, "KEYS", *keys
+        )
+
+    later = r.expires_at + timedelta(minutes=5)
+    try:
+        migrate(index if first == "index" else name)
+        store.touch(r.key, later)
+        assert keys_of(store.sessions_of(user)) == {r.key, other.key}
+        assert store.delete_sessions_of(user, keep=r.key) == [other.key]
+        migrate(name if first == "index" else index)  # no BUSYKEY
+    finally:
+        for node in client.get_primaries():
+            client.get_redis_connection(node).execute_command(
+                "CLUSTER", "SETSLOT", slot, "NODE", target_id
+            )
+        client.nodes_manager.initialize()
+    (listed,) = store.sessions_of(user)
+    assert listed.key == r.key
+    assert listed.expires_at == later
+    assert store.load(other.key) is None
+    assert index_members(store, user) == {r.key}
+    store.delete(r.key)
+    assert index_members(store, user) == set()

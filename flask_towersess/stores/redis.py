@@ -12,17 +12,19 @@ migrate. Keeping the version and the expiry in the value lets :meth:`load`
 be a single ``GET``.
 
 Since 0.2 the records of each user are indexed in a sorted set,
-``key_prefix + "u:{" + tag + "}"`` (``tag``: 128 bits of SHA-256 of the
-user id, a Cluster hash tag): member = the record's key, score = its
-expiry in milliseconds, and the set's own expiry = its greatest score.
-Entries carry their own deadline, so the index stays exact with keyspace
-notifications off, after the app was down, and on a Cluster: expired
-entries are dropped by the calls that read the index, and a listing reads
-each member's header, so a record that is gone, retired or of another
-user is never listed. The index is kept by the same scripts that write the
-records (standalone and Sentinel: no extra round trip). On a Cluster a
-user's index and records live in different slots, which one script cannot
-touch together; see :class:`RedisStore` for what that costs.
+``key_prefix + "u:{" + tag[:2] + "}" + tag`` (``tag``: 128 bits of SHA-256
+of the user id, in hex; its first two digits are a Cluster hash tag):
+member = the record's key, score = its expiry in milliseconds, and the
+set's own expiry = its greatest score. Entries carry their own deadline,
+so the index stays exact with keyspace notifications off, after the app was
+down, and on a Cluster: expired entries are dropped by the calls that read
+the index, and a listing reads each member's header, so a record that is
+gone, retired or of another user is never listed. The index is kept by the
+same scripts that write the records, with no extra round trip: records
+are kept under a hash tag of their key's first two digits
+(:meth:`RedisStore.redis_key`), and on a Cluster a signed-in user's
+sessions get keys in the slot of the user's index; see :class:`RedisStore`
+for the sessions outside it.
 
 redis-py is imported only when a store is built, so this module imports
 without it (``pip install 'flask-towersess[redis]'`` adds it).
@@ -185,6 +187,23 @@ local function member_here(m, prefix, group)
   return group == '*'
     or string.sub(m, #prefix + 1, #prefix + 4) == '{' .. group .. '}'
 end
+-- Whether a script may write the index idx it did not declare: always but
+-- on a Cluster, where only if idx is on this node now (while its slot
+-- migrates it may have moved, or not arrived: the caller then writes it
+-- declared, which follows the Cluster's redirection).
+local function index_here(idx, group)
+  return group == '*' or redis.pcall('EXISTS', idx) == 1
+end
+-- The header of a member of an index (see header()), or nil if it cannot
+-- be told here: on a Cluster a record this script did not declare may be
+-- on another node while its slot migrates (a command on it errs, or finds
+-- nothing), so the caller reads it, declared.
+local function member_header(m, group)
+  if group == '*' then return header(m) end
+  local ok, h = pcall(header, m)
+  if not ok or h == '' then return nil end
+  return h
+end
 local function unindex(prefix, tag, k)
   if tag == '' then return end
   local idx = index_key(prefix, tag)
@@ -238,7 +257,7 @@ redis.call('SET', KEYS[1], ARGV[2], 'PXAT', ARGV[3])
 local old = tag_of(h)
 local left = ''
 if old ~= '' and (old ~= ARGV[4] or redis.call('EXISTS', KEYS[1]) == 0) then
-  if reachable(old, ARGV[6]) then
+  if reachable(old, ARGV[6]) and index_here(index_key(ARGV[5], old), ARGV[6]) then
     unindex(ARGV[5], old, KEYS[1])
   else
     left = old
@@ -273,8 +292,9 @@ end
 redis.call('PEXPIREAT', KEYS[1], ARGV[2])
 local tag = tag_of(h)
 if tag == '' then return '' end
-if reachable(tag, ARGV[5]) then
-  index(index_key(ARGV[4], tag), KEYS[1], ARGV[2])
+local idx = index_key(ARGV[4], tag)
+if reachable(tag, ARGV[5]) and index_here(idx, ARGV[5]) then
+  index(idx, KEYS[1], ARGV[2])
   return ''
 end
 return tag
@@ -291,7 +311,8 @@ local left = {}
 for i, k in ipairs(KEYS) do
   local tag = tag_of(getrange(k, 0, 59))
   redis.call('DEL', k)
-  if tag ~= '' and reachable(tag, ARGV[2]) then
+  if tag ~= '' and reachable(tag, ARGV[2])
+      and index_here(index_key(ARGV[1], tag), ARGV[2]) then
     unindex(ARGV[1], tag, k)
     tag = ''
   end
@@ -315,10 +336,11 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 local out, away = {}, {}
 local dropped = false
 for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  if not member_here(m, ARGV[3], ARGV[4]) then
+  local h = nil
+  if member_here(m, ARGV[3], ARGV[4]) then h = member_header(m, ARGV[4]) end
+  if h == nil then
     away[#away + 1] = m
   else
-    local h = header(m)
     if h == '' or tag_of(h) ~= ARGV[2] then
       redis.call('ZREM', KEYS[1], m)
       dropped = true
@@ -361,10 +383,11 @@ end
 local limit = tonumber(ARGV[6])
 local live, away = {}, {}
 for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  if not member_here(m, ARGV[7], ARGV[8]) then
+  local h = nil
+  if member_here(m, ARGV[7], ARGV[8]) then h = member_header(m, ARGV[8]) end
+  if h == nil then
     if m ~= ARGV[5] and (wanted == nil or wanted[m]) then away[#away + 1] = m end
   else
-    local h = header(m)
     if h == '' or tag_of(h) ~= ARGV[2] or i64(h, 10) <= now then
       redis.call('ZREM', KEYS[1], m)
     elseif owner(h) == ARGV[3] then
@@ -533,24 +556,22 @@ class RedisStore(SessionStore, Counting, PerUserIndex, CountingPerUser, LegacyKe
     permissions or database number raise
     :class:`~flask_towersess.errors.ConfigurationError`.
 
-    On a Cluster a user's index is in another slot than their records, so
-    a script cannot keep both. What that costs, exactly:
-
-    - ``create`` and ``save`` of a user's record: the record's command and
-      the index's ``ZADD GT`` go in one pipeline (one round trip of
-      latency; two commands when two masters hold them). A save that
-      takes the record from one user to another (or to none: a retired
-      key, a logout by save) adds one round trip to the old user's index.
-    - ``touch`` and ``delete`` of a user's record: the script returns the
-      user's index tag from the header, and one more round trip fixes the
-      index. Anonymous records cost nothing more anywhere.
-    - ``sessions_of``: the index, then one pipelined request per master
-      holding the records, and one more to the index only if entries
-      outlived their records. ``delete_sessions_of``: the index, one
-      pipelined request per master, the index: three round trips however
-      many sessions. ``trim_sessions_of`` is not atomic there (see it).
-    - ``delete_many``: one pipelined request per master holding the
-      records, then one per master holding the users' indexes.
+    On a Cluster the same holds: the session layer gives a signed-in
+    user's sessions keys in the hash slot of the user's index
+    (:meth:`colocation_prefix`, :meth:`redis_key`), so one script reaches
+    both. A session outside that slot (moved from a 0.1 key, or keyed
+    before its user was set by a script of the app's) costs what a Cluster
+    cost before: ``create`` and ``save`` send the index's ``ZADD GT`` in
+    the same pipeline (two commands when two masters hold them), a save
+    that takes it from its user adds one round trip, ``touch`` and
+    ``delete`` add one, and ``sessions_of``, ``delete_sessions_of`` and
+    ``trim_sessions_of`` add one request per master holding such sessions
+    and one to the index (the trim is then not atomic, see it). So do keys
+    whose slot is being migrated while a Cluster reshards: no script
+    writes an index it did not declare on a node that does not hold it, or
+    drops an entry whose record it cannot see; the store then reads and
+    writes those keys declared, which follows the Cluster's redirections.
+    Anonymous records cost nothing more anywhere.
 
     A failed ``SET NX`` or compare-and-set on a Cluster may leave an entry
     whose record is not that user's: listings skip it and drop it, and it
@@ -726,7 +747,7 @@ class RedisStore(SessionStore, Counting, PerUserIndex, CountingPerUser, LegacyKe
     def redis_key(self, key: str) -> str:
         """The Redis key the record of ``key`` is kept under.
 
-        A stored key of 64 characters (the SHA-256 of a cookie's key, see
+        A stored key of 64 lowercase hex digits (the SHA-256 of a cookie's key, see
         :func:`~flask_towersess.session.stored_key`) is kept under
         ``key_prefix + "{" + key[:2] + "}" + key``: its first two digits are
         its Cluster hash tag, and its user's index has the same one
@@ -735,7 +756,7 @@ class RedisStore(SessionStore, Counting, PerUserIndex, CountingPerUser, LegacyKe
 
         .. versionadded:: 0.2
         """
-        if len(key) == 64:
+        if _is_hashed_key(key):
             return f"{self.key_prefix}{{{key[:2]}}}{key}"
         return self.key_prefix + key
 
@@ -761,12 +782,14 @@ class RedisStore(SessionStore, Counting, PerUserIndex, CountingPerUser, LegacyKe
         reachable)."""
         if not self._cluster:
             return "*"
-        return key[:2] if len(key) == 64 else ""
+        return key[:2] if _is_hashed_key(key) else ""
 
     def _reachable(self, key: str, tag: str) -> bool:
         """Whether a script given the record of ``key`` may use the index of
         ``tag`` (same slot, or not a Cluster)."""
-        return not self._cluster or (len(key) == 64 and key[:2] == tag[:2])
+        return not self._cluster or (
+            _is_hashed_key(key) is not None and key[:2] == tag[:2]
+        )
 
     def _key_of(self, name: bytes) -> bytes:
         """The record key (as stored) in the Redis key ``name``, which
@@ -1371,6 +1394,11 @@ class RedisStore(SessionStore, Counting, PerUserIndex, CountingPerUser, LegacyKe
 #: large enough to need few round trips, small enough that each call keeps
 #: the server busy for well under a millisecond.
 SCAN_BATCH = 1000
+
+
+#: Whether a record key is a stored hash (kept under a hash tag of its first
+#: two digits, see RedisStore.redis_key), not a key 0.1 stored as it was.
+_is_hashed_key = HASHED_KEY_PATTERN.fullmatch
 
 
 def _glob_escape(text: str) -> str:
