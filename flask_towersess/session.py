@@ -239,6 +239,12 @@ def new_session_key(prefix: str = "") -> str:
                 return key.decode("ascii")
 
 
+#: How old a move of a 0.1 key must be before ``flask sessions migrate``
+#: takes the unhashed record it left for one a stopped mover left behind.
+#: A mover's two steps take milliseconds; one that stopped leaves it to the
+#: next run.
+_LEFT_BEHIND_AFTER = timedelta(minutes=1)
+
 #: Keys drawn per read of the OS's randomness by :func:`new_session_key`.
 _KEYS_PER_DRAW = 64
 
@@ -875,10 +881,18 @@ class ServerSession(SessionMixin):
             # is the mover's to retire: retiring it here would make that
             # mover take the move for a stale one (below), and undo it.
             # Only the migration clears one a move left behind (a mover that
-            # stopped between its two steps).
-            if clear_left_behind:
+            # stopped between its two steps), and only once that move is
+            # old: a mover still between its steps would take the unhashed
+            # record's disappearance for a session ended meanwhile, and
+            # undo its move (a logged-in user logged out by the upgrade).
+            moved = self.store.load(record.key)
+            if clear_left_behind and (
+                moved is None
+                or moved.created_at is None
+                or moved.created_at <= now - _LEFT_BEHIND_AFTER
+            ):
                 self.store.delete(key)
-            return self.store.load(record.key)
+            return moved
         retired = Record(key, b"", _RETIRED_AT, legacy.version + 1)
         try:
             self.store.save(retired, expected_version=legacy.version)

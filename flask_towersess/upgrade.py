@@ -67,7 +67,9 @@ def rehash_key(
     whichever came first (a create that collides), so every reader finds
     the session under one key or the other. A record found under both (a
     move that stopped between its two steps) keeps the hashed one, which
-    is the one requests use.
+    is the one requests use; the unhashed one is deleted once that move is
+    a minute old (before, it may be a request's move still under way, which
+    deletes it itself), so a run may leave it to the next.
 
     ``serializer`` and ``cipher`` are the app's: the payload is decoded
     (with the cookie's key, which is this key) to fill in the user id that

@@ -304,3 +304,45 @@ def test_a_request_that_saves_first_wins(
     assert (user, created, active) == ("erin", True, True)
     assert store.count_unindexed() == 0
     assert client.post("/visit").text == "2"
+
+
+def test_migrate_leaves_a_move_under_way_to_its_mover() -> None:
+    # A request moving a 0.1 key has created the hashed record and not yet
+    # retired the unhashed one when the migration reaches the key: the
+    # migration must not delete the unhashed record, which the mover would
+    # take for a session ended meanwhile (it would then delete its move, and
+    # the user would be logged out by the upgrade). A move a minute old is a
+    # stopped one, and its leftover is cleared.
+    from datetime import timedelta
+
+    from flask_towersess import upgrade
+    from flask_towersess.serializers import MsgPackSerializer
+    from flask_towersess.session import new_session_key
+    from flask_towersess.session import stored_key
+    from flask_towersess.stores.base import Record
+    from flask_towersess.stores.base import utcnow
+    from flask_towersess.stores.memory import MemoryStore
+
+    store = MemoryStore()
+    key = new_session_key()
+    payload = MsgPackSerializer().dumps({"data": {"_user_id": "ann"}})
+    expires_at = utcnow() + timedelta(hours=1)
+    store.create(Record(key, payload, expires_at, 3))
+    hashed = Record(stored_key(key), payload, expires_at, 1, "ann", utcnow(), utcnow())
+    store.create(hashed)  # the mover's first step
+
+    assert upgrade.rehash_key(store, key)
+    assert store.load(key) is not None  # left to its mover
+    # The mover's second step succeeds: the session is kept.
+    store.save(Record(key, b"", utcnow() - timedelta(seconds=1), 4), 3)
+    store.delete(key)
+    assert store.load(stored_key(key)) is not None
+
+    # A move that stopped a minute ago: its leftover is cleared.
+    other = new_session_key()
+    store.create(Record(other, payload, expires_at, 1))
+    old = utcnow() - timedelta(minutes=2)
+    store.create(Record(stored_key(other), payload, expires_at, 1, "ann", old, old))
+    assert upgrade.rehash_key(store, other)
+    assert store.load(other) is None
+    assert store.load(stored_key(other)) is not None
